@@ -1,0 +1,100 @@
+"""Trace-time validation of static arguments, dtypes and shapes.
+
+Everything here runs in Python on static information (shapes, dtypes, option
+strings) before anything is traced, so errors point at the caller's argument
+instead of surfacing as a NaN deep inside a compiled computation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+
+def as_float_array(value: ArrayLike, name: str) -> jnp.ndarray:
+  """Converts ``value`` to a JAX array and checks that it is real floating.
+
+  Args:
+    value: the user's argument.
+    name: the argument's name, used in the error message.
+
+  Returns:
+    ``jnp.asarray(value)``.
+
+  Raises:
+    TypeError: if ``value`` is not array-like or its dtype is integer, boolean
+      or complex.
+  """
+  try:
+    array = jnp.asarray(value)
+  except TypeError as err:
+    raise TypeError(
+        f"`{name}` must be an array of floating dtype; got an object of type "
+        f"{type(value).__name__}."
+    ) from err
+  dtype = array.dtype
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        f"`{name}` must have a real floating dtype (float16, bfloat16, float32"
+        f" or float64); got dtype {dtype}. Cast it explicitly, e.g. "
+        f"`{name}.astype(jnp.float32)`."
+    )
+  return array
+
+
+def check_same_shape(
+    first: jnp.ndarray, second: jnp.ndarray, first_name: str, second_name: str
+) -> None:
+  """Raises a ValueError unless ``first`` and ``second`` have the same shape.
+
+  PyTorch's ``kl_div`` silently broadcasts mismatched shapes, which has hidden
+  many bugs (a ``[B, 1]`` target against a ``[B, C]`` input); jaxkl refuses
+  and asks for an explicit broadcast.
+
+  Raises:
+    ValueError: naming both shapes.
+  """
+  try:
+    chex.assert_equal_shape(
+        [first, second],
+        custom_message=(
+            f"`{first_name}` has shape {tuple(first.shape)} but `{second_name}`"
+            f" has shape {tuple(second.shape)}; they must be equal. PyTorch "
+            "would broadcast them silently; jaxkl does not. To broadcast on "
+            f"purpose, pass `jnp.broadcast_to({second_name}, "
+            f"{first_name}.shape)` (or the reverse)."
+        ),
+    )
+  except AssertionError as err:
+    raise ValueError(str(err)) from None
+
+
+def check_bool(value: Any, name: str) -> bool:
+  """Checks that a static flag is a Python (or NumPy) bool.
+
+  Raises:
+    TypeError: for anything else, e.g. a traced array, which cannot decide a
+      static branch.
+  """
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  raise TypeError(
+      f"`{name}` must be a Python bool (it selects the formula at trace time);"
+      f" got {value!r} of type {type(value).__name__}."
+  )
+
+
+def result_dtype(*arrays: jnp.ndarray) -> tuple[np.dtype, np.dtype]:
+  """Returns ``(result_dtype, compute_dtype)`` for floating inputs.
+
+  The result dtype follows ``jnp.result_type`` (so it honours
+  ``jax_numpy_dtype_promotion``); 16-bit floats are computed and accumulated
+  in float32 and cast back at the end.
+  """
+  out = np.dtype(jnp.result_type(*arrays))
+  compute = np.dtype(jnp.float32) if jnp.finfo(out).bits < 32 else out
+  return out, compute

@@ -1,0 +1,129 @@
+"""Reductions shared by every loss in jaxkl, and PyTorch's legacy arguments.
+
+The names follow PyTorch: ``'none'`` keeps the elementwise (or per-example)
+values, ``'sum'`` adds them up, ``'mean'`` divides the sum by the number of
+values and ``'batchmean'`` divides it by the size of the leading axis.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+Reduction = Literal["none", "batchmean", "sum", "mean"]
+
+REDUCTIONS: tuple[str, ...] = ("none", "batchmean", "sum", "mean")
+
+# PyTorch's messages, reproduced character for character (including the
+# missing spaces between sentences of the 'mean' warning) so that code which
+# filters warnings by message keeps working after a port.
+MEAN_WARNING = (
+    "reduction: 'mean' divides the total loss by both the batch size and the "
+    "support size.'batchmean' divides only by the batch size, and aligns with "
+    "the KL div math definition.'mean' will be changed to behave the same as "
+    "'batchmean' in the next major release."
+)
+ELEMENTWISE_MEAN_WARNING = (
+    "reduction='elementwise_mean' is deprecated. "
+    "Please use reduction='mean' instead."
+)
+LEGACY_WARNING = (
+    "size_average and reduce args will be deprecated, please use "
+    "reduction='{}' instead."
+)
+
+
+def invalid_reduction_error(reduction: object) -> ValueError:
+  return ValueError(
+      f"`reduction` must be one of {', '.join(map(repr, REDUCTIONS))}; got "
+      f"{reduction!r}."
+  )
+
+
+def validate_reduction(reduction: object) -> str:
+  """Returns ``reduction`` if it names a reduction, else raises ValueError."""
+  if isinstance(reduction, str) and reduction in REDUCTIONS:
+    return reduction
+  raise invalid_reduction_error(reduction)
+
+
+def legacy_reduction(
+    size_average: Optional[bool], reduce: Optional[bool], *, stacklevel: int
+) -> str:
+  """Maps PyTorch's deprecated ``size_average``/``reduce`` to a reduction.
+
+  ``None`` counts as ``True``. ``reduce=False`` wins (``'none'``); otherwise
+  ``size_average`` chooses between ``'mean'`` and ``'sum'``. Emits PyTorch's
+  deprecation warning, as PyTorch does, every time it is called.
+  """
+  size_average = True if size_average is None else size_average
+  reduce = True if reduce is None else reduce
+  if size_average and reduce:
+    result = "mean"
+  elif reduce:
+    result = "sum"
+  else:
+    result = "none"
+  warnings.warn(LEGACY_WARNING.format(result), UserWarning,
+                stacklevel=stacklevel + 1)
+  return result
+
+
+def torch_reduction(
+    size_average: Optional[bool],
+    reduce: Optional[bool],
+    reduction: object,
+    *,
+    stacklevel: int,
+) -> tuple[str, bool]:
+  """Resolves PyTorch's ``kl_div`` arguments to ``(reduction, batchmean)``.
+
+  Reproduces ``torch.nn.functional.kl_div`` exactly:
+
+  * If either legacy argument is given, it decides the reduction and
+    ``reduction`` is *not validated*; but ``reduction == 'batchmean'`` still
+    divides the (legacy-reduced) result by ``input.shape[0]`` afterwards, so
+    ``reduce=False, reduction='batchmean'`` divides every element by the batch
+    size. The legacy deprecation warning is emitted.
+  * Otherwise ``'mean'`` warns that it is not the true KL divergence,
+    ``'elementwise_mean'`` is accepted as ``'mean'`` with a deprecation
+    warning, and anything else outside ``REDUCTIONS`` raises ``ValueError``.
+
+  Returns:
+    The reduction to apply (``'none' | 'sum' | 'mean'``) and whether to divide
+    the result by ``input.shape[0]`` afterwards (for a 0-d input that division
+    is skipped by the caller).
+  """
+  divide_by_batch = isinstance(reduction, str) and reduction == "batchmean"
+  if size_average is not None or reduce is not None:
+    return legacy_reduction(size_average, reduce,
+                            stacklevel=stacklevel + 1), divide_by_batch
+  if isinstance(reduction, str) and reduction == "elementwise_mean":
+    warnings.warn(ELEMENTWISE_MEAN_WARNING, UserWarning,
+                  stacklevel=stacklevel + 1)
+    return "mean", False
+  reduction = validate_reduction(reduction)
+  if reduction == "mean":
+    warnings.warn(MEAN_WARNING, UserWarning, stacklevel=stacklevel + 1)
+  if reduction == "batchmean":
+    return "sum", True
+  return reduction, False
+
+
+def reduce_values(values: jnp.ndarray, reduction: str) -> jnp.ndarray:
+  """Applies ``'none' | 'sum' | 'mean'`` to ``values`` (no masking).
+
+  ``'mean'`` divides by ``values.size``; for an empty array that is 0/0 and
+  gives NaN, as NumPy and PyTorch do.
+  """
+  if reduction == "none":
+    return values
+  total = jnp.sum(values)
+  if reduction == "sum":
+    return total
+  if reduction == "mean":
+    return total / np.asarray(values.size, dtype=values.dtype)
+  raise invalid_reduction_error(reduction)
