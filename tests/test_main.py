@@ -46,6 +46,6 @@ def test_readme_quickstart_runs():
 
 def test_ci_runs_the_readme_test_command():
   readme = (ROOT / "README.md").read_text(encoding="utf-8")
-  command = re.search(r"<!-- test-command -->\s*```bash\n(.*?)\n", readme)
+  command = re.search(r"<!-- test-command -->\s*```bash\n\s*(.+)\n", readme)
   assert command and "pytest" in command.group(1)
   assert "README.md" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
