@@ -131,7 +131,7 @@ def _kl_div(input, target, reduction, divide_by_batch, log_target):
   log_q = input.astype(compute_dtype)
   target = target.astype(compute_dtype)
   terms, scale = _pointwise.kl_terms(log_q, target, log_target=log_target)
-  result = _reduction.reduce_values(terms, reduction)
+  result = _reduction.reduce_loss(terms, reduction)
   if scale != 1.0:
     result = result * np.asarray(scale, compute_dtype)
   if divide_by_batch and input.ndim != 0:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import warnings
 from typing import Literal, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
+
+from jaxkl import _checks
 
 Reduction = Literal["none", "batchmean", "sum", "mean"]
 
@@ -113,17 +117,78 @@ def torch_reduction(
   return reduction, False
 
 
-def reduce_values(values: jnp.ndarray, reduction: str) -> jnp.ndarray:
-  """Applies ``'none' | 'sum' | 'mean'`` to ``values`` (no masking).
+def reduce_loss(
+    values: ArrayLike,
+    reduction: str = "mean",
+    *,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Reduces per-example (or per-token) losses, optionally under a mask.
 
-  ``'mean'`` divides by ``values.size``; for an empty array that is 0/0 and
-  gives NaN, as NumPy and PyTorch do.
+  With values :math:`v_i` and mask :math:`m_i \in \{0, 1\}` (all ones when
+  ``where`` is None):
+
+  * ``'none'``: :math:`m_i v_i` (masked entries become 0), shape of ``values``;
+  * ``'sum'``: :math:`\sum_i m_i v_i`;
+  * ``'mean'``: :math:`\sum_i m_i v_i / \max(1, \sum_i m_i)`, the mean over
+    the unmasked entries, 0 (not NaN) when everything is masked. Without a
+    mask it is the plain mean (NaN for an empty array, as in NumPy);
+  * ``'batchmean'``: :math:`\sum_i m_i v_i / \text{values.shape[0]}`, the sum
+    divided by the size of the leading axis whether masked or not (PyTorch's
+    ``'batchmean'``); a 0-d ``values`` gives the plain value.
+
+  Masked entries never reach the result or its gradient, even when they hold
+  ``inf`` or NaN (the mask is applied with ``jnp.where``; ``values`` here is
+  per-example, so the select is cheap).
+
+  Args:
+    values: losses, any shape.
+    reduction: ``'none' | 'sum' | 'mean' | 'batchmean'``. Static.
+    where: optional boolean mask broadcastable to ``values``; ``True`` keeps.
+
+  Returns:
+    Shape of ``values`` for ``'none'``, else a scalar; dtype of ``values``
+    (16-bit floats are summed in float32).
+
+  Raises:
+    ValueError: unknown ``reduction`` or a mask that does not broadcast.
+    TypeError: non-floating ``values`` or a non-boolean mask.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> losses = jnp.array([1.0, 2.0, 6.0])
+    >>> jaxkl.reduce_loss(losses, "mean", where=jnp.array([True, True, False]))
+    Array(1.5, dtype=float32)
+    >>> jaxkl.reduce_loss(losses, "batchmean", where=jnp.array([True, True, False]))
+    Array(1., dtype=float32)
+    >>> jaxkl.reduce_loss(losses, "mean", where=jnp.zeros(3, bool))
+    Array(0., dtype=float32)
   """
+  reduction = validate_reduction(reduction)
+  values = _checks.as_float_array(values, "values")
+  out_dtype, compute_dtype = _checks.result_dtype(values)
+  if where is not None:
+    mask = jnp.asarray(where)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(f"`where` must be a boolean array; got dtype {mask.dtype}.")
+    try:
+      mask = jnp.broadcast_to(mask, values.shape)
+    except ValueError:
+      raise ValueError(
+          f"`where` has shape {mask.shape}, which does not broadcast to the "
+          f"shape of `values`, {values.shape}.") from None
+    values = jnp.where(mask, values, 0)
   if reduction == "none":
     return values
-  total = jnp.sum(values)
+  total = jnp.sum(values.astype(compute_dtype))
   if reduction == "sum":
-    return total
-  if reduction == "mean":
-    return total / np.asarray(values.size, dtype=values.dtype)
-  raise invalid_reduction_error(reduction)
+    result = total
+  elif reduction == "batchmean":
+    result = total / values.shape[0] if values.ndim else total
+  elif where is None:
+    result = total / np.asarray(values.size, compute_dtype)
+  else:
+    count = jnp.sum(mask, dtype=jnp.int32).astype(compute_dtype)
+    result = total / jnp.maximum(count, 1)
+  return result.astype(out_dtype)

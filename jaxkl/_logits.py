@@ -1,0 +1,364 @@
+"""Divergences straight from logits, with temperature: distillation losses."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxkl import _checks
+from jaxkl import _per_example
+from jaxkl import _pointwise
+from jaxkl import _reduction
+
+Divergence = Literal["forward", "reverse", "jsd"]
+DIVERGENCES: tuple[str, ...] = ("forward", "reverse", "jsd")
+
+
+def check_temperature(temperature: ArrayLike) -> ArrayLike:
+  """Rejects a non-positive Python temperature; arrays pass through."""
+  if isinstance(temperature, (int, float, np.number)) and not isinstance(
+      temperature, bool):
+    if not (temperature > 0 and math.isfinite(temperature)):
+      raise ValueError(
+          f"`temperature` must be a finite number > 0; got {temperature!r}.")
+    return temperature
+  if isinstance(temperature, bool):
+    raise TypeError("`temperature` must be a number, not a bool.")
+  return temperature
+
+
+def check_divergence(divergence: object, beta: object) -> tuple[str, float]:
+  """Validates ``divergence`` and ``beta``; maps JSD endpoints to KL."""
+  if not (isinstance(divergence, str) and divergence in DIVERGENCES):
+    raise ValueError(
+        f"`divergence` must be one of {', '.join(map(repr, DIVERGENCES))}; "
+        f"got {divergence!r}.")
+  if not isinstance(beta, (int, float, np.number)) or isinstance(beta, bool):
+    raise TypeError(f"`beta` must be a Python float in [0, 1]; got {beta!r}.")
+  beta = float(beta)
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f"`beta` must be in [0, 1]; got {beta!r}.")
+  if divergence == "jsd" and beta == 0.0:
+    return "forward", beta
+  if divergence == "jsd" and beta == 1.0:
+    return "reverse", beta
+  return divergence, beta
+
+
+def _prepare_logits(logits, target_logits, temperature, axis, where):
+  logits = _checks.as_float_array(logits, "logits")
+  target_logits = _checks.as_float_array(target_logits, "target_logits")
+  _checks.check_same_shape(logits, target_logits, "logits", "target_logits")
+  temperature = check_temperature(temperature)
+  axes = _per_example.normalize_axis(axis, logits.ndim)
+  if not axes:
+    raise ValueError("`axis` must name at least one axis (the classes).")
+  mask = _per_example.broadcast_mask(where, logits.shape, axes)
+  out_dtype, compute_dtype = _checks.result_dtype(logits, target_logits)
+  inverse_t = 1 / jnp.asarray(temperature, compute_dtype)
+  log_q = jax.nn.log_softmax(logits.astype(compute_dtype) * inverse_t,
+                             axis=axes)
+  log_p = jax.nn.log_softmax(target_logits.astype(compute_dtype) * inverse_t,
+                             axis=axes)
+  return log_q, log_p, axes, mask, out_dtype
+
+
+def _kl_from_log_probs(log_q, log_p, axes, mask):
+  """sum over axes of p (log p - log q), masked; p = exp(log_p)."""
+  log_p = _per_example.masked_target(log_p, mask, log_target=True)
+  return jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=axes)
+
+
+def kl_divergence_from_logits(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    axis: _per_example.Axis = -1,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Per-example :math:`D_{\mathrm{KL}}(P_T \,\|\, Q_T)` from logits.
+
+  With :math:`P_T = \mathrm{softmax}(\text{target\_logits} / T)` (the teacher)
+  and :math:`Q_T = \mathrm{softmax}(\text{logits} / T)` (the student):
+
+  .. math::
+
+     D_{\mathrm{KL}}(P_T \,\|\, Q_T) = \sum_x P_T(x)
+       \left(\log P_T(x) - \log Q_T(x)\right).
+
+  Computed from log-softmaxes (log-sum-exp), never from probabilities, so it is
+  exact for extreme logits; ``-inf`` logits (masked vocabulary entries) give
+  zero probability and contribute 0. The gradient with respect to ``logits``
+  is :math:`(Q_T - P_T) / T`. Equals, in float64,
+  ``torch.nn.functional.kl_div(log_softmax(logits / T),
+  log_softmax(target_logits / T), log_target=True, reduction='none').sum(-1)``.
+
+  Args:
+    logits: student logits, shape ``[..., C]``.
+    target_logits: teacher logits, same shape.
+    temperature: :math:`T > 0`, a Python float or a scalar array (it may be
+      traced, e.g. scheduled).
+    axis: class axis (or axes). Static.
+    where: optional boolean mask; see :func:`jaxkl.kl_divergence` (a mask of
+      the per-example shape masks whole examples).
+
+  Returns:
+    Per-example divergences, the input shape without ``axis``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> student = jnp.array([[0.0, 0.0], [2.0, 0.0]])
+    >>> teacher = jnp.array([[0.0, 0.0], [0.0, 0.0]])
+    >>> jaxkl.kl_divergence_from_logits(student, teacher)
+    Array([0.        , 0.43378088], dtype=float32)
+    >>> jaxkl.kl_divergence_from_logits(student, teacher, temperature=2.0)
+    Array([0.        , 0.12011445], dtype=float32)
+
+  References:
+    Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
+    arXiv:1503.02531, 2015.
+  """
+  log_q, log_p, axes, mask, out_dtype = _prepare_logits(
+      logits, target_logits, temperature, axis, where)
+  return _kl_from_log_probs(log_q, log_p, axes, mask).astype(out_dtype)
+
+
+def _jsd_from_log_probs(log_q, log_p, beta, axes, mask):
+  """beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q."""
+  log_m = jnp.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+  return (beta * _kl_from_log_probs(log_m, log_p, axes, mask)
+          + (1 - beta) * _kl_from_log_probs(log_m, log_q, axes, mask))
+
+
+def jensen_shannon_from_logits(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    beta: float = 0.5,
+    temperature: ArrayLike = 1.0,
+    axis: _per_example.Axis = -1,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Per-example generalized Jensen-Shannon divergence from logits.
+
+  With teacher :math:`P = \mathrm{softmax}(\text{target\_logits}/T)`, student
+  :math:`Q = \mathrm{softmax}(\text{logits}/T)` and
+  :math:`M = \beta P + (1 - \beta) Q`:
+
+  .. math::
+
+     \mathrm{JSD}_\beta(P \,\|\, Q) = \beta\, D_{\mathrm{KL}}(P \,\|\, M)
+       + (1 - \beta)\, D_{\mathrm{KL}}(Q \,\|\, M), \qquad 0 < \beta < 1,
+
+  which is the symmetric Jensen-Shannon divergence at :math:`\beta = 1/2`
+  (bounded by :math:`\log 2`). Following Liger-Kernel's convention, the
+  endpoints are the KL divergences: :math:`\beta = 0` gives the forward
+  :math:`D_{\mathrm{KL}}(P \,\|\, Q)` and :math:`\beta = 1` the reverse
+  :math:`D_{\mathrm{KL}}(Q \,\|\, P)` (the formula above vanishes there).
+
+  Args:
+    logits: student logits, shape ``[..., C]``.
+    target_logits: teacher logits, same shape.
+    beta: weight :math:`\beta \in [0, 1]`, a Python float. Static.
+    temperature: :math:`T > 0`.
+    axis: class axis (or axes). Static.
+    where: optional boolean mask; see :func:`jaxkl.kl_divergence`.
+
+  Returns:
+    Per-example divergences, the input shape without ``axis``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> student = jnp.array([[-jnp.inf, 0.0]])  # puts all mass on class 1
+    >>> teacher = jnp.array([[0.0, -jnp.inf]])  # puts all mass on class 0
+    >>> jaxkl.jensen_shannon_from_logits(student, teacher)  # log 2: disjoint
+    Array([0.6931472], dtype=float32)
+
+  References:
+    Lin, "Divergence measures based on the Shannon entropy", IEEE Trans. Inf.
+    Theory 37(1), 1991. Agarwal et al., "On-Policy Distillation of Language
+    Models" (GKD), arXiv:2306.13649, 2024.
+  """
+  divergence, beta = check_divergence("jsd", beta)
+  return divergence_from_logits(logits, target_logits, divergence=divergence,
+                                beta=beta, temperature=temperature, axis=axis,
+                                where=where)
+
+
+def divergence_from_logits(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    divergence: Divergence = "forward",
+    beta: float = 0.5,
+    temperature: ArrayLike = 1.0,
+    axis: _per_example.Axis = -1,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Per-example forward KL, reverse KL or generalized JSD from logits.
+
+  * ``'forward'``: :math:`D_{\mathrm{KL}}(P \,\|\, Q)`, teacher
+    :math:`P` against student :math:`Q` (mean-seeking; the usual distillation
+    loss);
+  * ``'reverse'``: :math:`D_{\mathrm{KL}}(Q \,\|\, P)` (mode-seeking);
+  * ``'jsd'``: :math:`\mathrm{JSD}_\beta(P \,\|\, Q)`, see
+    :func:`jaxkl.jensen_shannon_from_logits`.
+
+  Args:
+    logits: student logits, shape ``[..., C]``.
+    target_logits: teacher logits, same shape.
+    divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
+    beta: JSD weight in ``[0, 1]`` (used by ``'jsd'`` only). Static.
+    temperature: :math:`T > 0`, both distributions are taken at it.
+    axis: class axis (or axes). Static.
+    where: optional boolean mask; see :func:`jaxkl.kl_divergence`.
+
+  Returns:
+    Per-example divergences, the input shape without ``axis``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> s, t = jnp.array([2.0, 0.0]), jnp.array([0.0, 0.0])
+    >>> jaxkl.divergence_from_logits(s, t, divergence="reverse")
+    Array(0.32781327, dtype=float32)
+  """
+  divergence, beta = check_divergence(divergence, beta)
+  log_q, log_p, axes, mask, out_dtype = _prepare_logits(
+      logits, target_logits, temperature, axis, where)
+  if divergence == "forward":
+    result = _kl_from_log_probs(log_q, log_p, axes, mask)
+  elif divergence == "reverse":
+    result = _kl_from_log_probs(log_p, log_q, axes, mask)
+  else:
+    result = _jsd_from_log_probs(log_q, log_p, beta, axes, mask)
+  return result.astype(out_dtype)
+
+
+def token_mask(
+    shape: tuple[int, ...],
+    where: Optional[ArrayLike],
+    labels: Optional[ArrayLike],
+    ignore_index: int,
+) -> Optional[jax.Array]:
+  """Combines a boolean mask and ``labels != ignore_index`` into one mask.
+
+  Raises:
+    ValueError: a mask or labels whose shape is not the per-token shape.
+    TypeError: non-integer labels or a non-boolean mask.
+  """
+  mask = None
+  if where is not None:
+    mask = jnp.asarray(where)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(f"`where` must be a boolean array; got dtype {mask.dtype}.")
+    if mask.shape != shape:
+      raise ValueError(
+          f"`where` must have the per-token shape {shape}; got {mask.shape}.")
+  if labels is not None:
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise TypeError(f"`labels` must be integers; got dtype {labels.dtype}.")
+    if labels.shape != shape:
+      raise ValueError(
+          f"`labels` must have the per-token shape {shape}; got {labels.shape}.")
+    keep = labels != ignore_index
+    mask = keep if mask is None else mask & keep
+  return mask
+
+
+def distillation_loss(
+    student_logits: ArrayLike,
+    teacher_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    divergence: Divergence = "forward",
+    beta: float = 0.5,
+    where: Optional[ArrayLike] = None,
+    labels: Optional[ArrayLike] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: int = -1,
+) -> jax.Array:
+  r"""Knowledge-distillation loss from logits, scaled by :math:`T^2`.
+
+  .. math::
+
+     \mathcal{L} = T^2 \cdot \operatorname{reduce}_{i \in \text{tokens}}
+       D\!\left(P_T^{(i)}, Q_T^{(i)}\right)
+
+  where :math:`P_T = \mathrm{softmax}(\text{teacher\_logits}/T)`,
+  :math:`Q_T = \mathrm{softmax}(\text{student\_logits}/T)` and :math:`D` is
+  the forward KL, the reverse KL or the generalized JSD (see
+  :func:`jaxkl.divergence_from_logits`). The :math:`T^2` factor (Hinton et al.)
+  keeps gradient magnitudes comparable across temperatures: for the forward KL
+  the gradient with respect to the student logits is
+  :math:`T\,(Q_T - P_T)` times the reduction's weight.
+
+  Tokens are selected by ``where`` (boolean, ``True`` keeps) and/or by
+  ``labels != ignore_index`` (the PyTorch/Hugging Face convention for padded
+  or prompt tokens); ``'mean'`` averages over the kept tokens only and gives 0
+  when none is kept. The teacher is not differentiated through unless you
+  differentiate with respect to it; wrap it in ``jax.lax.stop_gradient`` if it
+  is computed in the same function.
+
+  Args:
+    student_logits: shape ``[..., V]`` (e.g. ``[B, T, V]``).
+    teacher_logits: same shape.
+    temperature: :math:`T > 0`.
+    divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
+    beta: JSD weight in ``[0, 1]``; ``jsd`` with 0 is ``forward``, with 1
+      ``reverse``. Static.
+    where: optional boolean mask of tokens, shape ``[...]`` (the logits' shape
+      without the class axis).
+    labels: optional integer labels of shape ``[...]``; tokens whose label is
+      ``ignore_index`` are excluded.
+    ignore_index: the label value to exclude. Static.
+    reduction: ``'mean'`` (over kept tokens), ``'sum'``, ``'batchmean'`` (sum
+      over the leading axis' size) or ``'none'`` (per-token, masked tokens 0).
+    axis: the class axis. Static.
+
+  Returns:
+    A scalar, or per-token losses of shape ``[...]`` for ``'none'``.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> student = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> teacher = jnp.zeros((2, 3))
+    >>> labels = jnp.array([1, -100])  # second token ignored
+    >>> loss = jaxkl.distillation_loss(student, teacher, temperature=2.0,
+    ...                                labels=labels)
+    >>> loss
+    Array(0.47799593, dtype=float32)
+    >>> grads = jax.grad(lambda s: jaxkl.distillation_loss(
+    ...     s, teacher, temperature=2.0, labels=labels))(student)
+    >>> grads[1]  # ignored token: no gradient
+    Array([0., 0., 0.], dtype=float32)
+
+  References:
+    Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
+    arXiv:1503.02531, 2015.
+  """
+  student = _checks.as_float_array(student_logits, "student_logits")
+  if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+    raise TypeError(f"`axis` must be an int; got {axis!r}.")
+  axes = _per_example.normalize_axis(axis, student.ndim)
+  per_token_shape = tuple(d for i, d in enumerate(student.shape)
+                          if i not in axes)
+  mask = token_mask(per_token_shape, where, labels, ignore_index)
+  _reduction.validate_reduction(reduction)
+  per_token = divergence_from_logits(
+      student, teacher_logits, divergence=divergence, beta=beta,
+      temperature=temperature, axis=axis, where=mask)
+  scale = jnp.square(jnp.asarray(temperature, per_token.dtype))
+  return _reduction.reduce_loss(per_token * scale, reduction, where=mask)
