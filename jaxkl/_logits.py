@@ -306,7 +306,8 @@ def distillation_loss(
   Tokens are selected by ``where`` (boolean, ``True`` keeps) and/or by
   ``labels != ignore_index`` (the PyTorch/Hugging Face convention for padded
   or prompt tokens); ``'mean'`` averages over the kept tokens only and gives 0
-  when none is kept. The teacher is not differentiated through unless you
+  when none is kept. Excluded tokens may hold any logits, even NaN or all
+  ``-inf``: they reach neither the loss nor its gradient. The teacher is not differentiated through unless you
   differentiate with respect to it; wrap it in ``jax.lax.stop_gradient`` if it
   is computed in the same function.
 
@@ -357,6 +358,14 @@ def distillation_loss(
                           if i not in axes)
   mask = token_mask(per_token_shape, where, labels, ignore_index)
   _reduction.validate_reduction(reduction)
+  if mask is not None:
+    # Excluded tokens may hold anything (padding garbage, all -inf rows):
+    # replace them before the softmax so nothing non-finite reaches the
+    # gradient through them.
+    keep = jnp.expand_dims(mask, axes)
+    student = jnp.where(keep, student, 0)
+    teacher_logits = jnp.where(
+        keep, _checks.as_float_array(teacher_logits, "teacher_logits"), 0)
   per_token = divergence_from_logits(
       student, teacher_logits, divergence=divergence, beta=beta,
       temperature=temperature, axis=axis, where=mask)
