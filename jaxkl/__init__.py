@@ -7,26 +7,68 @@
   ``divergence_from_logits``, ``distillation_loss``: divergences straight from
   logits with temperature, for knowledge distillation.
 * ``reduce_loss``: the reductions shared by every loss, with masks.
+* ``kl_normal``, ``kl_multivariate_normal``, ``kl_categorical``, ``kl_gamma``,
+  ...: closed-form KL between two distributions of the same family.
+* ``kl_from_samples``, ``kl_estimator_terms``, ``monte_carlo_kl``: Monte-Carlo
+  KL (k1/k2/k3 estimators, standard errors, gradients, variance reduction).
 """
 
+from jaxkl._analytic import kl_bernoulli
+from jaxkl._analytic import kl_bernoulli_probs
+from jaxkl._analytic import kl_beta
+from jaxkl._analytic import kl_categorical
+from jaxkl._analytic import kl_dirichlet
+from jaxkl._analytic import kl_exponential
+from jaxkl._analytic import kl_gamma
+from jaxkl._analytic import kl_laplace
+from jaxkl._analytic import kl_multivariate_normal
+from jaxkl._analytic import kl_multivariate_normal_diag
+from jaxkl._analytic import kl_multivariate_normal_from_covariance
+from jaxkl._analytic import kl_normal
+from jaxkl._analytic import kl_poisson
 from jaxkl._discrete import KLDivLoss
 from jaxkl._discrete import kl_div
+from jaxkl._estimators import kl_estimator_terms
+from jaxkl._estimators import kl_from_samples
+from jaxkl._fused_linear import fused_linear_distillation_loss
 from jaxkl._logits import distillation_loss
 from jaxkl._logits import divergence_from_logits
 from jaxkl._logits import jensen_shannon_from_logits
 from jaxkl._logits import kl_divergence_from_logits
+from jaxkl._monte_carlo import KLEstimate
+from jaxkl._monte_carlo import StandardNormalPushforward
+from jaxkl._monte_carlo import monte_carlo_kl
 from jaxkl._per_example import kl_divergence
 from jaxkl._reduction import reduce_loss
 from jaxkl._version import __version__
 
 __all__ = [
     "KLDivLoss",
+    "KLEstimate",
+    "StandardNormalPushforward",
     "__version__",
     "distillation_loss",
     "divergence_from_logits",
+    "fused_linear_distillation_loss",
     "jensen_shannon_from_logits",
+    "kl_bernoulli",
+    "kl_bernoulli_probs",
+    "kl_beta",
+    "kl_categorical",
+    "kl_dirichlet",
     "kl_div",
     "kl_divergence",
     "kl_divergence_from_logits",
+    "kl_estimator_terms",
+    "kl_exponential",
+    "kl_from_samples",
+    "kl_gamma",
+    "kl_laplace",
+    "kl_multivariate_normal",
+    "kl_multivariate_normal_diag",
+    "kl_multivariate_normal_from_covariance",
+    "kl_normal",
+    "kl_poisson",
+    "monte_carlo_kl",
     "reduce_loss",
 ]

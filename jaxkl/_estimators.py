@@ -1,0 +1,554 @@
+r"""Monte-Carlo estimators of the KL divergence from log-densities at samples.
+
+Given samples :math:`x_i \sim P` and the log-densities :math:`\log p(x_i)`,
+:math:`\log q(x_i)`, write :math:`\log r = \log q(x) - \log p(x)` (so
+:math:`r = q/p`) and estimate
+
+.. math::
+
+   D_{\mathrm{KL}}(P \,\|\, Q) = \mathbb{E}_{x \sim P}[-\log r(x)]
+
+by the mean of one of Schulman's (2020) per-sample estimators:
+
+* ``'k1'``: :math:`-\log r`. Unbiased; negative for about half the samples
+  when :math:`P \approx Q`, hence high variance.
+* ``'k2'``: :math:`\tfrac12 (\log r)^2`. Non-negative, low variance, biased:
+  its mean is the f-divergence with :math:`f(u) = \tfrac12 (\log u)^2`, which
+  agrees with the KL divergence to second order as :math:`Q \to P`.
+* ``'k3'``: :math:`(r - 1) - \log r`. Non-negative and unbiased when
+  :math:`Q \ll P` (``Q`` puts no mass outside the support of ``P``), because
+  then :math:`\mathbb{E}_P[r - 1] = 0`; it is ``k1`` plus the control variate
+  :math:`r - 1` with coefficient 1. Otherwise
+  :math:`\mathbb{E}_P[\mathrm{k3}] = D_{\mathrm{KL}} - Q(\text{outside supp } P)`.
+* ``'cv'`` (estimates only, not per-sample): ``k1`` plus the control variate
+  with the *estimated optimal* coefficient,
+  :math:`\overline{\mathrm{k1}} + \hat\lambda\, \overline{(r - 1)}` with
+  :math:`\hat\lambda = -\widehat{\mathrm{Cov}}(-\log r,\, r - 1) /
+  \widehat{\mathrm{Var}}(r - 1)` (least squares); ``k3`` is the fixed choice
+  :math:`\lambda = 1`, close to optimal when :math:`P \approx Q` since then
+  :math:`-\log r \approx 1 - r`. Same support condition as ``k3``;
+  :math:`\hat\lambda` is fitted to the same samples and carries no
+  gradient, so the estimate and its gradients have a bias of order
+  :math:`1/n` when :math:`\mathbb{E}_P[r^4] < \infty`, vanishing more slowly
+  with heavier tails (for 1-D Gaussians :math:`\mathbb{E}_P[r^k] < \infty`
+  iff :math:`\sigma_Q^2 < k \sigma_P^2 / (k - 1)`).
+
+Gradients with the samples held fixed
+-------------------------------------
+Estimators are often used as *losses*, differentiated with respect to the
+parameters :math:`\theta` of :math:`P_\theta` (the sampling distribution, e.g.
+an RL policy) while the samples are treated as constants. Then, with
+:math:`s = \nabla_\theta \log p_\theta(x)` and
+:math:`\mathbb{E}_P[s] = 0` (Tang & Munos, 2025, who point out that this
+practice does *not* in general give the gradient of the estimated KL):
+
+* ``k1``: :math:`\mathbb{E}_P[s] = 0`: no signal at all;
+* ``k2``: :math:`\mathbb{E}_P[-\log r \cdot s] =
+  \nabla_\theta D_{\mathrm{KL}}(P_\theta \,\|\, Q)`: the gradient of the KL
+  divergence being estimated (the "reverse" KL of RLHF, policy ‖ reference);
+* ``k3``: :math:`\mathbb{E}_P[(1 - r) s] = -\mathbb{E}_Q[s] =
+  \nabla_\theta D_{\mathrm{KL}}(Q \,\|\, P_\theta)`: the gradient of the
+  *other* direction (the "forward" KL of RLHF, reference ‖ policy).
+
+With respect to parameters of ``Q`` only (samples fixed, :math:`P` fixed),
+``k1`` and ``k3`` both give unbiased gradients of
+:math:`D_{\mathrm{KL}}(P \,\|\, Q)` and ``k2`` does not. For unbiased
+gradients with respect to the sampling distribution, use
+``jaxkl.monte_carlo_kl`` with ``gradient='pathwise'`` or
+``gradient='score_function'``.
+
+References:
+  J. Schulman, "Approximating KL Divergence", 2020,
+  http://joschu.net/blog/kl-approx.html.
+  Y. Tang and R. Munos, "On a few pitfalls in KL divergence gradient
+  estimation for RL", 2025, arXiv:2506.09477.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxkl import _checks
+from jaxkl._per_example import Axis
+from jaxkl._per_example import broadcast_mask
+from jaxkl._per_example import normalize_axis
+
+Estimator = Literal["k1", "k2", "k3", "cv"]
+
+#: Per-sample estimators (``kl_estimator_terms``).
+TERM_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
+#: Estimators of the mean (``kl_from_samples``, ``monte_carlo_kl``).
+ESTIMATORS: tuple[str, ...] = TERM_ESTIMATORS + ("cv",)
+
+# |log r| below which k3 = e^d - 1 - d is summed as a series (see _k3).
+_K3_SERIES_BOUND = 0.5
+
+
+def validate_estimator(estimator: object,
+                       allowed: tuple[str, ...] = ESTIMATORS) -> str:
+  """Returns ``estimator`` if it is one of ``allowed``, else raises."""
+  if isinstance(estimator, str) and estimator in allowed:
+    return estimator
+  hint = ""
+  if estimator == "cv":
+    hint = (" 'cv' fits its coefficient to all the samples, so it has no "
+            "per-sample terms; use `jaxkl.kl_from_samples(..., "
+            "estimator='cv')`.")
+  raise ValueError(
+      f"`estimator` must be one of {', '.join(map(repr, allowed))}; got "
+      f"{estimator!r}.{hint}")
+
+
+def _k3_series_degree(dtype: np.dtype) -> int:
+  """Highest power of the series for e^d - 1 - d on |d| < 1/2.
+
+  The first omitted term, relative to d^2 / 2, is below 2^-25 (float32) or
+  2^-55 (float64) on the whole interval.
+  """
+  return 10 if jnp.finfo(dtype).bits <= 32 else 17
+
+
+@jax.custom_jvp
+def _k3(log_r: jax.Array) -> jax.Array:
+  r"""``k3 = e^d - 1 - d`` for ``d = log r``, accurate for every ``d``.
+
+  ``expm1(d) - d`` cancels catastrophically for small ``|d|`` (the result is
+  about ``d^2 / 2``; in float32 at ``d = 1e-3`` a tenth of its digits are
+  lost), so there the Taylor series ``sum_{k>=2} d^k / k!`` is used instead.
+  For ``|d| >= 1/2`` the subtraction loses at most 3 bits. ``d = +inf``
+  gives ``+inf`` (not ``inf - inf``), and so does ``d = -inf`` (``q = 0``
+  at a sample of ``P``: the divergence is infinite). In float32, finite
+  ``d > 88.7`` overflows ``expm1`` to ``+inf``: the true value exceeds the
+  largest float32, so ``+inf`` is the correctly rounded result.
+  """
+  small = jnp.abs(log_r) < _K3_SERIES_BOUND
+  d = jnp.where(small, log_r, 0)
+  degree = _k3_series_degree(log_r.dtype)
+  poly = jnp.full_like(d, 1.0 / math.factorial(degree))
+  for k in range(degree - 1, 1, -1):
+    poly = poly * d + 1.0 / math.factorial(k)
+  series = d * d * poly
+  direct = jnp.expm1(log_r) - log_r
+  direct = jnp.where(log_r == jnp.inf, jnp.inf, direct)
+  return jnp.where(small, series, direct)
+
+
+@_k3.defjvp
+def _k3_jvp(primals, tangents):
+  (log_r,), (tangent,) = primals, tangents
+  return _k3(log_r), jnp.expm1(log_r) * tangent
+
+
+@functools.partial(jax.jit, static_argnames=("estimator",))
+def _log_ratio_terms(log_r: jax.Array, estimator: str) -> jax.Array:
+  """The per-sample estimator as a function of ``log r = log q - log p``."""
+  if estimator in ("k1", "cv"):
+    return -log_r
+  if estimator == "k2":
+    return 0.5 * log_r * log_r
+  return _k3(log_r)
+
+
+def kl_estimator_terms(
+    log_p: ArrayLike,
+    log_q: ArrayLike,
+    *,
+    estimator: Literal["k1", "k2", "k3"] = "k1",
+) -> jax.Array:
+  r"""Per-sample Monte-Carlo KL estimators, e.g. per-token RLHF penalties.
+
+  With :math:`\log r = \log q(x) - \log p(x)` at a sample :math:`x \sim P`:
+
+  .. math::
+
+     \mathrm{k1} = -\log r, \qquad
+     \mathrm{k2} = \tfrac12 (\log r)^2, \qquad
+     \mathrm{k3} = (r - 1) - \log r
+     = \operatorname{expm1}(\log r) - \log r.
+
+  ``k1`` and ``k3`` are unbiased for :math:`D_{\mathrm{KL}}(P \,\|\, Q)`
+  (``k3`` when ``Q`` has no mass outside the support of ``P``), ``k2`` is
+  biased with low variance, ``k2`` and ``k3`` are non-negative. Their
+  gradients *with the samples held fixed* estimate different things (``k1``:
+  zero; ``k2``: the gradient of :math:`D_{\mathrm{KL}}(P\|Q)`; ``k3``: that of
+  :math:`D_{\mathrm{KL}}(Q\|P)`, with respect to the parameters of ``P``);
+  see the module notes of ``jaxkl._estimators`` and Tang & Munos (2025).
+
+  ``k3`` is computed without cancellation (a series for :math:`|\log r| <
+  1/2`) and is :math:`+\infty` for :math:`\log r = \pm\infty`; in float32 it
+  overflows to :math:`+\infty` for :math:`\log r > 88.7`, where the true
+  value exceeds the float32 range. For very negative :math:`\log r` it is
+  :math:`\approx -\log r - 1`, accurate.
+
+  In RLHF with policy :math:`\pi` sampling the tokens and reference
+  :math:`\pi_{\text{ref}}`: ``log_p`` is the policy's token log-probability
+  and ``log_q`` the reference's, so the mean estimates
+  :math:`D_{\mathrm{KL}}(\pi \,\|\, \pi_{\text{ref}})`.
+
+  Args:
+    log_p: :math:`\log p(x_i)` of the samples under the sampling distribution
+      ``P``; any shape.
+    log_q: :math:`\log q(x_i)`, same shape as ``log_p``.
+    estimator: ``'k1' | 'k2' | 'k3'``. Static.
+
+  Returns:
+    The per-sample terms, shape of ``log_p``, in the promoted input dtype
+    (16-bit inputs are computed in float32).
+
+  Raises:
+    ValueError: unknown ``estimator`` or shapes that differ.
+    TypeError: non-floating inputs.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> log_p = jnp.log(jnp.array([0.5, 0.25]))
+    >>> log_q = jnp.log(jnp.array([0.25, 0.5]))
+    >>> jaxkl.kl_estimator_terms(log_p, log_q, estimator="k1")  # log 2, -log 2
+    Array([ 0.6931472, -0.6931472], dtype=float32)
+    >>> jaxkl.kl_estimator_terms(log_p, log_q, estimator="k3")  # r - 1 - log r
+    Array([0.19314718, 0.30685282], dtype=float32)
+
+  References:
+    J. Schulman, "Approximating KL Divergence", 2020.
+    Y. Tang and R. Munos, "On a few pitfalls in KL divergence gradient
+    estimation for RL", 2025, arXiv:2506.09477.
+  """
+  estimator = validate_estimator(estimator, TERM_ESTIMATORS)
+  log_p = _checks.as_float_array(log_p, "log_p")
+  log_q = _checks.as_float_array(log_q, "log_q")
+  _checks.check_same_shape(log_p, log_q, "log_p", "log_q")
+  out_dtype, compute_dtype = _checks.result_dtype(log_p, log_q)
+  log_r = log_q.astype(compute_dtype) - log_p.astype(compute_dtype)
+  return _log_ratio_terms(log_r, estimator).astype(out_dtype)
+
+
+# ----------------------------------------------------------------------------
+# Means, control variates and standard errors.
+
+
+def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+  """``num / den``, and 0 where ``den == 0`` (with a zero gradient there)."""
+  ok = den != 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+
+
+def weighted_estimate(
+    values: jax.Array,
+    weights: jax.Array,
+    count: jax.Array,
+    axes: tuple[int, ...],
+    control: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  r"""Weighted mean, optional control variate, and its standard error.
+
+  With weights :math:`a_i \ge 0` summing to 1 over ``axes`` (``1/n`` for a
+  plain mean; self-normalized importance weights otherwise) the estimate is
+  :math:`\hat\mu = \sum_i a_i v_i` and its (delta-method) variance
+  :math:`\sum_i a_i^2 (v_i - \hat\mu)^2`, scaled by :math:`n / (n - 1)` (or
+  :math:`n / (n - 2)` with a control variate), which is the usual unbiased
+  sample variance over :math:`n` for a plain mean.
+
+  A control variate :math:`c` with known mean 0 is added with the coefficient
+  minimizing that variance (weighted least squares, weights :math:`a_i^2`):
+  :math:`\hat\lambda = -\sum a_i^2 V_i C_i / \sum a_i^2 C_i^2` with
+  :math:`V, C` the centred values and controls; :math:`\hat\lambda` is
+  treated as a constant for differentiation.
+
+  Returns:
+    ``(estimate, stderr, lam)`` with ``axes`` removed (``lam`` is 0 without a
+    control). ``stderr`` is NaN when ``count`` is too small and carries no
+    gradient.
+  """
+  mean = jnp.sum(weights * values, axis=axes, keepdims=True)
+  centred = values - mean
+  a2 = weights * weights
+  lam = jnp.zeros_like(mean)
+  ddof = 1
+  if control is not None:
+    ddof = 2
+    control_mean = jnp.sum(weights * control, axis=axes, keepdims=True)
+    control_centred = control - control_mean
+    lam = jax.lax.stop_gradient(-_safe_divide(
+        jnp.sum(a2 * centred * control_centred, axis=axes, keepdims=True),
+        jnp.sum(a2 * control_centred * control_centred, axis=axes,
+                keepdims=True)))
+    mean = mean + lam * control_mean
+    centred = centred + lam * control_centred
+  sq = jax.lax.stop_gradient(
+      jnp.sum(a2 * centred * centred, axis=axes, keepdims=True))
+  count = jnp.reshape(count, mean.shape).astype(mean.dtype)
+  enough = count > ddof
+  correction = count / jnp.where(enough, count - ddof, 1)
+  stderr = jnp.where(enough, jnp.sqrt(sq * correction), jnp.nan)
+  squeeze = lambda a: jnp.squeeze(a, axis=axes)  # noqa: E731
+  return squeeze(mean), squeeze(stderr), squeeze(lam)
+
+
+def kl_from_samples(
+    log_p: ArrayLike,
+    log_q: ArrayLike,
+    *,
+    estimator: Estimator = "k1",
+    axis: Axis = None,
+    where: Optional[ArrayLike] = None,
+    log_weights: Optional[ArrayLike] = None,
+    self_normalized: bool = False,
+    return_stderr: bool = False,
+) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
+  r"""Monte-Carlo estimate of :math:`D_{\mathrm{KL}}(P \,\|\, Q)` from samples.
+
+  Given :math:`\log p(x_i)` and :math:`\log q(x_i)` at samples
+  :math:`x_i \sim P`, returns the mean over ``axis`` (over the entries kept by
+  ``where``) of the chosen estimator, with :math:`\log r = \log q - \log p`:
+
+  .. math::
+
+     \hat D = \frac{1}{n} \sum_{i=1}^n k(x_i), \qquad
+     k \in \{-\log r,\ \tfrac12 (\log r)^2,\ (r - 1) - \log r\}
+     \ \text{(k1, k2, k3)},
+
+  or, for ``'cv'``, ``k1`` with the optimal-coefficient control variate
+  :math:`\hat D = \overline{-\log r} + \hat\lambda\, \overline{(r - 1)}`,
+  :math:`\hat\lambda = -\widehat{\mathrm{Cov}}(-\log r, r - 1) /
+  \widehat{\mathrm{Var}}(r - 1)` (``k3`` fixes :math:`\lambda = 1`); see
+  ``jaxkl.kl_estimator_terms`` and the notes of ``jaxkl._estimators`` for
+  bias, support conditions and what gradients with fixed samples estimate.
+
+  **Importance sampling.** If the samples come from a proposal :math:`\rho`
+  instead of :math:`P`, pass ``log_weights`` :math:`= \log p(x_i) -
+  \log \rho(x_i)`. Then, with :math:`w_i = e^{\text{log\_weights}_i}`,
+
+  * ``self_normalized=False``: :math:`\hat D = \frac1n \sum_i w_i k(x_i)`,
+    unbiased (for ``k1``/``k3``); ``log p`` and ``log ρ`` must be normalized;
+  * ``self_normalized=True``: :math:`\hat D = \sum_i w_i k(x_i) / \sum_i w_i`,
+    consistent with a bias of order :math:`1/n`, often lower variance, and
+    invariant to a constant shift of ``log_weights``.
+
+  The control variate for ``'cv'`` is then :math:`w (r - 1)` (resp.
+  :math:`r - 1` under the normalized weights).
+
+  **Standard error.** With ``return_stderr=True`` the result is a pair
+  ``(estimate, stderr)``: the sample standard deviation of the terms (with
+  Bessel's correction; ``n - 2`` with ``'cv'``) over :math:`\sqrt n`, or, with
+  self-normalized weights, the delta-method
+  :math:`\sqrt{\tfrac{n}{n-1}\sum_i \bar w_i^2 (k_i - \hat D)^2}` with
+  :math:`\bar w_i = w_i / \sum_j w_j`. It is NaN with fewer than 2 (3 for
+  ``'cv'``) kept samples and carries no gradient. Under the central limit
+  theorem, ``estimate ± 1.96 * stderr`` is an approximate 95% interval. This
+  needs a finite variance of the terms: :math:`\mathbb{E}_P[(\log r)^2]`
+  for ``k1``, and also :math:`\mathbb{E}_P[r^2] = \int q^2/p` for ``k3``
+  and ``'cv'``, which is infinite when ``Q`` has heavier tails than ``P``
+  allow (e.g. Gaussians with :math:`\sigma_Q^2 \ge 2\sigma_P^2`): then
+  ``k3`` stays unbiased but its standard error is meaningless.
+
+  Args:
+    log_p: :math:`\log p(x_i)`, any shape; samples along ``axis``.
+    log_q: :math:`\log q(x_i)`, same shape.
+    estimator: ``'k1' | 'k2' | 'k3' | 'cv'``. Static.
+    axis: the sample axis or axes to average over; ``None`` (default) for all.
+      Static.
+    where: optional boolean mask of samples to keep: either the shape of the
+      result (masks whole rows) or broadcastable to ``log_p`` (as
+      ``jaxkl.kl_divergence``). Masked entries may hold anything, including
+      ``inf``/NaN; they contribute nothing to values or gradients. With
+      nothing kept the estimate is 0.
+    log_weights: optional :math:`\log p - \log \rho` for samples from a
+      proposal :math:`\rho`, same shape as ``log_p``.
+    self_normalized: whether to normalize the importance weights. Static;
+      only with ``log_weights``.
+    return_stderr: also return the standard error. Static.
+
+  Returns:
+    The estimate, shape of ``log_p`` without ``axis``, in the promoted input
+    dtype (16-bit inputs are accumulated in float32); with
+    ``return_stderr=True`` the pair ``(estimate, stderr)`` of that shape.
+
+  Raises:
+    ValueError: unknown ``estimator``, shapes that differ, a bad ``axis`` or
+      mask, or ``self_normalized`` without ``log_weights``.
+    TypeError: non-floating inputs, a non-boolean mask or non-bool flags.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> # P = N(0, 1), Q = N(1, 1): KL = 1/2.
+    >>> x = jax.random.normal(jax.random.key(0), (100_000,))
+    >>> log_p = jax.scipy.stats.norm.logpdf(x)
+    >>> log_q = jax.scipy.stats.norm.logpdf(x, loc=1.0)
+    >>> kl, se = jaxkl.kl_from_samples(log_p, log_q, estimator="k3",
+    ...                                return_stderr=True)
+    >>> bool(abs(kl - 0.5) < 4 * se), bool(se < 0.01)
+    (True, True)
+    >>> # Per-sequence KL: tokens on axis 1, padding masked out.
+    >>> mask = jnp.array([[True, True, False], [True, False, False]])
+    >>> lp = jnp.log(jnp.array([[0.5, 0.25, 0.1], [0.5, 0.3, 0.2]]))
+    >>> lq = jnp.log(jnp.array([[0.25, 0.5, 0.7], [0.5, 0.1, 0.9]]))
+    >>> jaxkl.kl_from_samples(lp, lq, estimator="k3", axis=1, where=mask)
+    Array([0.25, 0.  ], dtype=float32)
+
+  References:
+    J. Schulman, "Approximating KL Divergence", 2020.
+    A. B. Owen, "Monte Carlo theory, methods and examples", 2013, ch. 8-9
+    (control variates; self-normalized importance sampling).
+  """
+  estimator = validate_estimator(estimator)
+  self_normalized = _checks.check_bool(self_normalized, "self_normalized")
+  return_stderr = _checks.check_bool(return_stderr, "return_stderr")
+  log_p = _checks.as_float_array(log_p, "log_p")
+  log_q = _checks.as_float_array(log_q, "log_q")
+  _checks.check_same_shape(log_p, log_q, "log_p", "log_q")
+  arrays = [log_p, log_q]
+  if log_weights is not None:
+    log_w = _checks.as_float_array(log_weights, "log_weights")
+    _checks.check_same_shape(log_p, log_w, "log_p", "log_weights")
+    arrays.append(log_w)
+  elif self_normalized:
+    raise ValueError("`self_normalized=True` needs `log_weights`.")
+  axes = normalize_axis(axis, log_p.ndim)
+  mask = broadcast_mask(where, log_p.shape, axes)
+  out_dtype, compute_dtype = _checks.result_dtype(*arrays)
+  log_r = log_q.astype(compute_dtype) - log_p.astype(compute_dtype)
+  if mask is not None:
+    log_r = jnp.where(mask, log_r, 0)
+  if log_weights is None:
+    log_w = None
+  else:
+    log_w = log_w.astype(compute_dtype)
+    if mask is not None:
+      log_w = jnp.where(mask, log_w, -jnp.inf)
+  estimate, stderr = estimate_from_log_ratios(
+      log_r, estimator=estimator, axes=axes, mask=mask, log_weights=log_w,
+      self_normalized=self_normalized)[:2]
+  if return_stderr:
+    return estimate.astype(out_dtype), stderr.astype(out_dtype)
+  return estimate.astype(out_dtype)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("estimator", "axes", "self_normalized", "groups"))
+def estimate_from_log_ratios(
+    log_r: jax.Array,
+    *,
+    estimator: str,
+    axes: tuple[int, ...],
+    mask: Optional[jax.Array] = None,
+    log_weights: Optional[jax.Array] = None,
+    self_normalized: bool = False,
+    groups: int = 1,
+    score_log_prob: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  r"""The estimator behind ``kl_from_samples`` and ``monte_carlo_kl``.
+
+  Jitted (a few dozen elementwise ops and reductions: compiled once per
+  shape, they run much faster than op by op in eager mode).
+
+  Args:
+    log_r: :math:`\log q - \log p` at the samples (masked entries finite).
+    estimator: a validated estimator name.
+    axes: the sample axes (for ``groups > 1``, exactly ``(0,)``).
+    mask: optional boolean mask of ``log_r``'s shape.
+    log_weights: optional :math:`\log p - \log\rho` (``-inf`` where masked).
+    self_normalized: normalize the importance weights.
+    groups: ``2`` for antithetic pairs: samples ``i`` and ``i + n/2`` form a
+      dependent pair; the standard error and the score-function baseline are
+      computed from pair averages.
+    score_log_prob: for ``gradient='score_function'``, the log-density of the
+      sampling distribution at the (gradient-stopped) samples: adds the DiCE
+      term :math:`\sum_i a_i (e^{\ell_i - \bot \ell_i} - 1)(\bot y_i - b_i)`,
+      0 in value, whose gradient is the score-function term with the
+      leave-one-out baseline :math:`b_i` (the mean of the other samples or
+      pairs); with self-normalized weights the DiCE factor multiplies the
+      weights instead.
+
+  Returns:
+    ``(estimate, stderr, effective_sample_size)``; the last is Kish's
+    :math:`(\sum w)^2 / \sum w^2` (the number of kept samples without
+    weights).
+  """
+  terms = _log_ratio_terms(log_r, estimator)
+  control = jnp.expm1(log_r) if estimator == "cv" else None
+  keep = jnp.ones(log_r.shape, bool) if mask is None else mask
+  count = jnp.sum(keep, axis=axes, keepdims=True, dtype=jnp.int32)
+  count = count.astype(log_r.dtype)
+  if mask is not None:
+    terms = jnp.where(mask, terms, 0)
+    if control is not None:
+      control = jnp.where(mask, control, 0)
+
+  magic = None
+  if score_log_prob is not None:
+    magic_log = score_log_prob - jax.lax.stop_gradient(score_log_prob)
+    magic = jnp.exp(magic_log)
+
+  if log_weights is None:
+    values = terms
+    weights = _safe_divide(keep.astype(log_r.dtype), count)
+    ess = count
+  else:
+    shift = jax.lax.stop_gradient(
+        jnp.max(log_weights, axis=axes, keepdims=True))
+    shift = jnp.where(jnp.isfinite(shift), shift, 0)
+    scaled = jnp.exp(log_weights - shift)  # 0 where masked
+    ess = _safe_divide(jnp.sum(scaled, axis=axes, keepdims=True) ** 2,
+                       jnp.sum(scaled * scaled, axis=axes, keepdims=True))
+    if self_normalized:
+      if magic is not None:
+        scaled = scaled * magic
+        magic = None
+      values = terms
+      weights = _safe_divide(scaled,
+                             jnp.sum(scaled, axis=axes, keepdims=True))
+    else:
+      w = jnp.exp(log_weights)  # 0 where masked
+      values = w * terms
+      if control is not None:
+        control = w * control
+      weights = _safe_divide(keep.astype(log_r.dtype), count)
+
+  sample_values, sample_control, sample_weights = values, control, weights
+  if groups > 1:
+    values, weights, control, count = _pair_up(values, weights, control,
+                                               count, groups)
+  estimate, stderr, lam = weighted_estimate(values, weights, count, axes,
+                                            control)
+  if magic is not None:
+    lam = jnp.expand_dims(lam, axes)
+    # The baseline: the mean of the other samples (or antithetic pairs).
+    group_y = values if control is None else values + lam * control
+    group_y = jax.lax.stop_gradient(group_y)
+    total = jnp.sum(weights * group_y, axis=axes, keepdims=True)
+    baseline = _safe_divide(total - weights * group_y, 1 - weights)
+    if groups > 1:
+      baseline = jnp.concatenate([baseline] * groups, axis=0)
+    # Each sample's own value: its partner in a pair is not independent of it.
+    y = sample_values
+    if sample_control is not None:
+      y = y + lam * sample_control
+    y = jax.lax.stop_gradient(y)
+    estimate = estimate + jnp.sum(
+        sample_weights * (magic - 1) * (y - baseline), axis=axes)
+  return estimate, stderr, jnp.squeeze(ess, axis=axes)
+
+
+def _pair_up(values, weights, control, count, groups):
+  """Combines samples ``i, i + n/g, ...`` (one antithetic group) into one."""
+  def split(a):
+    return jnp.reshape(a, (groups, a.shape[0] // groups) + a.shape[1:])
+  w = split(weights)
+  group_w = jnp.sum(w, axis=0)
+  def combine(a):
+    return _safe_divide(jnp.sum(w * split(a), axis=0), group_w)
+  values = combine(values)
+  if control is not None:
+    control = combine(control)
+  return values, group_w, control, count / groups
