@@ -31,6 +31,7 @@ from jaxkl._discrete import kl_div
 from jaxkl._estimators import kl_estimator_terms
 from jaxkl._estimators import kl_from_samples
 from jaxkl._fused_linear import fused_linear_distillation_loss
+from jaxkl._knn import knn_kl
 from jaxkl._logits import distillation_loss
 from jaxkl._logits import divergence_from_logits
 from jaxkl._logits import jensen_shannon_from_logits
@@ -69,6 +70,7 @@ __all__ = [
     "kl_multivariate_normal_from_covariance",
     "kl_normal",
     "kl_poisson",
+    "knn_kl",
     "monte_carlo_kl",
     "reduce_loss",
 ]
