@@ -1,9 +1,9 @@
 r"""Sample-only k-nearest-neighbour estimators of the KL divergence.
 
-Given samples :math:`x_1, \dots, x_n \sim P` and :math:`y_1, \dots, y_m \sim Q`
-in :math:`\mathbb{R}^d`, ``knn_kl`` estimates :math:`D_{\mathrm{KL}}(P \,\|\, Q)`
-from nearest-neighbour distances alone, without densities (Wang, Kulkarni &
-Verdú, 2009).
+Given samples :math:`x_1, \dots, x_n \sim P` and
+:math:`y_1, \dots, y_m \sim Q` in :math:`\mathbb{R}^d`, ``knn_kl`` estimates
+:math:`D_{\mathrm{KL}}(P \,\|\, Q)` from nearest-neighbour distances alone,
+without densities (Wang, Kulkarni & Verdú, 2009).
 
 Design (measurements in ``benchmarks/bench_knn.py`` and
 ``benchmarks/results/knn_cpu.md``):
@@ -14,23 +14,24 @@ Design (measurements in ``benchmarks/bench_knn.py`` and
   compile time against a separate call for the last ``n % chunk_size`` rows)
   computes the ``[chunk, n]`` and ``[chunk, m]`` squared distances, reduces
   them to a few numbers per query point and drops them, so memory is
-  :math:`O(\text{chunk} \cdot (n+m))`.
-  Every row is computed independently of the others and the rounding steps
-  (logs, digammas, the sum) run on whole ``[n]`` vectors, so the estimate does
-  not depend on ``chunk_size`` beyond the last bit of the distances: XLA's CPU
-  backend may contract a multiply-add into an FMA in one loop shape and not in
-  another (a 1-ulp difference in a squared distance; none in 1-D).
+  :math:`O(\text{chunk} \cdot (n+m))`. Every row is computed independently
+  of the others and the rounding steps (logs, digammas, the sum) run on whole
+  ``[n]`` vectors, so the estimate does not depend on ``chunk_size`` beyond
+  the last bit of the distances: XLA's CPU backend may contract a
+  multiply-add into an FMA in one loop shape and not in another (a 1-ulp
+  difference in a squared distance; none in 1-D).
 * Squared distances by direct differences,
   :math:`\sum_c (a_c - b_c)^2` accumulated one coordinate at a time (a
   ``fori_loop`` over the coordinates). The expansion
   :math:`\|a\|^2 + \|b\|^2 - 2 a \cdot b` is a matrix product, but its absolute
-  error is about :math:`\epsilon \|a\|^2`: nearest-neighbour distances much
-  smaller than the data's norm (low dimension, many samples, duplicates) are
-  lost. In float32 at :math:`n = m = 10^4` it shifts the 1-D estimate by
-  several nats and gives identical points a distance of about
-  :math:`\sqrt{\epsilon}\,\|a\|` instead of 0 (see the benchmark), while direct
-  differences are exact for identical points and accurate to a few ulps
-  otherwise, at a similar speed on CPU up to :math:`d = 20`.
+  error is about :math:`\epsilon \|a\|^2`, so it cannot resolve distances
+  below about :math:`\sqrt{\epsilon}\,\|a\|`: in float32 at
+  :math:`n = m = 10^4` it moved the 1-D estimate of a divergence of 2 from
+  2.08 to 4.29 (most 1-D nearest-neighbour distances are ~1e-4 there) and
+  gave identical points distances of ~1e-3 instead of 0 at d = 5 and 20
+  (where its estimates agreed to 4 digits). Direct differences are exact for
+  identical points and accurate to a few ulps otherwise, and on CPU cost
+  less than the expansion at d = 1 and 5 and 1.3x more at d = 20.
 * The k-th smallest distance of a row by k passes that walk up its distinct
   values, counting ties (``lax.top_k`` for ``k > 1`` lowers to a sort on CPU
   and was 20-70x slower at :math:`n = 10^4`; for ``k = 1`` a plain minimum is
@@ -57,7 +58,7 @@ from jaxkl import _checks
 ESTIMATORS = ("wkv", "adaptive")
 # Automatic chunk size: about this many squared distances per chunk
 # ([chunk, n] plus [chunk, m]; 4 MiB in float32, which stays in cache: on CPU
-# at n = m = 1e4, chunks of 32-128 rows ran 1.5-3x faster than 1024), within
+# at n = m = 1e4, chunks of 32-128 rows ran 1.4-2.5x faster than 1024), within
 # the bounds below.
 _AUTO_CHUNK_ELEMENTS = 1 << 20
 _AUTO_CHUNK_BOUNDS = (16, 1024)
@@ -126,12 +127,18 @@ def _auto_chunk_size(n: int, m: int) -> int:
 
 def _squared_distances(a: jax.Array, b_t: jax.Array,
                        distance: str = "direct") -> jax.Array:
-  """Squared Euclidean distances ``[c, p]`` between rows ``a [c, d]`` and the
-  columns of ``b_t [d, p]``.
+  r"""Squared Euclidean distances between rows of ``a`` and columns of ``b_t``.
 
-  ``"direct"``: :math:`\\sum_j (a_j - b_j)^2`, one coordinate at a time (exact
-  0 for identical points). ``"gram"``: :math:`\\max(\\|a\\|^2 + \\|b\\|^2 -
-  2 a \\cdot b, 0)`, kept only to measure its error in the benchmark.
+  Args:
+    a: points, ``[c, d]``.
+    b_t: points, transposed, ``[d, p]``.
+    distance: ``"direct"``, :math:`\sum_j (a_j - b_j)^2` one coordinate at a
+      time (exactly 0 for identical points), or ``"gram"``,
+      :math:`\max(\|a\|^2 + \|b\|^2 - 2 a \cdot b, 0)`, kept only to
+      measure its error in the benchmark.
+
+  Returns:
+    ``[c, p]`` squared distances.
   """
   if distance == "gram":
     sq = (jnp.sum(jnp.square(a), axis=1)[:, None]
@@ -146,8 +153,11 @@ def _squared_distances(a: jax.Array, b_t: jax.Array,
   dim = a.shape[1]
   acc = term(0)
   if dim > 1:
+    # A rolled loop: XLA's CPU code for the fully unrolled sum was 1.5-3x
+    # slower at n = 1e4 (d = 3-20), and so was unroll=4 at d = 5-8; unrolling
+    # by 2 ran 1.2-1.4x faster than not unrolling from d = 5 to 32.
     acc = lax.fori_loop(1, dim, lambda j, acc: acc + term(j), acc,
-                        unroll=min(dim - 1, 4))
+                        unroll=2 if dim - 1 >= 4 else 1)
   return acc
 
 
@@ -181,16 +191,16 @@ def _ball(sq: jax.Array, radius_sq: jax.Array) -> tuple[jax.Array, jax.Array]:
   return count, largest
 
 
-def _chunk_radii(x_t, y_t, floor_sq, rows, start, *, k, estimator,
+def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator,
                  distance):
   """Neighbour radii (and ranks) of the query rows ``rows [c, d]``.
 
   ``start`` is the index of ``rows[0]`` in ``x``, used to exclude each point's
-  own entry from its row of x-distances. Returns squared radii ``[c]`` for x
+  own entry from its row of x-distances; ``resolution`` is the relative floor
+  on distances (see ``knn_kl``). Returns squared radii ``[c]`` for x
   and for y (``"wkv"``: the k-th; ``"adaptive"``: the largest in the ball)
   and, for ``"adaptive"``, the ranks ``[c]`` (counts in the ball) in x and y.
-  Only exact operations (min, max, counts) follow the squared distances, so
-  the results do not depend on the chunk's shape.
+  Only exact operations (min, max, counts) follow the squared distances.
   """
   n = x_t.shape[1]
   sq_x = _squared_distances(rows, x_t, distance)
@@ -198,7 +208,11 @@ def _chunk_radii(x_t, y_t, floor_sq, rows, start, *, k, estimator,
   sq_x = jnp.where(
       own[:, None] == jnp.arange(n, dtype=jnp.int32)[None, :], jnp.inf, sq_x)
   sq_y = _squared_distances(rows, y_t, distance)
-  # Distances below the floor are the floor (elementwise, so also k-th values).
+  # Distances below the query point's floor are the floor (elementwise, so also
+  # the k-th values and the balls' largest ones).
+  tiny_root = np.sqrt(jnp.finfo(rows.dtype).tiny).astype(rows.dtype)
+  floor = jnp.maximum(resolution * jnp.max(jnp.abs(rows), axis=1), tiny_root)
+  floor_sq = jnp.square(floor)
   rho_sq = jnp.maximum(_kth_smallest(sq_x, k), floor_sq)
   nu_sq = jnp.maximum(_kth_smallest(sq_y, k), floor_sq)
   if estimator == "wkv":
@@ -220,17 +234,13 @@ def _knn_kl(x, y, resolution, *, k, estimator, chunk_size, distance):
   """Traced part of ``knn_kl``; arguments already checked and cast.
 
   ``resolution`` (a scalar of x's dtype) is the relative floor on distances,
-  the machine epsilon of the caller's dtype; traced, so that 16-bit inputs
-  share the float32 program.
+  a quarter of the machine epsilon of the caller's dtype; traced, so that
+  16-bit inputs share the float32 program.
   """
   (n, dim), m = x.shape, y.shape[0]
   dtype = x.dtype
-  scale = jnp.maximum(jnp.max(jnp.abs(x)), jnp.max(jnp.abs(y)))
-  floor = jnp.maximum(resolution * scale,
-                      np.sqrt(jnp.finfo(dtype).tiny).astype(dtype))
-  floor_sq = jnp.square(floor)
   x_t, y_t = x.T, y.T
-  chunk = functools.partial(_chunk_radii, x_t, y_t, floor_sq, k=k,
+  chunk = functools.partial(_chunk_radii, x_t, y_t, resolution, k=k,
                             estimator=estimator, distance=distance)
   # Pad x to whole chunks (the padding rows' results are dropped): one chunk
   # shape, so the loop body is compiled once.
@@ -250,7 +260,11 @@ def _knn_kl(x, y, resolution, *, k, estimator, chunk_size, distance):
     l_i, k_i = (count.astype(dtype) for count in per_point[2:])
     digamma = jax.scipy.special.digamma
     terms = terms + (digamma(l_i) - digamma(k_i))
-  return jnp.sum(terms) / n + math.log(m / (n - 1))
+  estimate = jnp.sum(terms) / n + math.log(m / (n - 1))
+  # A NaN or infinite coordinate would otherwise drop out of the minima and
+  # counts silently (in y) or poison only some terms: say so with NaN.
+  finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
+  return jnp.where(finite, estimate, jnp.nan)
 
 
 def knn_kl(
@@ -261,7 +275,7 @@ def knn_kl(
     estimator: str = "wkv",
     chunk_size: Optional[int] = None,
 ) -> jax.Array:
-  r"""k-nearest-neighbour estimate of :math:`D_{\mathrm{KL}}(P \,\|\, Q)` from samples.
+  r"""k-NN estimate of :math:`D_{\mathrm{KL}}(P \,\|\, Q)` from samples.
 
   With :math:`x_1, \dots, x_n \sim P` and :math:`y_1, \dots, y_m \sim Q` i.i.d.
   in :math:`\mathbb{R}^d`, :math:`\rho_k(i)` the Euclidean distance from
@@ -277,9 +291,9 @@ def knn_kl(
 
   asymptotically unbiased and mean-square consistent for fixed ``k``.
 
-  ``"adaptive"`` is the same paper's bias-reduced estimator (Section III-B,
-  in the paper's letters: :math:`l_i` is a rank in ``x``, :math:`k_i` a rank
-  in ``y``),
+  ``"adaptive"`` is the same paper's bias-reduced estimator with per-point
+  ranks (in the paper's letters: :math:`l_i` is a rank in ``x``, :math:`k_i`
+  a rank in ``y``),
 
   .. math::
 
@@ -287,29 +301,35 @@ def knn_kl(
               + \frac{1}{n} \sum_{i=1}^n \left(\psi(l_i) - \psi(k_i)\right)
               + \log \frac{m}{n - 1},
 
-  (:math:`\psi` the digamma function: :math:`\psi(l) - \log(n - 1)` is the
-  unbiased log-probability of the ball holding l points of ``x``) with the
-  paper's adaptive ranks: :math:`\varepsilon(i) = \max(\rho_k(i), \nu_k(i))`,
-  :math:`l_i` the number of points of ``x`` other than :math:`x_i` and
-  :math:`k_i` the number of points of ``y`` in the closed ball of radius
-  :math:`\varepsilon(i)` around :math:`x_i`. So :math:`l_i, k_i \ge k`, and
+  (:math:`\psi` the digamma function, which keeps it asymptotically unbiased
+  whatever the ranks) with the paper's adaptive ranks:
+  :math:`\varepsilon(i) = \max(\rho_k(i), \nu_k(i))`, :math:`l_i` the
+  number of points of ``x`` other than :math:`x_i` and :math:`k_i` the number
+  of points of ``y`` in the closed ball of radius :math:`\varepsilon(i)`
+  around :math:`x_i`. So :math:`l_i, k_i \ge k`, and
   :math:`\rho_{l_i}(i)`, :math:`\nu_{k_i}(i)` are the largest distances in
   that ball, one of them :math:`\varepsilon(i)`: both radii are nearly equal,
   which removes the bias of comparing densities over balls of different sizes
   when P and Q differ. The paper states it with ``k = 1``.
 
-  **Duplicate points and zero distances.** Distances below the resolution
-  :math:`\delta = \epsilon \cdot \max(\max_{i,j} |x_{ij}|, \max_{i,j}
-  |y_{ij}|)` (:math:`\epsilon` the machine epsilon of the inputs' dtype, i.e.
-  the float spacing at the largest coordinate; at least
-  :math:`\sqrt{\text{tiny}}`) are taken to be :math:`\delta`, elementwise,
-  before anything else (ranks, balls, counts). So no :math:`\log 0`: a point
+  **Duplicate points and zero distances.** Distances from :math:`x_i` below
+  its floor :math:`\delta_i = \frac{\epsilon}{4} \max_j |x_{ij}|` are taken
+  to be :math:`\delta_i`, elementwise, before anything else (ranks, balls,
+  counts); :math:`\epsilon` is the machine epsilon of the inputs' dtype and
+  :math:`\delta_i \ge \sqrt{\text{tiny}}`. :math:`\delta_i` is below the
+  spacing between :math:`x_i`'s largest coordinate and any other float, so
+  it only replaces distances to exact duplicates of :math:`x_i` (and, for
+  ``d > 1``, to points that share that coordinate exactly and differ from
+  :math:`x_i` by less than :math:`\delta_i`). So no :math:`\log 0`: a point
   with k duplicates in ``x`` and none in ``y`` adds
-  :math:`\frac{d}{n} \log(\nu_k(i) / \delta)` (large: an atom of P that Q does
-  not have makes the true divergence infinite), a point duplicated in both
-  adds 0 to the distance term; the adaptive estimator then counts the
-  duplicates in :math:`k_i, l_i`. Only the point's own entry is excluded from
-  :math:`\rho`, never its duplicates. Non-finite inputs (NaN, inf) give NaN.
+  :math:`\frac{d}{n} \log(\nu_k(i) / \delta_i)`, of order :math:`\frac{d}{n}
+  \cdot 15` nats in float32 (large: an atom of P that Q lacks makes the true
+  divergence infinite); a point with k duplicates in both adds 0 to the
+  distance term, and ``"adaptive"`` counts the duplicates in its balls. Only
+  the point's own entry is excluded from :math:`\rho`, never its
+  duplicates. The estimator is meant for continuous distributions: add a
+  little noise to rounded data. A NaN or infinite coordinate anywhere gives
+  NaN.
 
   **Cost.** :math:`O(n (n + m) d)` time (brute force; k extra passes over the
   distances for ``k > 1``, two more for ``"adaptive"``), memory
@@ -388,7 +408,7 @@ def _estimate(x, y, *, k, estimator, chunk_size, distance="direct"):
   n, m = x.shape[0], y.shape[0]
   chunk_size = (_auto_chunk_size(n, m) if chunk_size is None
                 else min(chunk_size, n))
-  resolution = np.asarray(jnp.finfo(out_dtype).eps, compute_dtype)
+  resolution = np.asarray(jnp.finfo(out_dtype).eps / 4, compute_dtype)
   result = _knn_kl(
       x.astype(compute_dtype), y.astype(compute_dtype), resolution, k=k,
       estimator=estimator, chunk_size=chunk_size, distance=distance)
