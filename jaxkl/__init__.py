@@ -11,6 +11,8 @@
   ...: closed-form KL between two distributions of the same family.
 * ``kl_from_samples``, ``kl_estimator_terms``, ``monte_carlo_kl``: Monte-Carlo
   KL (k1/k2/k3 estimators, standard errors, gradients, variance reduction).
+* ``vocab_parallel_kl_from_logits``, ``sharded_monte_carlo_kl``: explicit SPMD
+  forms for ``jax.shard_map`` (class axis or samples split over devices).
 """
 
 from jaxkl._analytic import kl_bernoulli
@@ -41,6 +43,8 @@ from jaxkl._monte_carlo import StandardNormalPushforward
 from jaxkl._monte_carlo import monte_carlo_kl
 from jaxkl._per_example import kl_divergence
 from jaxkl._reduction import reduce_loss
+from jaxkl._sharded import sharded_monte_carlo_kl
+from jaxkl._sharded import vocab_parallel_kl_from_logits
 from jaxkl._version import __version__
 
 __all__ = [
@@ -73,4 +77,6 @@ __all__ = [
     "knn_kl",
     "monte_carlo_kl",
     "reduce_loss",
+    "sharded_monte_carlo_kl",
+    "vocab_parallel_kl_from_logits",
 ]

@@ -126,14 +126,28 @@ _MAX_CHUNK = 32768
 _MIN_CHUNK = 2048
 
 
+def _class_axis_explicitly_sharded(x: jax.Array) -> bool:
+  """Whether the last axis of ``x`` is sharded over an explicit mesh axis."""
+  typeof = getattr(jax, "typeof", None)  # jax >= 0.6
+  sharding = None if typeof is None else getattr(typeof(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  return spec is not None and len(spec) == x.ndim and spec[-1] is not None
+
+
 def _split_classes(x: jax.Array, axes: tuple[int, ...]):
   """``(view, view_axes)``: a long last class axis split into chunks.
 
   A single last class axis of length V > ``_MAX_CHUNK`` is reshaped (free) to
   ``(V // k, k)`` with k the largest divisor of V in
-  ``[_MIN_CHUNK, _MAX_CHUNK]``; anything else is returned unchanged.
+  ``[_MIN_CHUNK, _MAX_CHUNK]``; anything else is returned unchanged, and so
+  is a class axis sharded over an explicit mesh axis (``jax.typeof(x)``
+  names it): explicit sharding cannot express the split of one mesh axis
+  over two array axes. Automatic (GSPMD) sharding partitions the view
+  without collectives (tests/test_sharding.py checks the HLO).
   """
   if axes != (x.ndim - 1,) or x.shape[-1] <= _MAX_CHUNK:
+    return x, axes
+  if _class_axis_explicitly_sharded(x):
     return x, axes
   length = x.shape[-1]
   for chunk in range(_MAX_CHUNK, _MIN_CHUNK - 1, -1):

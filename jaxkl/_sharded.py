@@ -1,0 +1,395 @@
+r"""Explicit SPMD forms (inside ``jax.shard_map``): vocabulary-parallel
+divergences from logits and Monte-Carlo KL with the samples split over
+devices.
+
+Every jaxkl function is a plain jit-able function, so under ``jax.jit`` with
+sharded inputs (``NamedSharding``; GSPMD / Shardy) it runs on many devices
+without change; ``tests/test_sharding.py`` checks values, gradients, output
+shardings and the compiled collectives on 8 devices. The functions here are
+for code written per device with ``jax.shard_map``, where each device sees its
+own block of the arrays and collectives are explicit:
+
+* ``vocab_parallel_kl_from_logits``: each device holds a ``[..., V / n]``
+  slice of the class axis (a tensor-parallel LM head, as in Megatron-LM's
+  ``vocab_parallel_cross_entropy``). The log-softmax normalizers are computed
+  from per-row maxima and sums of exponentials combined over the devices
+  (``pmax``, ``psum`` of ``[...]``-sized statistics); the logits themselves
+  never leave their device.
+* ``sharded_monte_carlo_kl``: each device draws its share of the samples with
+  its own key, and value and standard error are combined from per-device sums
+  (``psum``), exactly as one device would compute them from all the samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Hashable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxkl import _checks
+from jaxkl import _estimators
+from jaxkl import _logits
+from jaxkl import _monte_carlo
+from jaxkl import _per_example
+from jaxkl import _pointwise
+
+# pylint: disable=protected-access  (jaxkl's own private helpers)
+
+AxisName = Union[Hashable, tuple[Hashable, ...]]
+
+#: Estimators combined across devices by ``sharded_monte_carlo_kl``.
+SHARDED_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3", "cv")
+
+
+def _check_axis_name(axis_name: Any) -> int:
+  """Returns the number of devices along ``axis_name`` (inside shard_map)."""
+  if axis_name is None or isinstance(axis_name, (list, dict, set)):
+    raise TypeError(
+        "`axis_name` must be a mesh axis name (e.g. 'model') or a tuple of "
+        f"names; got {axis_name!r}.")
+  try:
+    return jax.lax.axis_size(axis_name)
+  except NameError:
+    raise ValueError(
+        f"`axis_name`={axis_name!r} is not a bound mesh axis: call this "
+        "function inside `jax.shard_map` over a mesh with that axis (for "
+        "sharded arrays under plain `jax.jit`, use the ordinary jaxkl "
+        "functions).") from None
+
+
+def _global_log_softmax(x, y, inverse_t, axis_name):
+  """Log-softmaxes of ``x / T``, ``y / T``; class axis split over devices.
+
+  Per row: ``m = pmax(max x)`` (without gradient: the result does not depend
+  on it), ``log Z = log psum(sum exp((x - m) / T))``; the collectives move
+  only per-row statistics.
+  """
+  local_max = (jnp.max(x, axis=-1, keepdims=True),
+               jnp.max(y, axis=-1, keepdims=True))
+  m_x, m_y = jax.lax.pmax(jax.lax.stop_gradient(local_max), axis_name)
+  shifted_x = (x - m_x) * inverse_t
+  shifted_y = (y - m_y) * inverse_t
+  sum_x, sum_y = jax.lax.psum(
+      (jnp.sum(jnp.exp(shifted_x), axis=-1, keepdims=True),
+       jnp.sum(jnp.exp(shifted_y), axis=-1, keepdims=True)), axis_name)
+  return shifted_x - jnp.log(sum_x), shifted_y - jnp.log(sum_y)
+
+
+def _local_sum_kl(log_q, log_p, mask):
+  """Local part of ``sum p (log p - log q)`` over the class axis; masked."""
+  log_p = _per_example.masked_target(log_p, mask, log_target=True)
+  return jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=-1)
+
+
+def vocab_parallel_kl_from_logits(
+    logits: ArrayLike,
+    target_logits: ArrayLike,
+    *,
+    axis_name: AxisName,
+    divergence: _logits.Divergence = "forward",
+    beta: float = 0.5,
+    temperature: ArrayLike = 1.0,
+    where: Optional[ArrayLike] = None,
+) -> jax.Array:
+  r"""Per-example divergence from logits whose class axis is split on devices.
+
+  Call it inside ``jax.shard_map``: each device passes its ``[..., V_d]``
+  slice of the student ``logits`` and of the ``target_logits`` (the same
+  classes on both), the class axis (last) being split over the mesh axis
+  ``axis_name`` (a name or a tuple of names). With
+  :math:`z = \text{logits} / T` and :math:`z_d` the slice on device
+  :math:`d`, the log-softmax is assembled from per-row statistics:
+
+  .. math::
+
+     m = \max_d \max_{c} z_{d,c}, \qquad
+     \log Z = \log \sum_d \sum_c e^{z_{d,c} - m}, \qquad
+     \log Q_{d,c} = z_{d,c} - m - \log Z,
+
+  (``lax.pmax`` of the maxima, without gradient since the result does not
+  depend on :math:`m`; ``lax.psum`` of the sums), and the divergence
+  (see :func:`jaxkl.divergence_from_logits`) is the ``psum`` of the local
+  sums, e.g. for ``'forward'``
+
+  .. math::
+
+     D_{\mathrm{KL}}(P_T \,\|\, Q_T) = \sum_d \sum_c P_{d,c}
+       (\log P_{d,c} - \log Q_{d,c}).
+
+  Only ``[...]``-sized statistics cross devices (three all-reduces, none of
+  the logits' size), and the result equals
+  ``jaxkl.divergence_from_logits`` of the full arrays (to float rounding),
+  values and gradients (``jax.grad`` through ``shard_map``). Terms with zero
+  teacher probability (``-inf`` logits, masked vocabulary) contribute 0.
+
+  For arrays sharded by ``NamedSharding`` under ``jax.jit`` no special
+  function is needed: ``jaxkl.kl_divergence_from_logits`` compiles to the
+  same collectives.
+
+  Args:
+    logits: this device's slice of the student logits, ``[..., V_d]``.
+    target_logits: this device's slice of the teacher logits, same shape.
+    axis_name: the mesh axis (or tuple of axes) the class axis is split over.
+      Static.
+    divergence: ``'forward' | 'reverse' | 'jsd'``, as in
+      :func:`jaxkl.divergence_from_logits`. Static.
+    beta: JSD weight in ``[0, 1]`` (``'jsd'`` only). Static.
+    temperature: :math:`T > 0`.
+    where: optional boolean mask: of the per-example shape ``[...]`` (masks
+      whole examples: they give 0) or broadcastable to this device's slice
+      (masks classes; the classes still count in the normalizers, as in
+      :func:`jaxkl.kl_divergence_from_logits`).
+
+  Returns:
+    Per-example divergences, shape ``[...]``, the same on every device along
+    ``axis_name`` (so ``out_specs`` need not name it).
+
+  Raises:
+    ValueError: ``axis_name`` is not bound (called outside ``shard_map``), or
+      bad ``divergence``, ``beta``, ``temperature``, shapes or mask.
+    TypeError: non-floating inputs or a non-boolean mask.
+
+  Examples:
+    >>> import functools
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from jax.sharding import NamedSharding, PartitionSpec as P
+    >>> import jaxkl
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("model",))
+    >>> vocab = P(None, "model")  # classes split over the devices
+    >>> kl = jax.jit(jax.shard_map(
+    ...     functools.partial(jaxkl.vocab_parallel_kl_from_logits,
+    ...                       axis_name="model", temperature=2.0),
+    ...     mesh=mesh, in_specs=(vocab, vocab), out_specs=P()))
+    >>> student = jnp.array([[0.0, 0.0], [2.0, 0.0]])
+    >>> teacher = jnp.zeros((2, 2))
+    >>> put = lambda x: jax.device_put(x, NamedSharding(mesh, vocab))
+    >>> kl(put(student), put(teacher))  # one device here; the same on many
+    Array([0.        , 0.12011445], dtype=float32)
+    >>> jaxkl.kl_divergence_from_logits(student, teacher, temperature=2.0)
+    Array([0.        , 0.12011445], dtype=float32)
+
+  References:
+    M. Shoeybi et al., "Megatron-LM: Training Multi-Billion Parameter
+    Language Models Using Model Parallelism", arXiv:1909.08053, 2019
+    (vocabulary-parallel output layer and cross-entropy).
+  """
+  divergence, beta = _logits.check_divergence(divergence, beta)
+  _check_axis_name(axis_name)
+  logits, target_logits, inverse_t, axes, mask, out_dtype = (
+      _logits._validate_logits(logits, target_logits, temperature, -1, where))
+  log_q, log_p = _global_log_softmax(logits, target_logits, inverse_t,
+                                     axis_name)
+  if divergence == "forward":
+    local = _local_sum_kl(log_q, log_p, mask)
+  elif divergence == "reverse":
+    local = _local_sum_kl(log_p, log_q, mask)
+  else:
+    log_m = jnp.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+    local = (beta * _local_sum_kl(log_m, log_p, mask)
+             + (1 - beta) * _local_sum_kl(log_m, log_q, mask))
+  result = jax.lax.psum(local, axis_name)
+  if where is not None:
+    per_example = _logits._per_example_mask(where, logits.shape, axes)
+    if per_example is not None:  # as kl_divergence_from_logits: exactly 0
+      result = jnp.where(per_example, result, 0)
+  return result.astype(out_dtype)
+
+
+# ----------------------------------------------------------------------------
+# Monte Carlo with the samples split over devices.
+
+
+def _split_check(num_samples: Any, antithetic: bool, devices: int) -> int:
+  n = _monte_carlo._validate_num_samples(num_samples, antithetic)
+  per_device = 2 * devices if antithetic else devices
+  if n % per_device:
+    raise ValueError(
+        f"`num_samples`={n} must be a multiple of the {devices} devices along "
+        f"`axis_name`{' times 2 (antithetic pairs)' if antithetic else ''}, "
+        "so that every device draws the same number of samples.")
+  return n
+
+
+def sharded_monte_carlo_kl(
+    key: jax.Array,
+    p: Any,
+    q: Any,
+    *,
+    num_samples: int,
+    axis_name: AxisName,
+    estimator: str = "k1",
+    gradient: _monte_carlo.Gradient = "auto",
+    antithetic: bool = False,
+) -> _monte_carlo.KLEstimate:
+  r""":func:`jaxkl.monte_carlo_kl` with the samples split over devices.
+
+  Call it inside ``jax.shard_map`` with the same ``key`` on every device
+  (``in_specs=P()``). Device :math:`d` of the :math:`D` along ``axis_name``
+  draws :math:`n / D` samples with the key
+  ``jax.random.fold_in(key, d)`` (:math:`d` = ``lax.axis_index(axis_name)``),
+  and the estimate is combined from per-device sums in two passes of
+  ``lax.psum`` (the mean, then the centred sum of squares, as one device
+  computes them; for ``'cv'`` also the control's mean and cross products):
+
+  .. math::
+
+     \hat D = \frac1n \sum_d \sum_{i \in d} k_i, \qquad
+     \mathrm{SE} = \sqrt{\frac{\sum_d \sum_{i \in d} (k_i - \hat D)^2}
+       {n (n - 1)}},
+
+  so the result equals ``jaxkl.monte_carlo_kl`` on one device given the
+  concatenation of the :math:`D` blocks of samples (to float rounding),
+  values and gradients (pathwise, or the score-function surrogate with the
+  leave-one-out baseline over all :math:`n` samples). With
+  ``antithetic=True`` each device draws its own pairs. There is no
+  ``proposal`` (importance sampling) in this form, so
+  ``effective_sample_size`` is :math:`n`.
+
+  Args:
+    key: a ``jax.random`` key, the same on every device.
+    p: the distribution sampled, in any form ``monte_carlo_kl`` accepts.
+    q: the second distribution or a log-density callable.
+    num_samples: the total :math:`n` over all devices, a Python int, a
+      multiple of the number of devices (of twice it with ``antithetic``).
+      Static.
+    axis_name: the mesh axis (or tuple of axes) the samples are split over.
+      Static.
+    estimator: ``'k1' | 'k2' | 'k3' | 'cv'``. Static.
+    gradient: ``'auto' | 'pathwise' | 'score_function'``. Static.
+    antithetic: draw antithetic pairs on each device. Static.
+
+  Returns:
+    A ``jaxkl.KLEstimate`` (``num_samples`` is the total :math:`n`), the same
+    on every device along ``axis_name``.
+
+  Raises:
+    ValueError: ``axis_name`` is not bound, ``num_samples`` does not split
+      evenly, or any error of ``monte_carlo_kl``.
+    TypeError: as ``monte_carlo_kl``.
+
+  Examples:
+    >>> import functools
+    >>> import jax
+    >>> from jax.sharding import PartitionSpec as P
+    >>> import jaxkl
+    >>> mesh = jax.make_mesh((jax.device_count(),), ("samples",))
+    >>> p = (lambda key, n: jax.random.normal(key, (n,)),  # N(0, 1)
+    ...      jax.scipy.stats.norm.logpdf)
+    >>> q = lambda x: jax.scipy.stats.norm.logpdf(x, loc=1.0)  # N(1, 1)
+    >>> estimate = jax.jit(jax.shard_map(
+    ...     functools.partial(jaxkl.sharded_monte_carlo_kl, p=p, q=q,
+    ...                       num_samples=8192, axis_name="samples",
+    ...                       estimator="k3"),
+    ...     mesh=mesh, in_specs=P(), out_specs=P()))
+    >>> est = estimate(jax.random.key(0))
+    >>> bool(abs(est.value - 0.5) < 4 * est.stderr), est.num_samples
+    (True, 8192)
+  """
+  estimator = _estimators.validate_estimator(estimator, SHARDED_ESTIMATORS)
+  if not (isinstance(gradient, str) and gradient in _monte_carlo.GRADIENTS):
+    raise ValueError(
+        "`gradient` must be one of "
+        f"{', '.join(map(repr, _monte_carlo.GRADIENTS))}; got {gradient!r}.")
+  antithetic = _checks.check_bool(antithetic, "antithetic")
+  devices = _check_axis_name(axis_name)
+  n = _split_check(num_samples, antithetic, devices)
+  local_n = n // devices
+  form = _monte_carlo._sampling_form(p, "p")
+  log_p_fn = _monte_carlo._log_prob_fn(p, "p")
+  log_q_fn = _monte_carlo._log_prob_fn(q, "q")
+  pathwise = _monte_carlo._resolve_gradient(gradient, form, p, "p")
+  local_key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  x = _monte_carlo._draw(form, p, "p", local_key, local_n, pathwise=pathwise,
+                         antithetic=antithetic)
+  if gradient == "auto" and _monte_carlo._all_integer(x):
+    pathwise = False
+  if not pathwise:
+    x = jax.tree_util.tree_map(jax.lax.stop_gradient, x)
+  log_p = _monte_carlo._check_log_density(log_p_fn(x), "p", local_n)
+  log_q = _monte_carlo._check_log_density(log_q_fn(x), "q", local_n)
+  try:
+    shape = jnp.broadcast_shapes(log_p.shape, log_q.shape)
+  except ValueError:
+    raise ValueError(
+        "the log-densities at the samples have shapes "
+        f"{[tuple(log_p.shape), tuple(log_q.shape)]} (p, q), which do not "
+        "broadcast together.") from None
+  out_dtype, compute_dtype = _checks.result_dtype(log_p, log_q)
+  log_p = jnp.broadcast_to(log_p.astype(compute_dtype), shape)
+  log_q = jnp.broadcast_to(log_q.astype(compute_dtype), shape)
+  value, stderr = _combine(
+      log_q - log_p, estimator=estimator, axis_name=axis_name, total=n,
+      groups=2 if antithetic else 1,
+      score_log_prob=None if pathwise else log_p)
+  ess = jnp.full(value.shape, n, out_dtype)
+  return _monte_carlo.KLEstimate(
+      value=value.astype(out_dtype), stderr=stderr.astype(out_dtype),
+      effective_sample_size=ess, num_samples=n, estimator=estimator)
+
+
+def _combine(log_r, *, estimator, axis_name, total, groups, score_log_prob):
+  """Estimate and standard error from this device's ``log r``, via psum.
+
+  The same arithmetic as ``jaxkl._estimators.estimate_from_log_ratios``
+  (equal weights ``1 / G`` over the ``G`` samples, or antithetic pairs), with
+  every sum over samples replaced by a local sum and a ``psum``.
+  """
+  sample_terms = _estimators._log_ratio_terms(log_r, estimator)
+  sample_control = jnp.expm1(log_r) if estimator == "cv" else None
+  values, control = sample_terms, sample_control
+  if groups > 1:  # average the pairs (i, i + n_d / 2) of this device
+    half = values.shape[0] // 2
+    values = (values[:half] + values[half:]) / 2
+    if control is not None:
+      control = (control[:half] + control[half:]) / 2
+  count = total // groups  # G: independent samples (or pairs) in all
+  weight = 1 / count
+
+  def psum_sum(*arrays):
+    return jax.lax.psum(
+        tuple(jnp.sum(a, axis=0, keepdims=True) for a in arrays), axis_name)
+
+  if control is None:
+    (total_values,) = psum_sum(values)
+    mean = total_values * weight
+    centred = values - mean
+    lam = jnp.zeros_like(mean)
+    ddof = 1
+  else:
+    total_values, total_control = psum_sum(values, control)
+    mean, control_mean = total_values * weight, total_control * weight
+    centred, control_centred = values - mean, control - control_mean
+    cross, control_sq = psum_sum(centred * control_centred,
+                                 control_centred * control_centred)
+    lam = jax.lax.stop_gradient(
+        -_estimators._safe_divide(cross, control_sq))
+    mean = mean + lam * control_mean
+    centred = centred + lam * control_centred
+    ddof = 2
+  (sq,) = psum_sum(jax.lax.stop_gradient(centred * centred))
+  if count > ddof:
+    stderr = jnp.sqrt(sq / (count * (count - ddof)))
+  else:
+    stderr = jnp.full_like(sq, jnp.nan)
+  estimate = mean
+  if score_log_prob is not None:
+    # DiCE: value + 0, gradient = score-function term with a leave-one-out
+    # baseline b_i = (sum_j y_j - y_i) / (G - 1) over all G samples (pairs).
+    magic = jnp.exp(score_log_prob - jax.lax.stop_gradient(score_log_prob))
+    group_y = values if control is None else values + lam * control
+    group_y = jax.lax.stop_gradient(group_y)
+    (total_y,) = psum_sum(group_y)
+    baseline = (total_y - group_y) / (count - 1)
+    if groups > 1:
+      baseline = jnp.concatenate([baseline] * groups, axis=0)
+    y = sample_terms
+    if sample_control is not None:
+      y = y + lam * sample_control
+    y = jax.lax.stop_gradient(y)
+    (surrogate,) = psum_sum((magic - 1) * (y - baseline))
+    estimate = estimate + surrogate / total
+  return jnp.squeeze(estimate, 0), jnp.squeeze(stderr, 0)
