@@ -396,6 +396,24 @@ def fused_linear_distillation_loss(
   for bfloat16 / float16 inputs, not the input dtype. Gradients are returned in
   the dtype of the corresponding input.
 
+  **Many devices** (tested on 8 devices in ``tests/_sharding_checks.py``).
+  Under ``jax.jit`` with ``Auto`` mesh axes (the default), weights sharded
+  over the vocabulary (``[H, V]`` with ``PartitionSpec(None, 'model')``)
+  are handled well: each device computes ``[chunk, V / devices]`` logit
+  blocks, only ``[chunk]``-sized statistics are all-reduced, and the weight
+  gradient keeps the weights' sharding. Hidden states sharded over tokens
+  give the same values and gradients, but the chunk loop slices the token
+  axis, so GSPMD all-gathers the hidden states and every device processes
+  all tokens (no token parallelism; the ``[N, H]`` gradient comes back
+  replicated). For token (data) parallelism call the loss per device inside
+  ``jax.shard_map`` with ``reduction='sum'`` and ``psum`` the sums (and the
+  token counts, for a mean); this currently needs
+  ``shard_map(..., check_vma=False)``, because the loop's zero-initialized
+  accumulators and cotangent seeds are not typed as varying over the mesh
+  axis. Inputs sharded
+  over ``Explicit`` mesh axes are not supported yet: tracing raises
+  ``ShardingTypeError`` (the loop's accumulators are created unsharded).
+
   Args:
     student_hidden: :math:`h^S`, shape ``[N, H]`` (flatten batch and sequence
       axes into ``N``).

@@ -609,10 +609,268 @@ def spmd_checks():
   return checks
 
 
+# ----------------------------------------------------------------------------
+# GSPMD: the rest of the public API (losses, fused linear loss, closed forms,
+# estimators, k-NN), batch-/token-/sample-sharded; vocabulary-sharded weights
+# for the fused loss.
+
+
+def weighted_sum(out):
+  """A scalar with a distinct weight per entry, for gradients."""
+  w = jnp.linspace(0.5, 1.5, out.size, dtype=out.dtype).reshape(out.shape)
+  return jnp.sum(out * w)
+
+
+def api_check(kind, mesh_shape, axis_names, fn, host_args, specs, *,
+              row_spec=None, rtol=RTOL, atol=None):
+  """fn on NamedSharding-placed inputs equals fn on one device.
+
+  With ``row_spec``, outputs of rank 1 must be sharded as ``row_spec``.
+  Returns the failures, the multi-device outputs and the compiled HLO text.
+  """
+  mesh = make_mesh(mesh_shape, axis_names, kind)
+  args = [put(a, mesh, s) for a, s in zip(host_args, specs)]
+  got, hlo = compile_and_run(fn, args)
+  fail = Failures()
+  fail.tree_close("", got, one_device(fn, host_args), rtol=rtol, atol=atol)
+  if row_spec is not None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(got):
+      if leaf.ndim == 1:
+        fail.check(leaf.sharding.is_equivalent_to(
+            NamedSharding(mesh, row_spec), 1),
+                   f"{jax.tree_util.keystr(path)}: sharded as "
+                   f"{leaf.sharding.spec}, not as the batch {row_spec}")
+  return fail, got, hlo
+
+
+def losses_check(kind):
+  """KLDivLoss, reduce_loss (with where) and divergence_from_logits."""
+  log_q, p = probability_data(seed=6)
+  s, t = logits_data(B, V, seed=6)
+
+  def fn(log_q, p, s, t, mask):
+    out = {}
+    for r in jaxkl._reduction.REDUCTIONS:
+      if r in ("batchmean", "none"):  # kl_div has every reduction
+        loss = jaxkl.KLDivLoss(reduction=r)
+        out[f"KLDivLoss/{r}"] = jax.value_and_grad(
+            lambda a, b, loss=loss: weighted_sum(loss(a, b)),
+            argnums=(0, 1))(log_q, p)
+      f = lambda v, r=r: jaxkl.reduce_loss(v, r, where=mask[:, None])  # noqa
+      out[f"reduce_loss/{r}"] = (
+          f(p), jax.grad(lambda v, f=f: weighted_sum(f(v)))(p))
+    # The other divergences: distillation_loss, in gspmd_checks.
+    g = functools.partial(jaxkl.divergence_from_logits, divergence="jsd",
+                          beta=0.3, temperature=2.0, where=mask)
+    out["divergence_from_logits/jsd"] = (
+        g(s, t), jax.grad(lambda a, b: weighted_sum(g(a, b)),
+                          argnums=(0, 1))(s, t))
+    return out
+
+  spec = P("data", None)
+  fail, _, _ = api_check(kind, (8,), ("data",), fn, (log_q, p, s, t, ROW_MASK),
+                      (spec, spec, spec, spec, P("data")), row_spec=P("data"))
+  return fail
+
+
+# Fused linear loss: N tokens, hidden sizes H (student) and H_T (teacher).
+N, H, H_T = 64, 16, 24
+
+
+def fused_data(seed=8):
+  rng = np.random.default_rng(seed)
+  def normal(*shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+  labels = rng.integers(0, V, N)
+  labels[::5] = -100
+  return (normal(N, H), normal(H, V, scale=0.5), normal(N, H_T),
+          normal(H_T, V, scale=0.5), labels)
+
+
+FUSED_LAYOUTS = {
+    # name: (mesh shape, axis names, spec of hidden [N, H], of weights [H, V])
+    "tokens": ((8,), ("data",), P("data", None), P()),
+    "vocab": ((8,), ("model",), P(), P(None, "model")),
+}
+FUSED_VARIANTS = (  # (divergence, reduction, chunk_size)
+    ("forward", "mean", 24),  # 24 does not divide N = 64: chunks overlap
+    ("jsd", "none", 16),
+)
+
+
+def fused_grads(h_s, w_s, h_t, w_t, labels):
+  """{variant: (value, (d student_hidden, d student_weight))}."""
+  out = {}
+  for d, reduction, chunk in FUSED_VARIANTS:
+    f = functools.partial(jaxkl.fused_linear_distillation_loss,
+                          teacher_hidden=h_t, teacher_weight=w_t,
+                          temperature=2.0, divergence=d, beta=0.3,
+                          labels=labels, reduction=reduction,
+                          chunk_size=chunk)
+    out[f"{d}/{reduction}/chunk={chunk}"] = jax.value_and_grad(
+        lambda a, b, f=f: weighted_sum(f(a, b)), argnums=(0, 1))(h_s, w_s)
+  return out
+
+
+def fused_check(kind, layout):
+  """fused_linear_distillation_loss under GSPMD: value, d h_s and d W_s.
+
+  Vocabulary-sharded weights: the loop runs on [chunk, V / 8] blocks (no
+  all-gather of a vocabulary row) and d W_s keeps the weights' sharding.
+  Token-sharded hidden states give the right numbers, but GSPMD gathers
+  them (the chunk loop slices the token axis): see fused_shard_map_check.
+  """
+  mesh_shape, axis_names, h_spec, w_spec = FUSED_LAYOUTS[layout]
+  host = fused_data()
+  label_spec = P(h_spec[0]) if h_spec else P()
+  fail, got, hlo = api_check(kind, mesh_shape, axis_names, fused_grads, host,
+                             (h_spec, w_spec, h_spec, w_spec, label_spec))
+  if layout == "vocab":
+    check_collectives(fail, hlo, V, "HLO")
+    for name, (_, (_, d_w)) in got.items():
+      fail.check(d_w.sharding.spec == w_spec,
+                 f"{name}: d student_weight sharded as {d_w.sharding.spec}")
+  return fail
+
+
+def fused_shard_map_check():
+  """Token parallelism: the fused loss per device in shard_map, then psum."""
+  mesh = make_mesh((DEVICES,), ("data",), "Explicit")
+  h_s, w_s, h_t, w_t, labels = fused_data()
+  rows = P("data", None)
+
+  def mean_loss(h_s, w_s, h_t, w_t, labels):
+    def local(h_s, w_s, h_t, w_t, labels):
+      total = jaxkl.fused_linear_distillation_loss(
+          h_s, w_s, h_t, w_t, temperature=2.0, labels=labels,
+          reduction="sum", chunk_size=3)
+      count = jnp.sum(labels != -100).astype(total.dtype)
+      return jax.lax.psum(total, "data"), jax.lax.psum(count, "data")
+    # check_vma=False: the loss' zero-initialized loop carries and cotangent
+    # seeds are not typed as varying over 'data' (see the fused loss'
+    # docstring, "Many devices").
+    total, count = jax.shard_map(
+        local, mesh=mesh, in_specs=(rows, P(), rows, P(), P("data")),
+        out_specs=(P(), P()), check_vma=False)(h_s, w_s, h_t, w_t, labels)
+    return total / count
+
+  def sharded(*args):
+    return jax.value_and_grad(mean_loss, argnums=(0, 1))(*args)
+
+  def reference(h_s, w_s, h_t, w_t, labels):
+    return jax.value_and_grad(
+        lambda a, b: jaxkl.fused_linear_distillation_loss(
+            a, b, h_t, w_t, temperature=2.0, labels=labels, chunk_size=24),
+        argnums=(0, 1))(h_s, w_s)
+
+  args = [put(a, mesh, s) for a, s in zip(
+      (h_s, w_s, h_t, w_t, labels), (rows, P(), rows, P(), P("data")))]
+  got, hlo = compile_and_run(sharded, args)
+  fail = Failures()
+  fail.tree_close("", got, one_device(reference, (h_s, w_s, h_t, w_t, labels)))
+  fail.check(got[1][0].sharding.is_equivalent_to(NamedSharding(mesh, rows), 2),
+             f"d student_hidden sharded as {got[1][0].sharding.spec}")
+  fail.check(not all_gathers(hlo), f"all-gathers {all_gathers(hlo)}")
+  return fail
+
+
+def closed_forms_check(kind):
+  """Closed forms on batch-sharded parameters, values and gradients."""
+  rng = np.random.default_rng(9)
+  def positive(*shape):
+    return rng.uniform(0.5, 2.0, (B,) + shape).astype(np.float32)
+  def normal(*shape):
+    return rng.standard_normal((B,) + shape).astype(np.float32)
+  def tril():
+    m = np.tril(0.3 * rng.standard_normal((B, 3, 3)), -1)
+    return (m + np.eye(3) * rng.uniform(0.5, 1.5, (B, 1, 3))).astype(
+        np.float32)
+  cases = {  # name: (function, parameters, each [B, ...])
+      "kl_normal": (jaxkl.kl_normal, (normal(3), positive(3), normal(3),
+                                      positive(3))),
+      "kl_multivariate_normal": (jaxkl.kl_multivariate_normal,
+                                 (normal(3), tril(), normal(3), tril())),
+      "kl_categorical": (jaxkl.kl_categorical, (normal(5), normal(5))),
+      "kl_dirichlet": (jaxkl.kl_dirichlet, (positive(4), positive(4))),
+      "kl_laplace": (jaxkl.kl_laplace, (normal(), positive(), normal(),
+                                        positive())),
+  }
+  host = [a for _, args in cases.values() for a in args]  # flat: one_device
+
+  def fn(*flat):
+    out, flat = {}, list(flat)
+    for name, (f, params) in cases.items():
+      args, flat = flat[:len(params)], flat[len(params):]
+      out[name] = (f(*args), jax.grad(lambda *a, f=f: weighted_sum(f(*a)),
+                                      argnums=tuple(range(len(args))))(*args))
+    return out
+
+  specs = [P("data", *(None,) * (a.ndim - 1)) for a in host]
+  fail, _, _ = api_check(kind, (8,), ("data",), fn, host, specs,
+                      row_spec=P("data"))
+  return fail
+
+
+def estimator_terms_check(kind):
+  """kl_estimator_terms on sample-sharded log-densities, with gradients."""
+  rng = np.random.default_rng(10)
+  x = rng.standard_normal((1024, 3)).astype(np.float32)
+  log_p = jax.scipy.stats.norm.logpdf(x).astype(np.float32)
+  log_q = jax.scipy.stats.norm.logpdf(x, 0.4, 1.2).astype(np.float32)
+
+  def fn(lp, lq):
+    out = {}
+    for est in ("k1", "k2", "k3"):
+      f = functools.partial(jaxkl.kl_estimator_terms, estimator=est)
+      out[est] = (f(lp, lq), jnp.mean(f(lp, lq), axis=0),
+                  jax.grad(lambda a, b, f=f: weighted_sum(f(a, b)),
+                           argnums=(0, 1))(lp, lq))
+    return out
+
+  spec = P("samples", None)
+  fail, _, _ = api_check(kind, (8,), ("samples",), fn, (log_p, log_q),
+                      (spec, spec))
+  return fail
+
+
+def knn_check(kind):
+  """knn_kl with the rows of x and y sharded: the one-device value."""
+  rng = np.random.default_rng(11)
+  x = rng.standard_normal((256, 3)).astype(np.float32)
+  y = (1.3 * rng.standard_normal((192, 3)) + 0.5).astype(np.float32)
+
+  def fn(x, y):
+    return {"wkv/k=3/chunk=64": jaxkl.knn_kl(x, y, k=3, chunk_size=64)}
+
+  spec = P("data", None)
+  fail, _, _ = api_check(kind, (8,), ("data",), fn, (x, y), (spec, spec))
+  return fail
+
+
+def api_checks():
+  # Explicit axes (jax.make_mesh's default) where supported; knn_kl (x's rows
+  # sharded) and the fused loss raise ShardingTypeError there, so they run on
+  # Auto axes (see the fused loss' docstring, "Many devices").
+  checks = {
+      "Explicit/losses": functools.partial(losses_check, "Explicit"),
+      "Explicit/closed_forms": functools.partial(closed_forms_check,
+                                                 "Explicit"),
+      "Explicit/kl_estimator_terms": functools.partial(estimator_terms_check,
+                                                       "Explicit"),
+      "Auto/knn_kl": functools.partial(knn_check, "Auto"),
+  }
+  for layout in FUSED_LAYOUTS:
+    checks[f"Auto/fused_linear/{layout}"] = functools.partial(
+        fused_check, "Auto", layout)
+  checks["fused_linear/tokens_shard_map"] = fused_shard_map_check
+  return checks
+
+
 GROUPS = {
     "gspmd_explicit": lambda: gspmd_checks("Explicit"),
     "gspmd_auto": lambda: gspmd_checks("Auto"),
     "shard_map": spmd_checks,
+    "api": api_checks,
 }
 
 
