@@ -63,10 +63,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,6 +76,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import _common  # noqa: E402  (benchmarks/_common.py)
 import jaxkl  # noqa: E402
 from bench_kl_div import environment  # noqa: E402
 from bench_kl_div import to_np  # noqa: E402
@@ -178,30 +177,9 @@ def sanity_check(runners, rtol: float) -> tuple[bool, list[str]]:
 
 
 def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
-  """Times (ms) per (implementation, mode), in contiguous blocks.
-
-  ``bench_kl_div.time_blocks`` for this script's implementations: each
-  (implementation, mode) runs ``repeats // rounds`` times back to back after
-  one untimed call; the set of blocks is repeated ``rounds`` times, reversing
-  the order each round, with pauses around PyTorch so that XLA's pool and
-  OpenMP's spinning threads do not overlap the next candidate.
-  """
-  keys = [(impl, mode) for mode in MODES for impl in IMPLEMENTATIONS]
-  times = {k: [] for k in keys}
-  per_round = max(1, repeats // rounds)
-  for r in range(rounds):
-    for impl, mode in (keys if r % 2 == 0 else keys[::-1]):
-      fn = runners[impl][mode]
-      if impl == "torch":
-        time.sleep(0.5)
-      fn()
-      for _ in range(per_round):
-        start = time.perf_counter()
-        fn()
-        times[(impl, mode)].append((time.perf_counter() - start) * 1e3)
-      if impl == "torch":
-        time.sleep(0.5)
-  return times
+  """``_common.time_blocks`` over this script's implementations and modes."""
+  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats,
+                             rounds)
 
 
 def render_markdown(env, args, summary, ratios, sanity_lines) -> str:

@@ -73,11 +73,9 @@ How to run
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -302,23 +300,9 @@ def run_child(args, variant: str, chunk: int, check: bool = False) -> dict:
 
 
 def environment() -> dict:
-  import jax
-  import jaxlib
+  import _common  # benchmarks/_common.py; imports jax, hence here
 
-  import jaxkl
-
-  return {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "jaxkl": jaxkl.__version__,
-      "jax.default_backend()": jax.default_backend(),
-      "cpu_count": os.cpu_count(),
-      "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
-                          * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-  }
+  return _common.environment()
 
 
 def render_markdown(args, env, rows, ratios, checks, together) -> str:

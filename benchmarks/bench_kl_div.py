@@ -56,24 +56,20 @@ How to run
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
 
+import _common  # benchmarks/_common.py
 import jaxkl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -143,36 +139,6 @@ def make_inputs(batch: int, classes: int, seed: int):
   return jax.block_until_ready((x, t))
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
-def environment() -> dict:
-  return {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "jaxkl": jaxkl.__version__,
-      "torch": torch.__version__,
-      "optax": optax.__version__,
-      "numpy": np.__version__,
-      "jax.devices()": str(jax.devices()),
-      "jax.default_backend()": jax.default_backend(),
-      "cpu_count": os.cpu_count(),
-      "torch_num_threads": torch.get_num_threads(),
-      "cpu_model": cpu_model(),
-  }
-
-
 def to_np(a) -> np.ndarray:
   if isinstance(a, torch.Tensor):
     return a.detach().numpy()
@@ -197,35 +163,6 @@ def sanity_check(runners) -> tuple[bool, list[str]]:
         f"jaxkl vs {name:<5}: value rel diff {rel:.2e}, grad max rel diff "
         f"{g_err:.2e} -> {'OK' if good else 'MISMATCH'} (tol {RTOL:g})")
   return ok, lines
-
-
-def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
-  """Times (ms) per (implementation, mode), in contiguous blocks.
-
-  Each (implementation, mode) runs ``repeats`` times back to back (after one
-  untimed call), like ``timeit``; the whole set of blocks is repeated
-  ``rounds`` times, reversing the order each round, so slow drift of the
-  machine affects every candidate alike. We do not interleave single calls:
-  on this 2-core machine, alternating a memory-bound kernel with another
-  (and PyTorch's OpenMP threads, which keep spinning after each call) slowed
-  the memory-bound candidates by 1.3-2x and made ratios depend on the order.
-  """
-  keys = [(impl, mode) for mode in MODES for impl in IMPLEMENTATIONS]
-  times = {k: [] for k in keys}
-  per_round = max(1, repeats // rounds)
-  for r in range(rounds):
-    for impl, mode in (keys if r % 2 == 0 else keys[::-1]):
-      fn = runners[impl][mode]
-      if impl == "torch":
-        time.sleep(0.5)  # after JAX: let XLA's pool go idle
-      fn()
-      for _ in range(per_round):
-        start = time.perf_counter()
-        fn()
-        times[(impl, mode)].append((time.perf_counter() - start) * 1e3)
-      if impl == "torch":
-        time.sleep(0.5)  # let OpenMP's spinning threads go to sleep
-  return times
 
 
 def render_markdown(env, args, summary, ratios, sanity_lines) -> str:
@@ -263,6 +200,19 @@ def render_markdown(env, args, summary, ratios, sanity_lines) -> str:
 # --------------------------------------------------------------------------- #
 # Main
 # --------------------------------------------------------------------------- #
+def environment() -> dict:
+  return _common.environment(
+      versions={"torch": torch.__version__, "optax": optax.__version__},
+      extra={"torch_num_threads": torch.get_num_threads()},
+  )
+
+
+def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
+  """``_common.time_blocks`` over this script's implementations and modes."""
+  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats,
+                             rounds)
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--batch", type=int, default=2048)

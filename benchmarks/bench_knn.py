@@ -50,11 +50,8 @@ the same stem.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -63,12 +60,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import scipy
 from scipy.spatial import cKDTree
 
-import jaxkl
+import _common  # benchmarks/_common.py
 from jaxkl import _knn
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -146,33 +142,10 @@ def identical_point_distances(d: int, seed: int) -> dict:
           "mean_sq_norm": float(norms.mean())}
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def environment() -> dict:
-  return {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "jaxkl": jaxkl.__version__,
-      "scipy": scipy.__version__,
-      "numpy": np.__version__,
-      "jax.devices()": str(jax.devices()),
-      "jax.default_backend()": jax.default_backend(),
-      "cpu_count": os.cpu_count(),
-      "cpu_model": cpu_model(),
-      "load_average_at_start": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-  }
+  return _common.environment(
+      versions={"scipy": scipy.__version__},
+  )
 
 
 def main(argv=None) -> int:

@@ -50,24 +50,21 @@ How to run
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import torch
 
+import _common  # benchmarks/_common.py
 import jaxkl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -185,37 +182,6 @@ def to_np(a) -> np.ndarray:
   return np.asarray(a)
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
-def environment() -> dict:
-  return {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "jaxkl": jaxkl.__version__,
-      "numpyro": numpyro.__version__,
-      "torch": torch.__version__,
-      "numpy": np.__version__,
-      "jax.devices()": str(jax.devices()),
-      "jax.default_backend()": jax.default_backend(),
-      "cpu_count": os.cpu_count(),
-      "torch_num_threads": torch.get_num_threads(),
-      "cpu_model": cpu_model(),
-      "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-  }
-
-
 def sanity_check(runners, truth, true_grad) -> tuple[bool, list[str]]:
   """Each estimate within 5 SE of the truth; gradients within 5%."""
   ok, lines = True, []
@@ -235,33 +201,6 @@ def sanity_check(runners, truth, true_grad) -> tuple[bool, list[str]]:
         f"max |z| {z:.2f}); grad max rel err {g_err:.4f} -> "
         f"{'OK' if good else 'MISMATCH'}")
   return ok, lines
-
-
-def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
-  """Times (ms) per (implementation, mode) in contiguous blocks.
-
-  Each block runs one untimed call, then ``repeats // rounds`` timed calls
-  back to back; the blocks are repeated ``rounds`` times, in reversed order
-  every other round, so slow drifts of this shared machine affect every
-  candidate alike. PyTorch's blocks are surrounded by short sleeps so that
-  its OpenMP threads, which spin after a call, do not slow the next block.
-  """
-  keys = [(impl, mode) for mode in MODES for impl in IMPLEMENTATIONS]
-  times = {k: [] for k in keys}
-  per_round = max(1, repeats // rounds)
-  for r in range(rounds):
-    for impl, mode in (keys if r % 2 == 0 else keys[::-1]):
-      fn = runners[impl][mode]
-      if impl == "torch":
-        time.sleep(0.5)
-      fn()
-      for _ in range(per_round):
-        start = time.perf_counter()
-        fn()
-        times[(impl, mode)].append((time.perf_counter() - start) * 1e3)
-      if impl == "torch":
-        time.sleep(0.5)
-  return times
 
 
 def render_markdown(env, args, summary, sanity_lines) -> str:
@@ -308,6 +247,19 @@ def render_markdown(env, args, summary, sanity_lines) -> str:
 # --------------------------------------------------------------------------- #
 # Main
 # --------------------------------------------------------------------------- #
+def environment() -> dict:
+  return _common.environment(
+      versions={"numpyro": numpyro.__version__, "torch": torch.__version__},
+      extra={"torch_num_threads": torch.get_num_threads()},
+  )
+
+
+def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
+  """``_common.time_blocks`` over this script's implementations and modes."""
+  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats,
+                             rounds)
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--samples", type=int, default=1_000_000)
