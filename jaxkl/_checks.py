@@ -88,6 +88,29 @@ def check_bool(value: Any, name: str) -> bool:
   )
 
 
+def check_positive_int(value: Any, name: str, what: str = "") -> int:
+  """Checks that a static size or count is a positive Python (or NumPy) int.
+
+  Args:
+    value: the argument.
+    name: its name, for the error message.
+    what: an optional note on its meaning, shown in the TypeError.
+
+  Raises:
+    TypeError: a bool, float, array or anything else that is not an int.
+    ValueError: an int below 1.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, np.integer)):
+    note = f" ({what})" if what else ""
+    raise TypeError(
+        f"`{name}` must be a positive int{note}; got {value!r} of type "
+        f"{type(value).__name__}.")
+  if value < 1:
+    raise ValueError(f"`{name}` must be a positive int; got {value}.")
+  return int(value)
+
+
 def result_dtype(*arrays: jnp.ndarray) -> tuple[np.dtype, np.dtype]:
   """Returns ``(result_dtype, compute_dtype)`` for floating inputs.
 

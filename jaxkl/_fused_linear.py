@@ -498,13 +498,7 @@ def fused_linear_distillation_loss(
     raise ValueError(
         f"`student_weight` and `teacher_weight` must have the same vocabulary "
         f"size (last axis); got shapes {w_s.shape} and {w_t.shape}.")
-  if not isinstance(chunk_size, (int, np.integer)) or isinstance(
-      chunk_size, (bool, np.bool_)):
-    raise TypeError(
-        f"`chunk_size` must be a positive Python int; got {chunk_size!r}.")
-  if chunk_size < 1:
-    raise ValueError(
-        f"`chunk_size` must be a positive int; got {chunk_size!r}.")
+  _checks.check_positive_int(chunk_size, "chunk_size", "static")
   if not isinstance(ignore_index, (int, np.integer)) or isinstance(
       ignore_index, (bool, np.bool_)):
     raise TypeError(f"`ignore_index` must be an int; got {ignore_index!r}.")

@@ -66,27 +66,14 @@ _AUTO_CHUNK_BOUNDS = (16, 1024)
 
 def _check_k(k) -> int:
   """Checks that ``k`` is a positive Python (or NumPy) int."""
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-    raise TypeError(
-        f"`k` must be a positive int (the neighbour rank, static); got {k!r} "
-        f"of type {type(k).__name__}.")
-  if k < 1:
-    raise ValueError(f"`k` must be a positive int; got {k}.")
-  return int(k)
+  return _checks.check_positive_int(k, "k", "the neighbour rank, static")
 
 
 def _check_chunk_size(chunk_size) -> Optional[int]:
   """Checks that ``chunk_size`` is None or a positive int."""
   if chunk_size is None:
     return None
-  if isinstance(chunk_size, bool) or not isinstance(chunk_size,
-                                                    (int, np.integer)):
-    raise TypeError(
-        f"`chunk_size` must be a positive int or None; got {chunk_size!r} of "
-        f"type {type(chunk_size).__name__}.")
-  if chunk_size < 1:
-    raise ValueError(f"`chunk_size` must be a positive int; got {chunk_size}.")
-  return int(chunk_size)
+  return _checks.check_positive_int(chunk_size, "chunk_size", "or None")
 
 
 def _check_samples(x: ArrayLike, y: ArrayLike,
