@@ -17,10 +17,15 @@ generator's state):
 1. ``jaxkl-numpyro``: ``jaxkl.monte_carlo_kl(key, p, q, num_samples=n)`` with
    ``p, q = numpyro.distributions.Normal(loc, scale).to_event(1)``, jitted
    (the distributions are built inside the jitted function from the
-   parameters);
+   parameters); it also returns the tail diagnostic ``pareto_k`` (the
+   default);
 2. ``jaxkl-pushforward``: the same with ``p`` a
    ``jaxkl.StandardNormalPushforward`` (``loc + scale * z``) and ``q`` a
    plain ``log_prob`` callable, jitted;
+1b, 2b. ``jaxkl-numpyro-no-tail``, ``jaxkl-pushforward-no-tail``: the same
+   with ``tail_diagnostic=False``: the difference is the cost of
+   ``pareto_k`` (two ``lax.top_k`` of 3001 of the 10^6 terms and the
+   generalized-Pareto fit);
 3. ``plain-jax``: a hand-written jitted JAX expression (draw, log-densities,
    mean, standard deviation / sqrt(n)): the floor for any JAX implementation;
 4. ``torch``: ``torch.distributions.Independent(Normal(loc, scale), 1)``,
@@ -44,17 +49,20 @@ How to run
 ----------
     . .venv/bin/activate
     python benchmarks/bench_monte_carlo.py                  # defaults
-    python benchmarks/bench_monte_carlo.py --samples 1000000 --repeats 15
+    python benchmarks/bench_monte_carlo.py --samples 1000000 --repeats 15 \
+        --pairs 20
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -68,7 +76,9 @@ import _common  # benchmarks/_common.py
 import jaxkl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-IMPLEMENTATIONS = ("jaxkl-numpyro", "jaxkl-pushforward", "plain-jax", "torch")
+IMPLEMENTATIONS = ("jaxkl-numpyro", "jaxkl-numpyro-no-tail",
+                   "jaxkl-pushforward", "jaxkl-pushforward-no-tail",
+                   "plain-jax", "torch")
 MODES = ("value", "value+grad")
 DIM = 10
 
@@ -96,15 +106,18 @@ def closed_form(m1, s1, m2, s2):
 # --------------------------------------------------------------------------- #
 # Candidates: each returns (estimate, stderr) or ((estimate, stderr), grads).
 # --------------------------------------------------------------------------- #
-def jaxkl_numpyro(params, key, n):
+def jaxkl_numpyro(params, key, n, tail_diagnostic=True):
   m1, s1, m2, s2 = params
   p = dist.Normal(m1, s1).to_event(1)
   q = dist.Normal(m2, s2).to_event(1)
-  est = jaxkl.monte_carlo_kl(key, p, q, num_samples=n)
+  est = jaxkl.monte_carlo_kl(key, p, q, num_samples=n,
+                             tail_diagnostic=tail_diagnostic)
+  if tail_diagnostic:  # returned, so that XLA cannot drop it
+    return est.value, (est.stderr, est.pareto_k)
   return est.value, est.stderr
 
 
-def jaxkl_pushforward(params, key, n):
+def jaxkl_pushforward(params, key, n, tail_diagnostic=True):
   m1, s1, m2, s2 = params
   norm = jax.scipy.stats.norm.logpdf
   p = jaxkl.StandardNormalPushforward(
@@ -112,7 +125,9 @@ def jaxkl_pushforward(params, key, n):
       lambda x: norm(x, m1[None, :], s1[None, :]).sum(-1), (DIM,))
   est = jaxkl.monte_carlo_kl(
       key, p, lambda x: norm(x, m2[None, :], s2[None, :]).sum(-1),
-      num_samples=n)
+      num_samples=n, tail_diagnostic=tail_diagnostic)
+  if tail_diagnostic:
+    return est.value, (est.stderr, est.pareto_k)
   return est.value, est.stderr
 
 
@@ -176,6 +191,10 @@ def make_torch_runners(params_np, n, seed):
 # --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
+def without_tail(fn):
+  return lambda params, key, n: fn(params, key, n, tail_diagnostic=False)
+
+
 def to_np(a) -> np.ndarray:
   if isinstance(a, torch.Tensor):
     return a.detach().numpy()
@@ -188,8 +207,16 @@ def sanity_check(runners, truth, true_grad) -> tuple[bool, list[str]]:
   flat_true = np.concatenate(true_grad)
   scale = np.max(np.abs(flat_true))
   for name in IMPLEMENTATIONS:
-    value, se = (float(to_np(a)) for a in runners[name]["value"]())
+    value, se = runners[name]["value"]()
     (v2, se2), grads = runners[name]["value+grad"]()
+    khat = ""
+    if isinstance(se, tuple):  # (stderr, pareto_k)
+      khat = f"; pareto_k {float(se[1]):.3f}"
+      if not float(se[1]) < 0.5:
+        ok = False
+        khat += " (flagged: the terms here are Gaussian)"
+      se, se2 = se[0], se2[0]
+    value, se = float(to_np(value)), float(to_np(se))
     v2, se2 = float(to_np(v2)), float(to_np(se2))
     g = np.concatenate([to_np(a).astype(np.float64).ravel() for a in grads])
     z = max(abs(value - truth) / se, abs(v2 - truth) / se2)
@@ -198,12 +225,58 @@ def sanity_check(runners, truth, true_grad) -> tuple[bool, list[str]]:
     ok &= good
     lines.append(
         f"{name:<17}: estimate {value:.5f} +- {se:.5f} (truth {truth:.5f}, "
-        f"max |z| {z:.2f}); grad max rel err {g_err:.4f} -> "
+        f"max |z| {z:.2f}); grad max rel err {g_err:.4f}{khat} -> "
         f"{'OK' if good else 'MISMATCH'}")
   return ok, lines
 
 
-def render_markdown(env, args, summary, sanity_lines) -> str:
+def paired_tail_cost(runners, pairs: int) -> dict:
+  """Alternates calls with and without ``pareto_k``; ms and ratios."""
+  out = {}
+  for impl in ("jaxkl-numpyro", "jaxkl-pushforward"):
+    for mode in MODES:
+      with_fn, without_fn = runners[impl][mode], runners[impl + "-no-tail"][mode]
+      times = {"with": [], "without": []}
+      for i in range(pairs):
+        order = (("with", with_fn), ("without", without_fn))
+        for name, fn in (order if i % 2 == 0 else order[::-1]):
+          start = time.perf_counter()
+          fn()
+          times[name].append((time.perf_counter() - start) * 1e3)
+      ratios = sorted(a / b for a, b in zip(times["with"], times["without"]))
+      q = statistics.quantiles(ratios, n=4)
+      out[(impl, mode)] = {**times, "ratio_median": statistics.median(ratios),
+                           "ratio_q1": q[0], "ratio_q3": q[2]}
+  return out
+
+
+def isolated_tail_cost(n: int, pairs: int, seed: int) -> dict:
+  """The estimator alone on ``n`` precomputed log-ratios, with/without k-hat.
+
+  ``jaxkl._estimators.estimate_from_log_ratios`` (mean, standard error and,
+  with ``tail_diagnostic=True``, pareto_k), jitted, alternating; ms.
+  """
+  from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
+  log_r = jax.random.normal(jax.random.key(seed), (n,))
+  out = {}
+  for estimator in ("k1", "k3"):
+    fns = {flag: jax.jit(functools.partial(
+        _estimators.estimate_from_log_ratios, estimator=estimator,
+        axes=(0,), tail_diagnostic=flag)) for flag in (True, False)}
+    for fn in fns.values():
+      jax.block_until_ready(fn(log_r))
+    times = {True: [], False: []}
+    for i in range(pairs):
+      for flag in ((True, False) if i % 2 == 0 else (False, True)):
+        start = time.perf_counter()
+        jax.block_until_ready(fns[flag](log_r))
+        times[flag].append((time.perf_counter() - start) * 1e3)
+    out[estimator] = {"with": times[True], "without": times[False]}
+  return out
+
+
+def render_markdown(env, args, summary, sanity_lines, paired,
+                    isolated) -> str:
   out = ["# Monte-Carlo KL benchmark", ""]
   out.append(
       f"Problem: KL(P || Q) between two {DIM}-D diagonal Gaussians from "
@@ -231,6 +304,46 @@ def render_markdown(env, args, summary, sanity_lines) -> str:
         f"| {impl} | {v['min']:.1f} ({v['median']:.1f}) "
         f"| {b['min']:.1f} ({b['median']:.1f}) "
         f"| {v['min'] / tv:.2f} | {b['min'] / tb:.2f} |")
+  out += ["", "## Cost of the tail diagnostic (pareto_k)", ""]
+  out.append(
+      f"Paired: {args.pairs} calls with and {args.pairs} without "
+      "`pareto_k`, alternating one by one (same kind of work, so the "
+      "machine's drift hits both alike); the ratio is the median over pairs "
+      "of (with / without). The block timings above give the same "
+      "comparison from separate blocks.")
+  out.append("")
+  out.append("| sampler | mode | with ms: best (median) | without ms: best "
+             "(median) | paired ratio: median [quartiles] | blocks: best "
+             "ratio |")
+  out.append("|---|---|---:|---:|---:|---:|")
+  for impl in ("jaxkl-numpyro", "jaxkl-pushforward"):
+    for mode in MODES:
+      c = paired[(impl, mode)]
+      a, b = summary[impl][mode], summary[impl + "-no-tail"][mode]
+      out.append(
+          f"| {impl} | {mode} | {min(c['with']):.1f} "
+          f"({statistics.median(c['with']):.1f}) | {min(c['without']):.1f} "
+          f"({statistics.median(c['without']):.1f}) | "
+          f"{c['ratio_median']:.3f} [{c['ratio_q1']:.3f}, "
+          f"{c['ratio_q3']:.3f}] | {a['min'] / b['min']:.3f} |")
+  out.append("")
+  out.append(
+      f"The estimator alone on {args.samples:,} precomputed float32 "
+      "log-ratios (`estimate_from_log_ratios`: mean and standard error, "
+      "plus pareto_k or not), alternating, ms: the diagnostic's absolute "
+      "cost, which is what it adds to any `monte_carlo_kl` call of this n "
+      "(a large share when sampling and log-densities are cheap, e.g. 1-D "
+      "problems: pass `tail_diagnostic=False` there if it matters).")
+  out.append("")
+  out.append("| estimator | with: best (median) | without: best (median) "
+             "| added: best |")
+  out.append("|---|---:|---:|---:|")
+  for name, c in isolated.items():
+    out.append(f"| {name} | {min(c['with']):.2f} "
+               f"({statistics.median(c['with']):.2f}) | "
+               f"{min(c['without']):.2f} "
+               f"({statistics.median(c['without']):.2f}) | "
+               f"{min(c['with']) - min(c['without']):.2f} |")
   out += ["", "## Notes", ""]
   out.append(
       "- Most of the time is drawing 10^7 normal numbers and evaluating two "
@@ -265,6 +378,8 @@ def parse_args(argv=None):
   p.add_argument("--samples", type=int, default=1_000_000)
   p.add_argument("--repeats", type=int, default=15)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--pairs", type=int, default=20,
+                 help="alternating with/without-pareto_k pairs per mode")
   p.add_argument("--output", type=Path, default=None,
                  help="Markdown path (default benchmarks/results/"
                       "monte_carlo_<backend>.md); the JSON goes next to it")
@@ -284,8 +399,12 @@ def main(argv=None) -> int:
 
   runners = {
       "jaxkl-numpyro": make_jax_runners(jaxkl_numpyro, params, n, args.seed),
+      "jaxkl-numpyro-no-tail": make_jax_runners(without_tail(jaxkl_numpyro),
+                                                params, n, args.seed),
       "jaxkl-pushforward": make_jax_runners(jaxkl_pushforward, params, n,
                                             args.seed),
+      "jaxkl-pushforward-no-tail": make_jax_runners(
+          without_tail(jaxkl_pushforward), params, n, args.seed),
       "plain-jax": make_jax_runners(plain_jax, params, n, args.seed),
       "torch": make_torch_runners(params_np, n, args.seed),
   }
@@ -309,7 +428,10 @@ def main(argv=None) -> int:
              for mode in MODES}
       for impl in IMPLEMENTATIONS
   }
-  md = render_markdown(env, args, summary, sanity_lines)
+  paired = paired_tail_cost(runners, args.pairs)
+  isolated = isolated_tail_cost(n, 2 * args.pairs, args.seed)
+  env["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+  md = render_markdown(env, args, summary, sanity_lines, paired, isolated)
   print("\n" + md.split("## Timings\n\n", 1)[1])
   output = args.output or RESULTS_DIR / f"monte_carlo_{jax.default_backend()}.md"
   output.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +444,9 @@ def main(argv=None) -> int:
       "environment": env,
       "sanity": sanity_lines,
       "results_ms": summary,
+      "tail_diagnostic_paired_ms": {f"{impl}/{mode}": v
+                                    for (impl, mode), v in paired.items()},
+      "tail_diagnostic_isolated_ms": isolated,
   }, indent=2) + "\n", encoding="utf-8")
   print(f"wrote {output}\nwrote {json_path}")
   return 0

@@ -111,6 +111,26 @@ def check_positive_int(value: Any, name: str, what: str = "") -> int:
   return int(value)
 
 
+def check_mask_dtype(mask: jnp.ndarray, name: str = "where") -> None:
+  """Checks that a mask is boolean (``True`` keeps an entry).
+
+  Numbers are refused rather than read as a mask: a float array may hold
+  weights (0.5), and reading it as booleans would silently drop them; a 0/1
+  array is one ``.astype(bool)`` away.
+
+  Raises:
+    TypeError: naming the argument and its dtype, and how to convert a 0/1
+      array.
+  """
+  if mask.dtype == jnp.bool_:
+    return
+  raise TypeError(
+      f"`{name}` must be a boolean array (True keeps an entry); got dtype "
+      f"{mask.dtype}. jaxkl does not read numbers as a mask (they might be "
+      f"weights); if `{name}` holds 0/1 values, pass `{name}.astype(bool)`."
+  )
+
+
 def result_dtype(*arrays: jnp.ndarray) -> tuple[np.dtype, np.dtype]:
   """Returns ``(result_dtype, compute_dtype)`` for floating inputs.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -49,18 +48,30 @@ def kl_div(
   finite, with these deliberate differences:
 
   * **No NaN at zero probability.** A target with :math:`p = 0` contributes
-    exactly 0 whatever ``input`` is (the convention :math:`0 \log 0 = 0`), so
+    exactly 0 whatever ``input`` is (the convention :math:`0 \log 0 = 0`;
+    only ``input=+inf``, no log-probability, gives NaN as in PyTorch), so
     ``target=0, input=-inf`` gives 0 where PyTorch gives NaN, and likewise
     ``log_target=True`` with ``target=-inf``. The gradient with respect to a
     zero target is 0 (as for ``jax.scipy.special.rel_entr``) where PyTorch's
     is NaN or infinite; all second derivatives there are finite.
-    ``p > 0`` with ``input=-inf`` is still ``+inf``, as in PyTorch.
+    ``p > 0`` with ``input=-inf`` is still ``+inf``, as in PyTorch. A class
+    has zero mass exactly when :math:`p` (or :math:`e^{\log p}` with
+    ``log_target=True``) is 0 in the computation dtype, subnormals flushed
+    to zero (the rule of every jaxkl path; README, "Zero mass"); PyTorch
+    keeps subnormal probabilities.
   * **Shapes must match.** PyTorch broadcasts ``input`` against ``target``;
     jaxkl raises ``ValueError`` instead (broadcast explicitly with
     ``jnp.broadcast_to`` if you mean it).
   * **16-bit floats are accumulated in float32** and the result is returned
     in the input dtype, which is more accurate than PyTorch's half-precision
     sums.
+
+  Huge values are not clamped: wherever :math:`p > 0` each term is the
+  literal :math:`p (\log p - \log q)`, as in PyTorch (``input=-1e38,
+  target=1`` gives ``1e38``, ``input=+inf`` gives ``-inf``), and a sum is
+  ``inf`` only where the exact sum is beyond ``finfo.max``, or, as in any
+  floating-point sum and in PyTorch, where one term or a partial sum is.
+  ``'mean'`` and ``'batchmean'`` divide that sum, as PyTorch does.
 
   PyTorch's quirks that are reproduced on purpose:
 
@@ -130,10 +141,8 @@ def _kl_div(input, target, reduction, divide_by_batch, log_target):
   out_dtype, compute_dtype = _checks.result_dtype(input, target)
   log_q = input.astype(compute_dtype)
   target = target.astype(compute_dtype)
-  terms, scale = _pointwise.kl_terms(log_q, target, log_target=log_target)
+  terms = _pointwise.kl_terms(log_q, target, log_target=log_target)
   result = _reduction.reduce_loss(terms, reduction)
-  if scale != 1.0:
-    result = result * np.asarray(scale, compute_dtype)
   if divide_by_batch and input.ndim != 0:
     result = result / np.asarray(input.shape[0], compute_dtype)
   return result.astype(out_dtype)
@@ -152,8 +161,14 @@ class KLDivLoss:
   Unlike PyTorch, an invalid ``reduction`` is rejected here rather than at
   the first call.
 
-  The object is immutable and holds no arrays, so it can be closed over by
-  ``jax.jit``-compiled functions or passed as a static argument.
+  The object is immutable and holds no arrays, so it behaves like a JAX
+  value: it can be passed to ``jax.jit`` or ``jax.checkpoint`` as the
+  function (``jax.jit(KLDivLoss())``), closed over, or passed as a static
+  argument (equal losses hash equally, so they share compilations);
+  ``copy.copy`` and ``copy.deepcopy`` return the object itself, ``pickle``
+  round-trips it, and a Flax NNX module holding one
+  (``self.criterion = KLDivLoss()``) can be deep-copied, cloned, split and
+  merged.
 
   Args:
     size_average: deprecated; see :func:`jaxkl.kl_div`.
@@ -171,7 +186,9 @@ class KLDivLoss:
     Array(0.14384104, dtype=float32)
   """
 
-  __slots__ = ("reduction", "log_target")
+  # __weakref__: jax.jit and jax.checkpoint keep weak references to the
+  # functions they wrap.
+  __slots__ = ("reduction", "log_target", "__weakref__")
   reduction: str
   log_target: bool
 
@@ -193,6 +210,20 @@ class KLDivLoss:
 
   def __setattr__(self, name, value):
     raise AttributeError(f"{type(self).__name__} is immutable.")
+
+  def __delattr__(self, name):
+    raise AttributeError(f"{type(self).__name__} is immutable.")
+
+  def __copy__(self) -> "KLDivLoss":
+    return self  # immutable
+
+  def __deepcopy__(self, memo: dict) -> "KLDivLoss":
+    return self  # immutable, and holds no mutable state
+
+  def __reduce__(self):
+    # The converted state, without re-running the legacy conversion (and its
+    # warning) on unpickling.
+    return (_restore_kl_div_loss, (self.reduction, self.log_target))
 
   def __call__(self, input: ArrayLike, target: ArrayLike) -> jax.Array:  # pylint: disable=redefined-builtin
     """Computes the loss; see :func:`jaxkl.kl_div`.
@@ -220,3 +251,11 @@ class KLDivLoss:
 
   def __hash__(self) -> int:
     return hash((type(self), self.reduction, self.log_target))
+
+
+def _restore_kl_div_loss(reduction: str, log_target: bool) -> KLDivLoss:
+  """Unpickles a ``KLDivLoss`` from its state (see ``KLDivLoss.__reduce__``)."""
+  loss = object.__new__(KLDivLoss)
+  object.__setattr__(loss, "reduction", reduction)
+  object.__setattr__(loss, "log_target", log_target)
+  return loss

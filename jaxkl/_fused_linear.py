@@ -112,7 +112,8 @@ def _chunk_losses(config, student_logits, teacher_logits, temperature, mask):
   """``T^2 D`` per token of one chunk; the per-row code of distillation_loss."""
   per_token = _logits.divergence_from_logits(
       student_logits, teacher_logits, divergence=config.divergence,
-      beta=config.beta, temperature=temperature, where=mask)
+      beta=config.beta, temperature=temperature,
+      where=None if mask is None else mask[:, None])  # rows, never classes
   return per_token * jnp.square(temperature)
 
 
@@ -375,10 +376,15 @@ def fused_linear_distillation_loss(
   fewer passes over the ``[H, V]`` accumulator; 256-1024 rows is a good
   start (see ``benchmarks/bench_fused_linear.py``).
 
-  **Gradients.** Reverse mode only (``jax.grad``, ``jax.vjp``,
-  ``jax.value_and_grad``, first order): the function is a
-  ``jax.custom_vjp``, so ``jax.jvp`` and higher derivatives are not
-  available. Gradients are computed only for the arguments being
+  **Gradients.** Reverse mode (``jax.grad``, ``jax.vjp``,
+  ``jax.value_and_grad``): the function is a ``jax.custom_vjp``, so
+  ``jax.jvp`` (and ``jax.jacfwd``) of the loss itself raise a ``TypeError``.
+  Higher derivatives taken by reverse mode first work and are exact, since
+  the chunked passes are ordinary differentiable JAX code: forward over
+  reverse (``jax.hessian``, ``jax.jvp`` of ``jax.grad``, Hessian-vector
+  products) keeps the chunked memory profile, while reverse over reverse
+  (``jax.grad(jax.grad(...))``) stores every chunk's ``[chunk_size, V]``
+  intermediates. Gradients are computed only for the arguments being
   differentiated: for a scalar ``reduction`` they are computed in the same
   pass over the chunks as the loss (the logits are computed once); for
   ``'none'`` the backward pass recomputes the logits chunk by chunk. The
@@ -391,10 +397,24 @@ def fused_linear_distillation_loss(
 
   **Dtypes.** Each matmul takes its operands in their promoted dtype (e.g.
   bfloat16) and accumulates in float32 (``preferred_element_type``); the
-  softmaxes, the divergences and the weight-gradient accumulation are float32
-  (float64 for float64 inputs), and the loss is returned in that dtype: float32
-  for bfloat16 / float16 inputs, not the input dtype. Gradients are returned in
-  the dtype of the corresponding input.
+  softmaxes, the divergences, the reduction and the weight-gradient
+  accumulation are float32 (float64 for float64 inputs). The loss is returned
+  in the dtype :func:`jaxkl.distillation_loss` returns for the logits
+  ``student_hidden @ student_weight`` and ``teacher_hidden @ teacher_weight``:
+  the promoted dtype of the inputs (bfloat16 for bfloat16 inputs), as
+  everywhere in jaxkl. Gradients are returned in the dtype of the
+  corresponding input.
+
+  **Masked classes.** A class can be given zero probability in both models
+  (e.g. vocabulary padding) with a ``-inf`` bias: append a feature of ones to
+  each hidden state and a weight row holding ``-inf`` at the masked classes
+  and 0 elsewhere. The loss, its derivatives (of every order) with respect to
+  the weights and to the other hidden features, and the temperature's, are
+  then those of the vocabulary without the class, and the masked columns of
+  the weight gradients are 0. The gradient with respect to the appended
+  ones-feature itself is NaN (``0 * -inf`` in ``d hidden = d logits @
+  weight.T``, as for the unfused loss); it is a constant, so nothing
+  should differentiate it.
 
   **Many devices** (tested on 8 devices in ``tests/_sharding_checks.py``).
   Under ``jax.jit`` with ``Auto`` mesh axes (the default), weights sharded
@@ -440,13 +460,14 @@ def fused_linear_distillation_loss(
     chunk_size: rows per chunk, a positive int. Static.
 
   Returns:
-    The loss: a scalar, or shape ``[N]`` for ``reduction='none'``; float32
-    (float64 for float64 inputs).
+    The loss: a scalar, or shape ``[N]`` for ``reduction='none'``, in the
+    promoted dtype of the four inputs (computed in float32, or float64 for
+    float64 inputs).
 
   Raises:
     ValueError: inconsistent shapes (``N``, ``H``, ``H_t``, ``V``), bad
       ``chunk_size``, ``reduction``, ``divergence``, ``beta`` or
-      ``temperature``.
+      ``temperature`` (a non-positive number or a non-scalar array).
     TypeError: non-floating inputs, non-boolean ``where``, non-integer
       ``labels``, ``chunk_size`` or ``ignore_index``.
 
@@ -505,13 +526,14 @@ def fused_linear_distillation_loss(
   reduction = _reduction.validate_reduction(reduction)
   divergence, beta = _logits.check_divergence(divergence, beta)
   temperature = _logits.check_temperature(temperature)
-  if jnp.ndim(temperature) != 0:
-    raise ValueError(
-        f"`temperature` must be a scalar; got shape {jnp.shape(temperature)}.")
   mask = _logits.token_mask((n,), where, labels, ignore_index)
   # Logits, softmaxes and accumulators: float32, or float64 if an input is.
   wide = any(jnp.finfo(x.dtype).bits > 32 for x in (h_s, w_s, h_t, w_t))
   compute = jnp.float64 if wide else jnp.float32
+  # The dtype of distillation_loss(h_s @ w_s, h_t @ w_t): that of the logits.
+  out_dtype = jnp.promote_types(jnp.promote_types(h_s.dtype, w_s.dtype),
+                                jnp.promote_types(h_t.dtype, w_t.dtype))
   temperature = jnp.asarray(temperature, compute)
   config = _Config(divergence, beta, reduction, int(chunk_size))
-  return _fused_jit(config, h_s, w_s, h_t, w_t, temperature, mask)
+  loss = _fused_jit(config, h_s, w_s, h_t, w_t, temperature, mask)
+  return loss.astype(out_dtype)

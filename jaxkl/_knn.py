@@ -322,7 +322,8 @@ def knn_kl(
   distances for ``k > 1``, two more for ``"adaptive"``), memory
   :math:`O(\text{chunk\_size} \cdot (n + m))`: the distances are computed for
   ``chunk_size`` points of ``x`` at a time. The estimate does not depend on
-  ``chunk_size`` (to the last bit of the distances, see the module notes).
+  ``chunk_size`` (to the last bit of the distances, see :ref:`knn-notes`,
+  also ``help(jaxkl._knn)``).
   Float32 by default, float64 for float64 inputs (under
   ``jax_enable_x64``); 16-bit inputs are computed in float32 and the result
   cast back.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +22,35 @@ DIVERGENCES: tuple[str, ...] = ("forward", "reverse", "jsd")
 
 
 def check_temperature(temperature: ArrayLike) -> ArrayLike:
-  """Rejects a non-positive Python temperature; arrays pass through."""
-  if isinstance(temperature, (int, float, np.number)) and not isinstance(
-      temperature, bool):
+  """Validates ``temperature`` before tracing; returns it unchanged.
+
+  A temperature is one positive number for the whole call: a Python number
+  (checked to be finite and > 0 here) or a 0-d array (it may be traced, e.g.
+  scheduled; its value is not checked). Per-example temperatures are not
+  accepted: the ``T**2`` factor of the distillation losses and the
+  vocabulary-parallel statistics are defined for one temperature, and a
+  per-example one is spelled explicitly by dividing the logits, e.g.
+  ``kl_divergence_from_logits(s / T[:, None], t / T[:, None])``.
+
+  Raises:
+    TypeError: a bool.
+    ValueError: a Python number that is not finite and > 0, or an array that
+      is not 0-d.
+  """
+  if isinstance(temperature, (bool, np.bool_)):
+    raise TypeError("`temperature` must be a number, not a bool.")
+  if isinstance(temperature, (int, float, np.number)):
     if not (temperature > 0 and math.isfinite(temperature)):
       raise ValueError(
           f"`temperature` must be a finite number > 0; got {temperature!r}.")
     return temperature
-  if isinstance(temperature, bool):
-    raise TypeError("`temperature` must be a number, not a bool.")
+  shape = tuple(np.shape(temperature))
+  if shape:
+    raise ValueError(
+        f"`temperature` must be a scalar (a Python number or a 0-d array); got "
+        f"an array of shape {shape}. Per-example temperatures are not "
+        f"supported; divide the logits instead, e.g. `logits / "
+        f"temperature[..., None]` for both inputs, with `temperature=1.0`.")
   return temperature
 
 
@@ -78,8 +98,8 @@ def _validate_logits(logits, target_logits, temperature, axis, where):
 def _prepare_logits(logits, target_logits, temperature, axis, where):
   logits, target_logits, inverse_t, axes, mask, out_dtype = _validate_logits(
       logits, target_logits, temperature, axis, where)
-  log_q = jax.nn.log_softmax(logits * inverse_t, axis=axes)
-  log_p = jax.nn.log_softmax(target_logits * inverse_t, axis=axes)
+  log_q = jax.nn.log_softmax(_scaled(logits, inverse_t), axis=axes)
+  log_p = jax.nn.log_softmax(_scaled(target_logits, inverse_t), axis=axes)
   return log_q, log_p, axes, mask, out_dtype
 
 
@@ -87,6 +107,97 @@ def _kl_from_log_probs(log_q, log_p, axes, mask):
   """sum over axes of p (log p - log q), masked; p = exp(log_p)."""
   log_p = _per_example.masked_target(log_p, mask, log_target=True)
   return jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=axes)
+
+
+# ----------------------------------------------------------------------------
+# Masked classes (-inf logits) and derivatives of every order.
+#
+# A class whose logit is -inf in an input has zero probability there, and a
+# class that is -inf in both inputs must not change the divergence or any of
+# its derivatives with respect to the other classes (padded vocabularies).
+# Plain autodiff breaks that in two places, both fixed below without adding
+# anything to the primal computation (so the fused forward pass is unchanged):
+#
+# * ``x * (1 / T)``: its tangent ``x * d(1/T)`` is ``-inf * 0 = NaN`` at a
+#   -inf logit whenever the factor carries a tangent (a differentiated
+#   temperature, or a per-row copy ``row * 0 + 1 / T`` whose ``row`` does;
+#   see below). ``_scaled`` has the same value and the tangent that a
+#   constant -inf has: 0 from the temperature (``x = -inf`` for every ``T``).
+# * ``log(b p + (1 - b) q)`` with ``p = q = 0``: ``jnp.logaddexp``'s tangent
+#   is ``exp(-inf - (-inf)) = NaN`` there. ``_log_mixture`` gives the exact
+#   tangent (the mixture weights), 0 where both are -inf.
+#
+# Both rules are written with the double-``where`` pattern in terms of the
+# functions themselves, so they can be differentiated again (Hessians).
+
+
+# jaxkl's own helper: the sum of coefficient * tangent over non-zero tangents.
+# pylint: disable-next=protected-access
+_linear_combination = _pointwise._linear_combination
+
+
+@jax.custom_jvp
+def _scaled(x: jax.Array, inverse_t: jax.Array) -> jax.Array:
+  """``x * inverse_t``; at ``x = -inf`` the derivative in ``inverse_t`` is 0."""
+  return x * inverse_t
+
+
+def _finite_or_zero(x: jax.Array) -> jax.Array:
+  """``x`` where it is not ``-inf``, else 0 (a stand-in for derivatives)."""
+  return jnp.where(x == -jnp.inf, 0, x)
+
+
+def _scaled_jvp(primals, tangents):
+  x, inverse_t = primals
+  d_x, d_inverse_t = tangents
+  out = _scaled(x, inverse_t)
+  return out, _linear_combination(out, [
+      (lambda: inverse_t, d_x),
+      (lambda: _finite_or_zero(x), d_inverse_t),
+  ])
+
+
+_scaled.defjvp(_scaled_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def _logaddexp(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``log(exp(a) + exp(b))``; finite derivatives where ``a = b = -inf``."""
+  return jnp.logaddexp(a, b)
+
+
+def _logaddexp_jvp(primals, tangents):
+  a, b = primals
+  d_a, d_b = tangents
+  out = _logaddexp(a, b)
+  # The weights exp(a - out), exp(b - out) (summing to 1); both 0 where
+  # a = b = out = -inf, instead of exp(-inf + inf) = NaN.
+  safe_out = _finite_or_zero(out)
+  return out, _linear_combination(out, [
+      (lambda: jnp.exp(a - safe_out), d_a),
+      (lambda: jnp.exp(b - safe_out), d_b),
+  ])
+
+
+_logaddexp.defjvp(_logaddexp_jvp, symbolic_zeros=True)
+
+
+def _log_mixture(log_p: jax.Array, log_q: jax.Array, beta: float) -> jax.Array:
+  """``log(beta p + (1 - beta) q)`` from log-probabilities, 0 < beta < 1."""
+  return _logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+
+
+def _nonnegative(value: jax.Array) -> jax.Array:
+  """``max(value, 0)`` with the derivatives (of every order) of ``value``.
+
+  A divergence is never negative, but rounding can make a computed one a few
+  ulps below 0 (JSD(P || P) ~ -4e-8 in float32). The correction
+  ``max(-value, 0)`` is per example (after the class reduction, so nothing is
+  added to the fused reduction over the classes) and carries no gradient:
+  where ``value >= 0`` nothing changes; where it is negative the result is
+  exactly ``value - value = 0``; ``+inf`` and NaN pass through.
+  """
+  return value + jax.lax.stop_gradient(jnp.maximum(-value, 0))
 
 
 # ----------------------------------------------------------------------------
@@ -159,10 +270,15 @@ def _split_classes(x: jax.Array, axes: tuple[int, ...]):
 
 def _max_and_log_normalizer(x: jax.Array, inverse_t: jax.Array,
                             axes: tuple[int, ...]):
-  """``(m, log Z)`` (kept axes): m = max x, Z = sum exp((x - m) * inverse_t)."""
-  x_max = jnp.max(x, axis=axes, keepdims=True)
+  """``(m, log Z)`` (kept axes): m = max x, Z = sum exp((x - m) * inverse_t).
+
+  ``m`` carries no derivative (as in ``jax.nn.log_softmax``): every use of
+  it, ``(x - m) / T - log Z``, is independent of its value, and ``log Z``'s
+  derivative accounts for the dependence on ``x``.
+  """
+  x_max = jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True))
   zero = x_max * 0  # private per-row copies for this pass (see above)
-  shifted = (x - (x_max + zero)) * (zero + inverse_t)
+  shifted = _scaled(x - (x_max + zero), zero + inverse_t)
   return x_max, jnp.log(jnp.sum(jnp.exp(shifted), axis=axes, keepdims=True))
 
 
@@ -178,8 +294,8 @@ def _forward_kl_parts(logits, target_logits, inverse_t, axes):
   m_p, log_z_p = _max_and_log_normalizer(target_logits, inverse_t, view_axes)
   zero = log_z_p * 0  # private per-row copies for this pass (see above)
   scale = zero + inverse_t
-  log_q = (logits - (m_q + zero)) * scale - (log_z_q + zero)
-  log_p = (target_logits - (m_p + zero)) * scale - (log_z_p + zero)
+  log_q = _scaled(logits - (m_q + zero), scale) - (log_z_q + zero)
+  log_p = _scaled(target_logits - (m_p + zero), scale) - (log_z_p + zero)
   # NaN-free where p == 0 (t = -inf, or p underflows), +inf where p > 0
   # meets log q = -inf.
   kl = jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=view_axes)
@@ -213,8 +329,8 @@ def _forward_kl_jvp(axes, primals, tangents):
   is_zero = lambda x: isinstance(x, SymbolicZero)  # noqa: E731
   need_student = not (is_zero(d_logits) and is_zero(d_inverse_t))
   need_teacher = not (is_zero(d_target) and is_zero(d_inverse_t))
-  log_q = (logits - m_q) * inverse_t - log_z_q
-  log_p = (target_logits - m_p) * inverse_t - log_z_p
+  log_q = _scaled(logits - m_q, inverse_t) - log_z_q
+  log_p = _scaled(target_logits - m_p, inverse_t) - log_z_p
   if need_student:
     d_student = jnp.exp(log_q) - jnp.exp(log_p)
   if need_teacher:
@@ -244,15 +360,7 @@ def _per_example_mask(where, shape, axes):
   when it has the per-example shape, or broadcasts with size 1 along every
   class axis.
   """
-  mask = jnp.asarray(where)
-  per_example = tuple(d for i, d in enumerate(shape) if i not in axes)
-  if mask.shape == per_example and len(per_example) < len(shape):
-    return mask
-  padded = (1,) * (len(shape) - mask.ndim) + mask.shape
-  if any(padded[a] != 1 for a in axes):
-    return None
-  mask = jnp.reshape(mask, padded)
-  return jnp.broadcast_to(jnp.squeeze(mask, axes), per_example)
+  return _per_example.per_example_mask(where, shape, axes)
 
 
 def _fast_forward_kl(logits, target_logits, inverse_t, axes, where):
@@ -273,15 +381,18 @@ def _fast_forward_kl(logits, target_logits, inverse_t, axes, where):
 
 
 def _forward_kl_from_logits(logits, target_logits, temperature, axis, where):
-  """Per-example forward KL: the closed-form path where it applies."""
+  """``(per-example forward KL in the compute dtype, result dtype)``.
+
+  The closed-form path where it applies.
+  """
   logits, target_logits, inverse_t, axes, mask, out_dtype = _validate_logits(
       logits, target_logits, temperature, axis, where)
   result = _fast_forward_kl(logits, target_logits, inverse_t, axes, where)
   if result is None:  # a mask within examples, or no classes
-    log_q = jax.nn.log_softmax(logits * inverse_t, axis=axes)
-    log_p = jax.nn.log_softmax(target_logits * inverse_t, axis=axes)
+    log_q = jax.nn.log_softmax(_scaled(logits, inverse_t), axis=axes)
+    log_p = jax.nn.log_softmax(_scaled(target_logits, inverse_t), axis=axes)
     result = _kl_from_log_probs(log_q, log_p, axes, mask)
-  return result.astype(out_dtype)
+  return _nonnegative(result), out_dtype
 
 
 def kl_divergence_from_logits(
@@ -304,22 +415,36 @@ def kl_divergence_from_logits(
 
   Computed from log-softmaxes (log-sum-exp), never from probabilities, so it is
   exact for extreme logits; ``-inf`` logits (masked vocabulary entries) give
-  zero probability and contribute 0. The gradient with respect to ``logits``
-  is :math:`(Q_T - P_T) / T`. Equals, in float64,
+  zero probability and contribute 0. A class that is ``-inf`` in both inputs
+  (padding) changes neither the value nor any derivative, of any order, with
+  respect to the other classes or the temperature, and its own derivatives
+  are 0: Hessians are finite and equal to those of the vocabulary without it.
+  Rounding can make a computed divergence a few ulps negative; it is returned
+  as 0, with the derivatives of the unclamped value. The gradient with
+  respect to ``logits`` is :math:`(Q_T - P_T) / T`. Equals, in float64,
   ``torch.nn.functional.kl_div(log_softmax(logits / T),
   log_softmax(target_logits / T), log_target=True, reduction='none').sum(-1)``.
 
   Args:
     logits: student logits, shape ``[..., C]``.
     target_logits: teacher logits, same shape.
-    temperature: :math:`T > 0`, a Python float or a scalar array (it may be
-      traced, e.g. scheduled).
+    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
+      traced, e.g. scheduled). Per-example temperatures are not accepted:
+      divide the logits instead (``logits / T[..., None]``).
     axis: class axis (or axes). Static.
     where: optional boolean mask; see :func:`jaxkl.kl_divergence` (a mask of
       the per-example shape masks whole examples).
 
   Returns:
-    Per-example divergences, the input shape without ``axis``.
+    Per-example divergences, the input shape without ``axis``, in the
+    promoted dtype of the logits (16-bit logits are computed in float32);
+    never negative.
+
+  Raises:
+    ValueError: different shapes, a bad ``axis`` or mask, or a
+      ``temperature`` that is not a positive finite number or a 0-d array.
+    TypeError: non-floating logits, a non-boolean mask or a bool
+      ``temperature``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -335,13 +460,14 @@ def kl_divergence_from_logits(
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
     arXiv:1503.02531, 2015.
   """
-  return _forward_kl_from_logits(logits, target_logits, temperature, axis,
-                                 where)
+  result, out_dtype = _forward_kl_from_logits(logits, target_logits,
+                                              temperature, axis, where)
+  return result.astype(out_dtype)
 
 
 def _jsd_from_log_probs(log_q, log_p, beta, axes, mask):
   """beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q."""
-  log_m = jnp.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+  log_m = _log_mixture(log_p, log_q, beta)
   return (beta * _kl_from_log_probs(log_m, log_p, axes, mask)
           + (1 - beta) * _kl_from_log_probs(log_m, log_q, axes, mask))
 
@@ -371,17 +497,29 @@ def jensen_shannon_from_logits(
   endpoints are the KL divergences: :math:`\beta = 0` gives the forward
   :math:`D_{\mathrm{KL}}(P \,\|\, Q)` and :math:`\beta = 1` the reverse
   :math:`D_{\mathrm{KL}}(Q \,\|\, P)` (the formula above vanishes there).
+  Classes that are ``-inf`` in both inputs change no value or derivative, as
+  in :func:`jaxkl.kl_divergence_from_logits`.
 
   Args:
     logits: student logits, shape ``[..., C]``.
     target_logits: teacher logits, same shape.
     beta: weight :math:`\beta \in [0, 1]`, a Python float. Static.
-    temperature: :math:`T > 0`.
+    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
+      traced, e.g. scheduled). Per-example temperatures are not accepted:
+      divide the logits instead (``logits / T[..., None]``).
     axis: class axis (or axes). Static.
     where: optional boolean mask; see :func:`jaxkl.kl_divergence`.
 
   Returns:
-    Per-example divergences, the input shape without ``axis``.
+    Per-example divergences, the input shape without ``axis``, in the
+    promoted dtype of the logits (16-bit logits are computed in float32);
+    never negative.
+
+  Raises:
+    ValueError: different shapes, a bad ``axis`` or mask, or a
+      ``temperature`` that is not a positive finite number or a 0-d array.
+    TypeError: non-floating logits, a non-boolean mask or a bool
+      ``temperature``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -421,17 +559,32 @@ def divergence_from_logits(
   * ``'jsd'``: :math:`\mathrm{JSD}_\beta(P \,\|\, Q)`, see
     :func:`jaxkl.jensen_shannon_from_logits`.
 
+  Classes that are ``-inf`` in both inputs (padding) change no value or
+  derivative, of any order, and get zero derivatives; the result is never
+  negative (see :func:`jaxkl.kl_divergence_from_logits`).
+
   Args:
     logits: student logits, shape ``[..., C]``.
     target_logits: teacher logits, same shape.
     divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
     beta: JSD weight in ``[0, 1]`` (used by ``'jsd'`` only). Static.
-    temperature: :math:`T > 0`, both distributions are taken at it.
+    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
+      traced, e.g. scheduled); both distributions are taken at it.
+      Per-example temperatures are not accepted: divide the logits instead
+      (``logits / T[..., None]``).
     axis: class axis (or axes). Static.
     where: optional boolean mask; see :func:`jaxkl.kl_divergence`.
 
   Returns:
-    Per-example divergences, the input shape without ``axis``.
+    Per-example divergences, the input shape without ``axis``, in the
+    promoted dtype of the logits (16-bit logits are computed in float32);
+    never negative.
+
+  Raises:
+    ValueError: different shapes, a bad ``axis`` or mask, or a
+      ``temperature`` that is not a positive finite number or a 0-d array.
+    TypeError: non-floating logits, a non-boolean mask or a bool
+      ``temperature``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -441,6 +594,17 @@ def divergence_from_logits(
     Array(0.32781327, dtype=float32)
   """
   divergence, beta = check_divergence(divergence, beta)
+  result, out_dtype = _divergence_from_logits(
+      logits, target_logits, divergence, beta, temperature, axis, where)
+  return result.astype(out_dtype)
+
+
+def _divergence_from_logits(logits, target_logits, divergence, beta,
+                            temperature, axis, where):
+  """``(per-example divergence in the compute dtype, result dtype)``.
+
+  ``divergence`` and ``beta`` are already checked (``check_divergence``).
+  """
   if divergence == "forward":
     return _forward_kl_from_logits(logits, target_logits, temperature, axis,
                                    where)
@@ -450,7 +614,7 @@ def divergence_from_logits(
     result = _kl_from_log_probs(log_p, log_q, axes, mask)
   else:
     result = _jsd_from_log_probs(log_q, log_p, beta, axes, mask)
-  return result.astype(out_dtype)
+  return _nonnegative(result), out_dtype
 
 
 def token_mask(
@@ -468,8 +632,7 @@ def token_mask(
   mask = None
   if where is not None:
     mask = jnp.asarray(where)
-    if mask.dtype != jnp.bool_:
-      raise TypeError(f"`where` must be a boolean array; got dtype {mask.dtype}.")
+    _checks.check_mask_dtype(mask, "where")
     if mask.shape != shape:
       raise ValueError(
           f"`where` must have the per-token shape {shape}; got {mask.shape}.")
@@ -517,14 +680,18 @@ def distillation_loss(
   ``labels != ignore_index`` (the PyTorch/Hugging Face convention for padded
   or prompt tokens); ``'mean'`` averages over the kept tokens only and gives 0
   when none is kept. Excluded tokens may hold any logits, even NaN or all
-  ``-inf``: they reach neither the loss nor its gradient. The teacher is not differentiated through unless you
-  differentiate with respect to it; wrap it in ``jax.lax.stop_gradient`` if it
-  is computed in the same function.
+  ``-inf``: they reach neither the loss nor its gradient. Classes that are
+  ``-inf`` in both inputs (padded vocabulary) change no value or derivative
+  (see :func:`jaxkl.kl_divergence_from_logits`). The teacher is not
+  differentiated through unless you differentiate with respect to it; wrap it
+  in ``jax.lax.stop_gradient`` if it is computed in the same function.
 
   Args:
     student_logits: shape ``[..., V]`` (e.g. ``[B, T, V]``).
     teacher_logits: same shape.
-    temperature: :math:`T > 0`.
+    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
+      traced, e.g. scheduled). Per-example temperatures are not accepted:
+      divide the logits instead (``logits / T[..., None]``).
     divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
     beta: JSD weight in ``[0, 1]``; ``jsd`` with 0 is ``forward``, with 1
       ``reverse``. Static.
@@ -538,7 +705,18 @@ def distillation_loss(
     axis: the class axis. Static.
 
   Returns:
-    A scalar, or per-token losses of shape ``[...]`` for ``'none'``.
+    A scalar, or per-token losses of shape ``[...]`` for ``'none'``, in the
+    promoted dtype of the logits (computed in float32 for 16-bit logits, as
+    :func:`jaxkl.fused_linear_distillation_loss`, which returns the same
+    dtype).
+
+  Raises:
+    ValueError: different shapes, a bad ``axis``, ``reduction``,
+      ``divergence`` or ``beta``, a mask or labels not of the per-token shape,
+      or a ``temperature`` that is not a positive finite number or a 0-d
+      array.
+    TypeError: non-floating logits, a non-boolean mask, non-integer labels or
+      a bool ``temperature``.
 
   Examples:
     >>> import jax
@@ -576,8 +754,14 @@ def distillation_loss(
     student = jnp.where(keep, student, 0)
     teacher_logits = jnp.where(
         keep, _checks.as_float_array(teacher_logits, "teacher_logits"), 0)
-  per_token = divergence_from_logits(
-      student, teacher_logits, divergence=divergence, beta=beta,
-      temperature=temperature, axis=axis, where=mask)
+  divergence, beta = check_divergence(divergence, beta)
+  # Per-token values, T^2 and the reduction in the compute dtype (float32 for
+  # 16-bit logits, as the fused loss); one rounding to the result dtype.
+  per_token, out_dtype = _divergence_from_logits(
+      student, teacher_logits, divergence, beta, temperature, axis,
+      # [..., 1]: a per-token mask, never read as a class mask (even when
+      # the number of tokens equals the number of classes).
+      None if mask is None else jnp.expand_dims(mask, axes))
   scale = jnp.square(jnp.asarray(temperature, per_token.dtype))
-  return _reduction.reduce_loss(per_token * scale, reduction, where=mask)
+  loss = _reduction.reduce_loss(per_token * scale, reduction, where=mask)
+  return loss.astype(out_dtype)

@@ -42,33 +42,126 @@ def normalize_axis(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]
   return tuple(sorted(normalized))
 
 
-def broadcast_mask(where: Optional[ArrayLike], shape: tuple[int, ...],
-                   axes: tuple[int, ...]) -> Optional[jax.Array]:
-  """Broadcasts a boolean mask to ``shape``; see ``kl_divergence``'s ``where``.
+def _broadcast_strides(padded: tuple[int, ...],
+                       shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Which mask element each axis of ``shape`` reads, as strides.
 
-  A mask whose shape equals the per-example result shape (``shape`` without
-  ``axes``) masks whole examples: the reduced axes are inserted. Any other mask
-  must broadcast to ``shape`` by NumPy's rules.
+  ``padded`` has ``len(shape)`` entries and broadcasts to ``shape``; the
+  element of the broadcast mask at index ``i`` is element
+  ``sum(i[d] * strides[d])`` of the (C-ordered) mask. Axes of size 1 in
+  ``shape`` get stride 0 (only index 0 exists there).
+  """
+  strides, step = [], 1
+  for size, target in zip(reversed(padded), reversed(shape)):
+    strides.append(step if size == target and target != 1 else 0)
+    step *= size
+  return tuple(reversed(strides))
+
+
+def _broadcasts(mask_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+  """Whether NumPy's rules broadcast ``mask_shape`` to ``shape``."""
+  if len(mask_shape) > len(shape):
+    return False
+  return all(m in (1, s) for m, s in zip(reversed(mask_shape),
+                                         reversed(shape)))
+
+
+def _spell(name: str, shape: tuple[int, ...]) -> str:
+  return f"`{name}.reshape({', '.join(map(str, shape))}{',' * (len(shape) == 1)})`"
+
+
+def broadcast_mask(where: Optional[ArrayLike], shape: tuple[int, ...],
+                   axes: tuple[int, ...], *,
+                   name: str = "where") -> Optional[jax.Array]:
+  """Reads a ``where`` mask by jaxkl's one rule and broadcasts it to ``shape``.
+
+  Every function of jaxkl that takes ``where`` reads it here. ``shape`` is
+  the shape of the input, ``axes`` the axes that are summed over (the
+  support; empty for a reduction over examples such as ``reduce_loss``),
+  and the *per-example shape* is ``shape`` without ``axes``. The rule:
+
+  * the mask must be boolean (``True`` keeps an entry);
+  * a mask whose shape is the per-example shape masks whole examples (the
+    reduced axes are inserted: ``[B]`` against ``[B, C]`` reads as
+    ``[B, 1]``);
+  * any other mask is broadcast to ``shape`` by NumPy's rules (``[1, C]``
+    masks classes, ``[B, 1]`` examples);
+  * a mask that fits both readings with different meanings (``[C]``
+    against ``[B, C]`` with ``B == C``: jaxkl's per-example reading, or
+    NumPy's and optax's class mask) is refused with a ValueError that gives
+    both explicit spellings. Readings that coincide (``B == 1``) are fine.
+
+  Returns:
+    None, or the boolean mask broadcast to ``shape``.
 
   Raises:
-    TypeError: the mask is not boolean.
-    ValueError: the mask does not broadcast.
+    TypeError: a mask that is not boolean (for 0/1 numbers the message says
+      ``.astype(bool)``).
+    ValueError: an ambiguous mask, or one that fits neither reading.
   """
   if where is None:
     return None
-  mask = jnp.asarray(where)
-  if mask.dtype != jnp.bool_:
-    raise TypeError(f"`where` must be a boolean array; got dtype {mask.dtype}.")
-  per_example = tuple(d for i, d in enumerate(shape) if i not in axes)
-  if axes and mask.shape == per_example and len(per_example) < len(shape):
-    mask = jnp.expand_dims(mask, axes)
   try:
-    return jnp.broadcast_to(mask, shape)
-  except ValueError:
+    mask = jnp.asarray(where)
+  except TypeError as err:
+    raise TypeError(
+        f"`{name}` must be a boolean array; got an object of type "
+        f"{type(where).__name__}.") from err
+  _checks.check_mask_dtype(mask, name)
+  shape = tuple(shape)
+  per_example = tuple(d for i, d in enumerate(shape) if i not in axes)
+  by_example = (bool(axes) and mask.shape == per_example
+                and len(per_example) < len(shape))
+  by_numpy = _broadcasts(mask.shape, shape)
+  if by_example:
+    example_shape = tuple(1 if i in axes else d for i, d in enumerate(shape))
+    if by_numpy:
+      numpy_shape = (1,) * (len(shape) - mask.ndim) + mask.shape
+      if 0 not in shape and (_broadcast_strides(example_shape, shape)
+                             != _broadcast_strides(numpy_shape, shape)):
+        raise ValueError(
+            f"`{name}` has shape {mask.shape}, which can be read two ways "
+            f"against the input shape {shape} (summed over axis "
+            f"{axes[0] if len(axes) == 1 else axes}): as a mask of whole "
+            f"examples (jaxkl's reading of a mask of the per-example shape "
+            f"{per_example}) or, by NumPy's broadcasting rules, as a mask "
+            f"within each example (optax's reading: it masks classes). "
+            f"jaxkl does not guess; say which: {_spell(name, example_shape)}"
+            f" (shape {example_shape}) masks examples (rows), "
+            f"{_spell(name, numpy_shape)} (shape {numpy_shape}) masks "
+            f"classes.")
+    mask = jnp.reshape(mask, example_shape)
+  elif not by_numpy:
+    if axes:
+      raise ValueError(
+          f"`{name}` has shape {mask.shape}, which is neither the per-example "
+          f"shape {per_example} (masks whole examples) nor broadcastable to "
+          f"the input shape {shape} by NumPy's rules.")
     raise ValueError(
-        f"`where` has shape {mask.shape}, which is neither the per-example "
-        f"shape {per_example} nor broadcastable to the input shape {shape}."
-    ) from None
+        f"`{name}` has shape {mask.shape}, which does not broadcast to the "
+        f"shape {shape} by NumPy's rules.")
+  return jnp.broadcast_to(mask, shape)
+
+
+def per_example_mask(where: ArrayLike, shape: tuple[int, ...],
+                     axes: tuple[int, ...]) -> Optional[jax.Array]:
+  """The per-example mask when ``where`` masks whole examples, else None.
+
+  ``where`` must already have been read by :func:`broadcast_mask` (which
+  rejects ambiguous masks). It masks whole examples when it has the
+  per-example shape, or broadcasts with size 1 along every axis of ``axes``;
+  then its per-example form (shape ``shape`` without ``axes``) is returned,
+  so that callers can set masked examples to exactly 0 after the fact.
+  """
+  mask = jnp.asarray(where)
+  per_example = tuple(d for i, d in enumerate(shape) if i not in axes)
+  if mask.shape == per_example and len(per_example) < len(shape):
+    return mask
+  padded = (1,) * (len(shape) - mask.ndim) + mask.shape
+  if any(padded[a] != 1 for a in axes):
+    return None
+  mask = jnp.reshape(mask, padded)
+  return jnp.broadcast_to(jnp.squeeze(mask, axes), per_example)
 
 
 def masked_target(target: jax.Array, mask: Optional[jax.Array],
@@ -109,19 +202,29 @@ def kl_divergence(
   the same values wherever optax's are finite, but a zero target contributes
   exactly 0 with zero gradient, even against :math:`\log q = -\infty`
   (optax returns NaN there). :math:`p > 0` against :math:`\log q = -\infty`
-  gives :math:`+\infty`. 16-bit inputs are accumulated in float32.
+  gives :math:`+\infty`. A class has zero mass exactly when :math:`p`
+  (with ``log_target=True``, :math:`e^{\log p}`) is 0 in the computation
+  dtype, subnormals flushed to zero: a finite :math:`\log p` whose
+  exponential underflows contributes 0, as in every path of jaxkl (see
+  README, "Zero mass"). Huge finite values give the literal
+  :math:`p (\log p - \log q)` (no clamping). 16-bit inputs are accumulated
+  in float32.
 
   Args:
     log_predictions: :math:`\log q`, shape ``[..., C]`` (any shape).
     targets: :math:`p` (or :math:`\log p`), same shape as
       ``log_predictions``.
     axis: axis or axes to sum over (the support); ``None`` for all. Static.
-    where: optional boolean mask of elements to include. A mask whose shape
-      equals the per-example result shape (the input shape without ``axis``,
-      e.g. ``[B]`` for a ``[B, C]`` input) masks whole examples (a masked
-      example gives 0, with zero gradient); any other mask is broadcast to the
-      input shape by NumPy's rules (e.g. ``[1, C]`` masks classes). Masked
-      positions may hold any finite value or :math:`\pm\infty`.
+    where: optional boolean mask of elements to include (``True`` keeps).
+      A mask whose shape equals the per-example result shape (the input
+      shape without ``axis``, e.g. ``[B]`` for a ``[B, C]`` input) masks
+      whole examples (a masked example gives 0, with zero gradient); any
+      other mask is broadcast to the input shape by NumPy's rules (e.g.
+      ``[1, C]`` masks classes, ``[B, 1]`` examples). A mask that fits both
+      readings with different meanings (``[C]`` against ``[B, C]`` with
+      ``B == C``, which optax reads as a class mask) raises a ValueError
+      naming both explicit spellings. Masked positions may hold any finite
+      value or :math:`\pm\infty`.
     log_target: whether ``targets`` holds log-probabilities. Static.
 
   Returns:
@@ -129,8 +232,10 @@ def kl_divergence(
     promoted dtype of the inputs.
 
   Raises:
-    ValueError: shapes differ, bad ``axis`` or a mask that does not broadcast.
-    TypeError: non-floating inputs or a non-boolean mask.
+    ValueError: shapes differ, bad ``axis``, or a mask that is ambiguous or
+      fits neither reading.
+    TypeError: non-floating inputs or a non-boolean mask (for a 0/1 float
+      mask the message says ``where.astype(bool)``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -139,7 +244,9 @@ def kl_divergence(
     >>> p = jnp.array([[0.5, 0.5], [1.0, 0.0]])
     >>> jaxkl.kl_divergence(log_q, p)  # [log(4/3)/2, log 2]
     Array([0.14384104, 0.6931472 ], dtype=float32)
-    >>> jaxkl.kl_divergence(log_q, p, where=jnp.array([True, False]))
+    >>> # Rows: [B, 1] (a [B] mask would also be read as a class mask here,
+    >>> # since B == C, and is refused).
+    >>> jaxkl.kl_divergence(log_q, p, where=jnp.array([[True], [False]]))
     Array([0.14384104, 0.        ], dtype=float32)
 
   References:
@@ -154,8 +261,5 @@ def kl_divergence(
   out_dtype, compute_dtype = _checks.result_dtype(log_q, target)
   log_q = log_q.astype(compute_dtype)
   target = masked_target(target.astype(compute_dtype), mask, log_target)
-  terms, scale = _pointwise.kl_terms(log_q, target, log_target=log_target)
-  result = jnp.sum(terms, axis=axes)
-  if scale != 1.0:
-    result = result * np.asarray(scale, compute_dtype)
-  return result.astype(out_dtype)
+  terms = _pointwise.kl_terms(log_q, target, log_target=log_target)
+  return jnp.sum(terms, axis=axes).astype(out_dtype)

@@ -2,46 +2,50 @@
 
 The term ``p * (log p - log q)`` is mathematically 0 whenever ``p == 0``
 (the convention 0 log 0 = 0, and 0 * log(0 / q) = 0 for any q), but evaluated
-naively it gives ``0 * (-inf) = nan`` at ``p == 0`` and ``0 * inf = nan`` at
-``p == 0, log q == -inf``.
+naively it gives ``0 * (-inf) = nan`` at ``p == 0`` and ``-inf - (-inf) = nan``
+at ``p == 0, log q == -inf``.
 
 The usual cure, ``jnp.where(p > 0, ..., 0)``, is correct, but on XLA:CPU a
 ``select`` inside a large fused reduction stops the reduction loop from being
-vectorized: 4-5x slower on a 2048 x 32000 sum in our measurements. Every
-extra elementwise op also costs ~8% there (the loop is compute-bound: one
-``log`` plus a handful of ops per element), so the formulas below use as few
-``maximum`` / ``multiply`` ops as we could find, and no ``select``.
+vectorized: 3-5x slower on a 2048 x 32000 sum in our measurements. What the
+loop costs is, besides the ``log``, mostly its elementwise ops *between two
+arrays* (each ~5-10%); an op with a constant operand (``maximum(v, c)``,
+``v * c``) is nearly free. The formulas below need three array-array ops, the
+same as a plain ``p * (log p - log q)`` plus one ``maximum``, and no
+``select``. With ``M = finfo.max``, ``tiny = finfo.tiny`` (the smallest
+normal number) and the constants ``c = 2 log(tiny)`` (-174.7 in float32)
+and ``K = -M / (-log(tiny) - 1)``::
 
-Probabilities as targets (``twice_kl_terms``), with ``M = finfo.max``::
+  a  = max(log p, c)        log p where p > 0 (log p >= log tiny > c), c at 0
+  f  = (a - c) * K          -0 where p == 0; -inf where p > 0 (overflow)
+  l  = p * (a - max(log q, f))
 
-  d    = log p - max(log q, -M)
-  2 l  = p * max(2 d, -M)
+(probabilities as targets, ``kl_terms_probs``). For log-probabilities as
+targets (``kl_terms_log_target``), ``p = exp(log p)`` may underflow to 0 for
+a finite ``log p``, so the floor is built from ``p`` itself::
 
-* ``p == 0``: ``log p = -inf`` so ``d = -inf`` for any ``log q`` (including
-  ``-inf``, clamped to ``-M``, and ``+inf``); ``max(-inf, -M) = -M`` and
-  the term is ``0 * (-M) = 0`` exactly.
-* ``p > 0``, finite ``log q``: ``2 d`` is exact (a power-of-two scaling) and
-  within ``[-M, M]``, so the term is exactly twice ``p (log p - log q)``.
-* ``p > 0``, ``log q = -inf``: ``d = log p + M`` rounds to ``M`` and ``2 d``
-  overflows to ``+inf``, so the term is ``+inf``, as it must be.
+  f  = -M * min(p * (2 / tiny), 2)     -0 where p == 0; -inf where p >= tiny
 
-The doubling is what tells ``log q = -inf`` from a finite ``log q``; its price
-is that a finite ``log q < -M / 2`` (``-1.7e38`` in float32, far below any
-meaningful log-probability: ``exp`` of it is 0 in every float format) also
-gives ``+inf`` where the literal formula would give a huge finite number. The
-factor 2 is undone once, after the reduction, so it costs nothing per element.
+(the ``minimum`` keeps XLA from folding the two constant factors into
+``p * -inf``, which would be ``nan`` at ``p == 0``). Subnormal ``p`` are
+flushed to zero by XLA, so every ``p`` is 0 or at least ``tiny``.
 
-Log-probabilities as targets (``kl_terms_log_target``): ``p = exp(log p)``
-may underflow to 0 for finite ``log p``, so there we clamp both logarithms
-with a *p-dependent floor* built from ``multiply`` and ``minimum``::
+* ``p > 0``: ``f = -inf`` and ``a = log p``, so both maxima are the identity
+  and ``l`` is the literal ``p * (log p - log q)``, bit for bit, for *every*
+  ``log q``: huge finite values (``log q = -1e38`` gives ``1e38``), ``-inf``
+  (``+inf``) and ``+inf`` (``-inf``), as in PyTorch. Sums of such terms
+  overflow only where a term or a partial sum is beyond ``finfo.max``.
+* ``p == 0``: ``max(log q, -0)`` is in ``[0, finfo.max]`` for any ``log q``
+  but ``+inf``, and ``a`` is finite, so ``l = 0 * finite = 0`` exactly:
+  ``log q = -inf`` costs nothing. The one exception is ``log q = +inf``
+  (``q = inf``, no probability), where ``l`` is ``nan``, as in PyTorch;
+  making it 0 needs one more array-array op (~20% on the benchmark) for an
+  input no distribution produces.
 
-  floor(p) = -M * min(p * 2 / tiny, 2)  =  -0 if p == 0,  -inf if p >= tiny
-  l        = p * (max(log p, floor) - max(log q, floor))
-
-which is exact for ``p > 0`` (the floor is ``-inf``) and exactly 0 for
-``p == 0`` (both maxima are finite).
-
-Subnormal ``p`` are flushed to zero by XLA on CPU and GPU, so they count as 0.
+This is the library-wide zero-mass rule: a class has zero mass under P exactly
+when ``p``, or ``exp(log p)`` in the computation dtype, is 0 (after the flush
+of subnormals); it then contributes exactly 0 with zero gradient, whatever Q
+is. A class with ``p > 0`` against ``log q = -inf`` gives ``+inf``.
 
 Derivatives are given by ``jax.custom_jvp`` rules (autodiff through the clamps
 would meet ``0 * inf`` again). The gradient with respect to a zero ``p`` is
@@ -52,9 +56,12 @@ finite too.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
+from jax.typing import DTypeLike
 
 
 def _zero_mass_floor(p: jax.Array) -> jax.Array:
@@ -64,6 +71,24 @@ def _zero_mass_floor(p: jax.Array) -> jax.Array:
   # The `minimum` keeps XLA from folding the two constant factors together
   # (which would give 0 * inf = nan at p == 0).
   return -jnp.asarray(finfo.max, p.dtype) * jnp.minimum(p * scale, 2)
+
+
+def _log_floor(dtype: DTypeLike) -> tuple[float, float]:
+  """``(c, K)``: ``c = 2 log(tiny)`` and ``K = -M / (-log(tiny) - 1)``.
+
+  ``c`` is below the log of every positive normal number, and
+  ``(log p - c) * K`` overflows to ``-inf`` for every ``p >= tiny``
+  (``log p - c >= -log(tiny)``, one more than ``M / |K|``).
+  """
+  finfo = jnp.finfo(dtype)
+  log_tiny = math.log(float(finfo.tiny))
+  return 2.0 * log_tiny, -float(finfo.max) / (-log_tiny - 1.0)
+
+
+def _terms(log_q: jax.Array, p: jax.Array, clamped_log_p: jax.Array,
+           floor: jax.Array) -> jax.Array:
+  """``p * (clamped_log_p - max(log_q, floor))``: three array-array ops."""
+  return p * (clamped_log_p - jnp.maximum(log_q, floor))
 
 
 def _linear_combination(out, pairs):
@@ -82,11 +107,12 @@ def _linear_combination(out, pairs):
 
 
 @jax.custom_jvp
-def twice_kl_terms(log_q: jax.Array, p: jax.Array) -> jax.Array:
-  """Elementwise ``2 p (log p - log_q)``, exactly ``0`` wherever ``p == 0``."""
-  big = jnp.asarray(jnp.finfo(p.dtype).max, p.dtype)
-  difference = jnp.log(p) - jnp.maximum(log_q, -big)
-  return p * jnp.maximum(difference * 2, -big)
+def kl_terms_probs(log_q: jax.Array, p: jax.Array) -> jax.Array:
+  """Elementwise ``p (log p - log_q)``, exactly ``0`` wherever ``p == 0``."""
+  c, k = _log_floor(p.dtype)
+  clamped = jnp.maximum(jnp.log(p), jnp.asarray(c, p.dtype))
+  floor = (clamped - jnp.asarray(c, p.dtype)) * jnp.asarray(k, p.dtype)
+  return _terms(log_q, p, clamped, floor)
 
 
 def _kl_terms_dp(log_q: jax.Array, p: jax.Array) -> jax.Array:
@@ -97,31 +123,27 @@ def _kl_terms_dp(log_q: jax.Array, p: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.log(safe_p) + 1 - safe_log_q, 0)
 
 
-def _twice_kl_terms_jvp(primals, tangents):
+def _kl_terms_probs_jvp(primals, tangents):
   log_q, p = primals
   d_log_q, d_p = tangents
-  out = twice_kl_terms(log_q, p)
+  out = kl_terms_probs(log_q, p)
   return out, _linear_combination(out, [
-      # -2p, written so that its own derivative at p == 0 is 0: this keeps the
+      # -p, written so that its own derivative at p == 0 is 0: this keeps the
       # Hessian symmetric, matching the zero gradient chosen at p == 0 below.
-      (lambda: -2 * jnp.where(p == 0, 0, p), d_log_q),
-      (lambda: 2 * _kl_terms_dp(log_q, p), d_p),
+      (lambda: -jnp.where(p == 0, 0, p), d_log_q),
+      (lambda: _kl_terms_dp(log_q, p), d_p),
   ])
 
 
-twice_kl_terms.defjvp(_twice_kl_terms_jvp, symbolic_zeros=True)
+kl_terms_probs.defjvp(_kl_terms_probs_jvp, symbolic_zeros=True)
 
 
 def kl_terms(log_q: jax.Array, target: jax.Array, *,
-             log_target: bool) -> tuple[jax.Array, float]:
-  """Returns ``(terms, scale)``: the pointwise KL is ``scale * terms``.
-
-  Apply ``scale`` after any sum over ``terms`` (a sum commutes with it), so
-  that it costs one multiply per result rather than one per element.
-  """
+             log_target: bool) -> jax.Array:
+  """Elementwise KL terms, ``target`` holding ``p`` or (``log_target``) ``log p``."""
   if log_target:
-    return kl_terms_log_target(log_q, target), 1.0
-  return twice_kl_terms(log_q, target), 0.5
+    return kl_terms_log_target(log_q, target)
+  return kl_terms_probs(log_q, target)
 
 
 # ----------------------------------------------------------------------------
@@ -132,8 +154,9 @@ def kl_terms(log_q: jax.Array, target: jax.Array, *,
 def kl_terms_log_target(log_q: jax.Array, log_p: jax.Array) -> jax.Array:
   """Elementwise ``exp(log_p) * (log_p - log_q)``, ``0`` where ``p == 0``."""
   p = jnp.exp(log_p)
-  floor = _zero_mass_floor(p)
-  return p * (jnp.maximum(log_p, floor) - jnp.maximum(log_q, floor))
+  c, _ = _log_floor(log_p.dtype)
+  clamped = jnp.maximum(log_p, jnp.asarray(c, log_p.dtype))  # finite at -inf
+  return _terms(log_q, p, clamped, _zero_mass_floor(p))
 
 
 def _kl_terms_log_target_dlog_p(log_q: jax.Array, log_p: jax.Array) -> jax.Array:

@@ -16,6 +16,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxkl import _checks
+from jaxkl import _per_example
 
 Reduction = Literal["none", "batchmean", "sum", "mean"]
 
@@ -144,7 +145,9 @@ def reduce_loss(
   Args:
     values: losses, any shape.
     reduction: ``'none' | 'sum' | 'mean' | 'batchmean'``. Static.
-    where: optional boolean mask broadcastable to ``values``; ``True`` keeps.
+    where: optional boolean mask broadcastable to ``values`` by NumPy's
+      rules (``values`` are per example, so there is no class axis to
+      confuse it with); ``True`` keeps.
 
   Returns:
     Shape of ``values`` for ``'none'``, else a scalar; dtype of ``values``
@@ -152,7 +155,8 @@ def reduce_loss(
 
   Raises:
     ValueError: unknown ``reduction`` or a mask that does not broadcast.
-    TypeError: non-floating ``values`` or a non-boolean mask.
+    TypeError: non-floating ``values`` or a non-boolean mask (a 0/1 float
+      mask: pass ``where.astype(bool)``).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -168,16 +172,8 @@ def reduce_loss(
   reduction = validate_reduction(reduction)
   values = _checks.as_float_array(values, "values")
   out_dtype, compute_dtype = _checks.result_dtype(values)
-  if where is not None:
-    mask = jnp.asarray(where)
-    if mask.dtype != jnp.bool_:
-      raise TypeError(f"`where` must be a boolean array; got dtype {mask.dtype}.")
-    try:
-      mask = jnp.broadcast_to(mask, values.shape)
-    except ValueError:
-      raise ValueError(
-          f"`where` has shape {mask.shape}, which does not broadcast to the "
-          f"shape of `values`, {values.shape}.") from None
+  mask = _per_example.broadcast_mask(where, values.shape, ())
+  if mask is not None:
     values = jnp.where(mask, values, 0)
   if reduction == "none":
     return values

@@ -22,7 +22,6 @@ own block of the arrays and collectives are explicit:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Hashable, Optional, Union
 
 import jax
@@ -70,8 +69,10 @@ def _global_log_softmax(x, y, inverse_t, axis_name):
   local_max = (jnp.max(x, axis=-1, keepdims=True),
                jnp.max(y, axis=-1, keepdims=True))
   m_x, m_y = jax.lax.pmax(jax.lax.stop_gradient(local_max), axis_name)
-  shifted_x = (x - m_x) * inverse_t
-  shifted_y = (y - m_y) * inverse_t
+  # -inf logits (padding, possibly a whole device's slice) get zero
+  # probability and, through `_scaled`, finite derivatives of every order.
+  shifted_x = _logits._scaled(x - m_x, inverse_t)
+  shifted_y = _logits._scaled(y - m_y, inverse_t)
   sum_x, sum_y = jax.lax.psum(
       (jnp.sum(jnp.exp(shifted_x), axis=-1, keepdims=True),
        jnp.sum(jnp.exp(shifted_y), axis=-1, keepdims=True)), axis_name)
@@ -188,10 +189,11 @@ def vocab_parallel_kl_from_logits(
   elif divergence == "reverse":
     local = _local_sum_kl(log_p, log_q, mask)
   else:
-    log_m = jnp.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))
+    log_m = _logits._log_mixture(log_p, log_q, beta)
     local = (beta * _local_sum_kl(log_m, log_p, mask)
              + (1 - beta) * _local_sum_kl(log_m, log_q, mask))
-  result = jax.lax.psum(local, axis_name)
+  # Never negative (rounding); the derivatives are the unclamped ones.
+  result = _logits._nonnegative(jax.lax.psum(local, axis_name))
   if where is not None:
     per_example = _logits._per_example_mask(where, logits.shape, axes)
     if per_example is not None:  # as kl_divergence_from_logits: exactly 0
@@ -216,14 +218,15 @@ def _split_check(num_samples: Any, antithetic: bool, devices: int) -> int:
 
 def sharded_monte_carlo_kl(
     key: jax.Array,
-    p: Any,
-    q: Any,
+    p: Any = _monte_carlo.REQUIRED,
+    q: Any = _monte_carlo.REQUIRED,
     *,
     num_samples: int,
     axis_name: AxisName,
     estimator: str = "k1",
     gradient: _monte_carlo.Gradient = "auto",
     antithetic: bool = False,
+    tail_diagnostic: bool = True,
 ) -> _monte_carlo.KLEstimate:
   r""":func:`jaxkl.monte_carlo_kl` with the samples split over devices.
 
@@ -249,8 +252,16 @@ def sharded_monte_carlo_kl(
   ``proposal`` (importance sampling) in this form, so
   ``effective_sample_size`` is :math:`n`.
 
+  ``pareto_k`` (see :func:`jaxkl.monte_carlo_kl`) is fitted to the global
+  tails: each device takes the :math:`M + 1` largest values of each tail
+  it fits (``lax.top_k``), they are gathered (a ``psum`` of
+  ``[D, M + 1]``-sized arrays per tail, :math:`M \le 3\sqrt n`), and the
+  :math:`M + 1` largest of those are the global ones, so it equals
+  ``monte_carlo_kl``'s on the concatenated samples.
+
   Args:
-    key: a ``jax.random`` key, the same on every device.
+    key: a ``jax.random`` key, the same on every device:
+      ``jax.random.key(seed)`` or a legacy ``jax.random.PRNGKey(seed)``.
     p: the distribution sampled, in any form ``monte_carlo_kl`` accepts.
     q: the second distribution or a log-density callable.
     num_samples: the total :math:`n` over all devices, a Python int, a
@@ -261,6 +272,8 @@ def sharded_monte_carlo_kl(
     estimator: ``'k1' | 'k2' | 'k3' | 'cv'``. Static.
     gradient: ``'auto' | 'pathwise' | 'score_function'``. Static.
     antithetic: draw antithetic pairs on each device. Static.
+    tail_diagnostic: compute ``pareto_k`` (default); else it is NaN.
+      Static.
 
   Returns:
     A ``jaxkl.KLEstimate`` (``num_samples`` is the total :math:`n`), the same
@@ -269,7 +282,8 @@ def sharded_monte_carlo_kl(
   Raises:
     ValueError: ``axis_name`` is not bound, ``num_samples`` does not split
       evenly, or any error of ``monte_carlo_kl``.
-    TypeError: as ``monte_carlo_kl``.
+    TypeError: as ``monte_carlo_kl`` (a ``key`` that is not a PRNG key, or
+      left out).
 
   Examples:
     >>> import functools
@@ -288,8 +302,12 @@ def sharded_monte_carlo_kl(
     >>> est = estimate(jax.random.key(0))
     >>> bool(abs(est.value - 0.5) < 4 * est.stderr), est.num_samples
     (True, 8192)
+    >>> bool(est.pareto_k < 0.5)
+    True
   """
+  _monte_carlo.check_key(key, p, q, "sharded_monte_carlo_kl")
   estimator = _estimators.validate_estimator(estimator, SHARDED_ESTIMATORS)
+  tail_diagnostic = _checks.check_bool(tail_diagnostic, "tail_diagnostic")
   if not (isinstance(gradient, str) and gradient in _monte_carlo.GRADIENTS):
     raise ValueError(
         "`gradient` must be one of "
@@ -321,14 +339,44 @@ def sharded_monte_carlo_kl(
   out_dtype, compute_dtype = _checks.result_dtype(log_p, log_q)
   log_p = jnp.broadcast_to(log_p.astype(compute_dtype), shape)
   log_q = jnp.broadcast_to(log_q.astype(compute_dtype), shape)
+  groups = 2 if antithetic else 1
   value, stderr = _combine(
       log_q - log_p, estimator=estimator, axis_name=axis_name, total=n,
-      groups=2 if antithetic else 1,
-      score_log_prob=None if pathwise else log_p)
+      groups=groups, score_log_prob=None if pathwise else log_p)
   ess = jnp.full(value.shape, n, out_dtype)
+  if tail_diagnostic:
+    khat = _global_pareto_k(log_q - log_p, estimator, axis_name, n // groups,
+                            groups)
+  else:
+    khat = jnp.full(value.shape, jnp.nan)
   return _monte_carlo.KLEstimate(
       value=value.astype(out_dtype), stderr=stderr.astype(out_dtype),
-      effective_sample_size=ess, num_samples=n, estimator=estimator)
+      effective_sample_size=ess, num_samples=n, estimator=estimator,
+      pareto_k=khat.astype(out_dtype))
+
+
+def _global_pareto_k(log_r, estimator, axis_name, count, groups):
+  """``pareto_k`` of all devices' terms, from gathered local tails.
+
+  The ``M + 1`` largest values of a union are among the union of each
+  part's ``M + 1`` largest: each device contributes ``min(M + 1, G_d)``
+  values per tail row (a ``[D, R, ..., M + 1]``-sized gather).
+  """
+  rows = _estimators.tail_rows(log_r, estimator, groups=groups)
+  tail = _estimators.pareto_tail_size(count)
+  if tail == 0:
+    return jnp.full(rows.shape[1:-1], jnp.nan, rows.dtype)
+  local = jax.lax.top_k(rows, min(tail + 1, rows.shape[-1]))[0]
+  # A gather written as a psum of one-hot slots: its result is known to be
+  # the same on every device (shard_map's out_specs=P() accepts it), and
+  # adding zeros leaves every value, inf and NaN included, unchanged.
+  devices = jax.lax.axis_size(axis_name)
+  slots = jnp.zeros((devices,) + local.shape, local.dtype)
+  slots = slots.at[jax.lax.axis_index(axis_name)].set(local)
+  gathered = jax.lax.psum(slots, axis_name)  # [D, R, ..., K]
+  gathered = jnp.moveaxis(gathered, 0, -2)
+  gathered = jnp.reshape(gathered, gathered.shape[:-2] + (-1,))
+  return _estimators.pareto_k_from_tops(gathered, tail)
 
 
 def _combine(log_r, *, estimator, axis_name, total, groups, score_log_prob):

@@ -400,6 +400,77 @@ def vocab_parallel_grad_through_shard_map_check():
   return fail
 
 
+def vocab_parallel_padding_shard_check():
+  """A device whose whole slice is padding (-inf in both inputs).
+
+  The last of the 8 slices of the class axis is -inf in student and teacher
+  (a vocabulary padded to a multiple of the devices), as are a few scattered
+  classes. Reference: ``divergence_from_logits`` on one device with those
+  classes removed. Values, gradients and Hessian-vector products (w.r.t. both
+  logits) must equal the reference on the real classes and be 0 on the
+  padding, for every divergence.
+  """
+  mesh = make_mesh((8,), ("model",), "Explicit")
+  spec = P(None, "model")
+  rng = np.random.default_rng(11)
+  s = (2 * rng.standard_normal((B, V))).astype(np.float32)
+  t = (2 * rng.standard_normal((B, V))).astype(np.float32)
+  padded = np.zeros(V, bool)
+  padded[V - V // DEVICES:] = True  # the last device's whole slice
+  padded[[3, 50, 101]] = True
+  s[:, padded], t[:, padded] = -np.inf, -np.inf
+  v_s = rng.standard_normal((B, V)).astype(np.float32)  # HVP directions
+  v_t = rng.standard_normal((B, V)).astype(np.float32)
+  w = np.linspace(0.5, 1.5, B).astype(np.float32)
+  variants = {
+      "forward": dict(temperature=2.0),
+      "reverse": dict(divergence="reverse", temperature=0.7),
+      "jsd": dict(divergence="jsd", beta=0.3, temperature=2.0),
+      "jsd/half": dict(divergence="jsd", temperature=1.0),
+  }
+
+  def all_variants(per_example_fn, a, b, da, db):
+    """{label: (value, gradient, Hessian times (da, db)), w.r.t. (a, b)}."""
+    out = {}
+    for label, kw in variants.items():
+      f = functools.partial(per_example_fn, **kw)
+      grad = jax.grad(lambda x, y, f=f: jnp.sum(f(x, y) * w), argnums=(0, 1))
+      g, hvp = jax.jvp(grad, (a, b), (da, db))
+      out[label] = (f(a, b), g, hvp)
+    return out
+
+  def sharded(a, b, da, db):
+    def local(a, b, da, db):
+      fn = functools.partial(jaxkl.vocab_parallel_kl_from_logits,
+                             axis_name="model")
+      return all_variants(fn, a, b, da, db)
+    out_specs = {label: (P(), (spec, spec), (spec, spec))
+                 for label in variants}
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4,
+                         out_specs=out_specs)(a, b, da, db)
+
+  keep = ~padded
+  got, _ = compile_and_run(sharded, tuple(put(x, mesh, spec)
+                                          for x in (s, t, v_s, v_t)))
+  want = one_device(
+      lambda a, b, da, db: all_variants(jaxkl.divergence_from_logits, a, b,
+                                        da, db),
+      (s[:, keep], t[:, keep], v_s[:, keep], v_t[:, keep]))
+  fail = Failures()
+  for label in variants:
+    value, grads, hvps = got[label]
+    want_value, want_grads, want_hvps = want[label]
+    fail.close(f"{label}: value", value, want_value)
+    for what, g, wg in (("grad", grads, want_grads), ("hvp", hvps, want_hvps)):
+      for name, x, wx in zip(("student", "teacher"), g, wg):
+        x = np.asarray(x)
+        fail.close(f"{label}: {what} {name}", x[:, keep], wx)
+        fail.check(np.all(x[:, padded] == 0),
+                   f"{label}: {what} {name} not 0 on the padding: "
+                   f"{x[:, padded][x[:, padded] != 0][:4]}")
+  return fail
+
+
 def vocab_parallel_errors_check():
   fail = Failures()
   try:
@@ -468,6 +539,7 @@ def monte_carlo_check(estimator, gradient, shape):
   fail.check(got.num_samples == n, f"num_samples {got.num_samples}")
   fail.close("effective_sample_size", got.effective_sample_size,
              want.effective_sample_size)
+  fail.close("pareto_k", got.pareto_k, want.pareto_k)  # gathered global tail
   # The estimate is right too (5 standard errors): KL(N(.3,.8) || N(1,1.3)).
   true = np.log(1.3 / 0.8) + (0.8**2 + 0.7**2) / (2 * 1.3**2) - 0.5
   fail.check(np.all(np.abs(np.asarray(got.value) - true)
@@ -596,6 +668,7 @@ def spmd_checks():
       "vocab_parallel/grad_through_shard_map": (
           vocab_parallel_grad_through_shard_map_check),
       "vocab_parallel/error_outside_shard_map": vocab_parallel_errors_check,
+      "vocab_parallel/padding_shard": vocab_parallel_padding_shard_check,
       "sharded_monte_carlo/antithetic": antithetic_check,
       "sharded_monte_carlo/errors": monte_carlo_errors_check,
       "kl_from_samples/sample_sharded": kl_from_samples_check,

@@ -54,6 +54,8 @@ KINDS = {
 
 
 def T(x):
+  if isinstance(x, torch.Tensor):
+    return x
   return torch.as_tensor(np.array(x, np.float64))
 
 
@@ -258,6 +260,27 @@ def test_gradients_match_finite_differences(x64, family, order):
               modes=("fwd", "rev"), eps=1e-5)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_gradients_match_torch_autograd(x64, family):
+  """Gradients of the rearranged formulas equal torch's (float64 autograd of
+  the textbook formulas, accurate at these moderate parameters)."""
+  n_args = 2 * len(FAMILIES[family][1])
+  params = make_params(family, [(2,)] * n_args, seed=21)
+  if family == "mvn_cov":
+    return  # torch differentiates through its own Cholesky; see mvn_tril
+  got = jax.grad(lambda *a: jnp.sum(FAMILIES[family][0](*a)),
+                 argnums=tuple(range(n_args)))(*params)
+  tensors = [T(p).requires_grad_() for p in broadcast_params(family, params)]
+  make = FAMILIES[family][2]
+  half = n_args // 2
+  td.kl_divergence(make(*tensors[:half]), make(*tensors[half:])).sum().backward()
+  for g, tensor in zip(got, tensors):
+    want = tensor.grad.numpy()
+    if family == "mvn_tril" and want.ndim == 3:
+      want = np.tril(want)  # jaxkl reads only the lower triangle
+    np.testing.assert_allclose(g, want, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("family", ["gamma", "categorical", "mvn_tril"])
 def test_gradient_vanishes_at_p_equals_q(x64, family):
   n_args = 2 * len(FAMILIES[family][1])
@@ -299,7 +322,12 @@ EXTREME_LOGITS = [-inf, -1e30, -800.0, -40.0, -1e-3, 0.0, 2.5, 40.0, 800.0,
 
 
 def _mp_bernoulli_kl(a, b):
-  """50-digit KL between Bernoulli(sigmoid(a)) and Bernoulli(sigmoid(b))."""
+  """50-digit KL between Bernoulli(sigmoid(a)) and Bernoulli(sigmoid(b)).
+
+  The library's zero-mass rule: an outcome whose probability is 0 in float64
+  (below the smallest normal number: XLA flushes subnormals) contributes 0,
+  whatever Q gives it.
+  """
   def log_sigmoid(x):
     if x == inf:
       return mpmath.mpf(0)
@@ -311,7 +339,7 @@ def _mp_bernoulli_kl(a, b):
   total = mpmath.mpf(0)
   for la, lb in ((log_sigmoid(a), log_sigmoid(b)),
                  (log_sigmoid(-a), log_sigmoid(-b))):
-    if la == -inf:
+    if la == -inf or mpmath.exp(la) < np.finfo(np.float64).tiny:
       continue  # zero probability under P: contributes 0
     total += mpmath.exp(la) * (la - lb)
   return float(total)
@@ -387,9 +415,46 @@ def test_categorical_extreme_finite_logits(x64):
   got32 = jaxkl.kl_categorical(logits_p.astype(jnp.float32),
                                jnp.array([0.0, 80.0, 0.0], jnp.float32))
   np.testing.assert_allclose(got32, 80.0, rtol=1e-6)
-  # exp(-800) underflows to 0, but P still has mass where Q has none.
+  # exp(-800) is 0 in float64: the class has zero mass under P (the
+  # library-wide rule; torch.distributions, TFP and distrax agree).
   assert jaxkl.kl_categorical(jnp.array([0.0, -800.0]),
-                              jnp.array([0.0, -inf])) == inf
+                              jnp.array([0.0, -inf])) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, jnp.bfloat16])
+def test_zero_mass_rule(dtype):
+  """A class whose probability underflows to 0 contributes 0 (zero gradient).
+
+  Checked against torch.distributions (which returns 0 as well) and across
+  the from-logits path; positive mass where Q has none gives +inf.
+  """
+  with jax.enable_x64(dtype == np.float64):
+    cutoff = -1000.0 if dtype == np.float64 else -200.0
+    logits_p = jnp.array([[0.0, cutoff], [0.0, -1.0]], dtype)
+    logits_q = jnp.array([[0.0, -inf], [0.0, -inf]], dtype)
+    got = jaxkl.kl_categorical(logits_p, logits_q)
+    assert got.dtype == dtype
+    assert np.asarray(got, np.float64).tolist() == [0.0, inf]
+    # torch in the computation dtype (float32 for bfloat16).
+    compute = np.float64 if dtype == np.float64 else np.float32
+    as_torch = lambda x: torch.as_tensor(np.array(x, compute))
+    want = td.kl_divergence(td.Categorical(logits=as_torch(logits_p)),
+                            td.Categorical(logits=as_torch(logits_q))).numpy()
+    assert want.tolist() == [0.0, inf]
+    np.testing.assert_array_equal(
+        np.asarray(jaxkl.kl_divergence_from_logits(logits_q[0], logits_p[0]),
+                   np.float64), 0.0)
+    grads = jax.grad(lambda a, b: jaxkl.kl_categorical(a, b).astype(
+        jnp.float32), argnums=(0, 1))(logits_p[0], logits_q[0])
+    for g in grads:
+      assert np.all(np.asarray(g, np.float64) == 0)
+    # Bernoulli: a logit whose sigmoid underflows is a point mass.
+    np.testing.assert_array_equal(
+        np.asarray(jaxkl.kl_bernoulli(jnp.asarray(cutoff, dtype),
+                                      jnp.asarray(-inf, dtype)), np.float64),
+        0.0)
+    assert np.asarray(jaxkl.kl_bernoulli(jnp.asarray(-1.0, dtype),
+                                         jnp.asarray(-inf, dtype))) == inf
 
 
 def test_categorical_axis(x64):

@@ -7,6 +7,7 @@ import hypothesis
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
+import mpmath
 import numpy as np
 import pytest
 import scipy.special
@@ -328,16 +329,285 @@ def test_extreme_magnitudes(dtype, x64):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_log_q_below_minus_half_max_counts_as_minus_inf(dtype, x64):
-  # Documented deviation (see _pointwise.py): exp of such a log q is 0 in every
-  # float format, and jaxkl reports the divergence from a zero q: +inf.
-  finfo = jnp.finfo(dtype)
-  log_q = jnp.array([float(-finfo.max), -0.6 * float(finfo.max)], dtype)
-  p = jnp.array([0.5, 0.5], dtype)
-  np.testing.assert_array_equal(jaxkl.kl_div(log_q, p, reduction="none"),
-                                [inf, inf])
+def test_issue_examples_huge_finite_inputs_match_torch(dtype, x64):
+  # Each term is finite and so is the sum: the exact values, as torch.
+  finfo = np.finfo(dtype)
+  big = np.asarray(-0.3 * float(finfo.max), dtype)  # -1e38 in float32
+  cases = [
+      (np.array([big, big], dtype), np.ones(2, dtype), "sum"),
+      (np.array([-0.9 * float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
+      (np.array([0.9 * float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
+      (np.array([-float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
+      (np.array([inf, 0.0], dtype), np.array([1.0, 0.5], dtype), "sum"),
+      (np.array([big, big], dtype), np.ones(2, dtype), "batchmean"),
+  ]
+  for x, t, reduction in cases:
+    got = float(jaxkl.kl_div(x, t, reduction=reduction))
+    expected = float(torch_kl_div(x, t, reduction=reduction))
+    assert got == pytest.approx(expected, rel=4 * float(finfo.eps)), (x, t, got)
+  # The issue's float32 examples, literally.
+  if dtype == jnp.float32:
+    ones = jnp.ones(2, jnp.float32)
+    assert float(jaxkl.kl_div(jnp.array([-1e38, -1e38], jnp.float32), ones,
+                              reduction="sum")) == np.float32(2e38)
+    assert float(jaxkl.kl_div(jnp.array([3e38], jnp.float32), ones[:1],
+                              reduction="sum")) == np.float32(-3e38)
+    assert float(jaxkl.kl_div(jnp.array([inf], jnp.float32), ones[:1],
+                              reduction="sum")) == -inf
+  # A sum beyond finfo.max overflows, as the exact value is not
+  # representable; a zero target still contributes 0 against anything.
+  x = np.array([-0.6 * float(finfo.max)] * 2 + [-inf, 0.9 * float(finfo.max)],
+               dtype)
+  t = np.array([1, 1, 0, 0], dtype)
+  assert float(jaxkl.kl_div(x, t, reduction="sum")) == inf
   np.testing.assert_array_equal(
-      jaxkl.kl_div(log_q, jnp.zeros(2, dtype), reduction="none"), [0, 0])
+      jaxkl.kl_div(x, t, reduction="none")[2:], [0, 0])
+  # log q = +inf is no log-probability: with p = 0 the term is NaN, as in
+  # torch (the one input outside the zero-mass rule; see _pointwise.py).
+  for log_target in (False, True):
+    target = np.array([-inf if log_target else 0.0], dtype)
+    assert np.isnan(jaxkl.kl_div(np.array([inf], dtype), target,
+                                 reduction="sum", log_target=log_target))
+
+
+# Property test over the whole class of huge / infinite / zero inputs: every
+# value and gradient equals the exact one (mpmath, from the exact input
+# values) up to a stated rounding bound, or is the exact value's overflow.
+
+_EXACT_DTYPES = [jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16]
+_SHAPE = (2, 3)
+
+
+def _input_values(dtype):
+  """Log-probabilities `input`: specials, huge magnitudes, ordinary values."""
+  big = float(jnp.finfo(dtype).max)
+  return st.one_of(
+      st.sampled_from([0.0, -0.0, inf, -inf, big, -big, 0.3 * big,
+                       -0.3 * big, -0.6 * big, 0.6 * big, -1e4, -1.0]),
+      st.floats(-1.0, 1.0).map(lambda u: u * big),
+      st.floats(-60.0, 5.0),
+  )
+
+
+_PROBABILITIES = st.one_of(
+    # 1e-40 and 1e-310 are subnormal in float32 / float64: zero mass.
+    st.sampled_from([0.0, 0.0, 1.0, 0.5, 2.5, 1e-30, 1.2e-38, 1e-40,
+                     1e-310]),
+    st.floats(0.0, 1.0),
+)
+_LOG_PROBABILITIES = st.one_of(
+    # exp(-300) is 0 in float32 (zero mass) but positive in float64. (Above
+    # 0, p > 1 is no probability, and the target gradient's factor p may
+    # overflow before the cotangent scales it down.)
+    st.sampled_from([-inf, -inf, -1e4, -1000.0, -300.0, -50.0, 0.0]),
+    st.floats(-60.0, 0.0),
+)
+
+
+def _exact_reference(x, t, log_target, reduction, cotangent, compute):
+  """Exact value, gradients and rounding-error bounds (mpmath, 200 bits).
+
+  Returns ``(value, bound, grad_x, bound_x, grad_t, bound_t, positive,
+  negative)`` as mpmath numbers; ``value`` is per element for ``'none'``,
+  else the reduced value. ``positive``/``negative`` are the sums of the
+  finite positive/negative terms, before any division (to tell when a
+  float term or partial sum may overflow although the result would not).
+  """
+  cfinfo = jnp.finfo(compute)
+  eps, tiny = mpmath.mpf(float(cfinfo.eps)), mpmath.mpf(float(cfinfo.tiny))
+  n = x.size
+  terms, bounds, gx, bx, gt, bt = [], [], [], [], [], []
+  for xi, ti, ci in zip(x.ravel().tolist(), t.ravel().tolist(),
+                        cotangent.ravel().tolist()):
+    ci = mpmath.mpf(ci)
+    if log_target:
+      log_p = mpmath.mpf(ti) if ti > -inf else mpmath.ninf
+      p = mpmath.exp(log_p)
+      zero = p < tiny  # exp(log p) in the compute dtype underflows to 0
+    else:
+      p = mpmath.mpf(ti)
+      zero = p < tiny  # 0 or subnormal (flushed to zero by XLA)
+      log_p = mpmath.log(p) if not zero else mpmath.ninf
+    if zero:
+      # Zero mass: exactly 0 whatever the input, except log q = +inf (no
+      # probability): NaN, as in torch (documented in jaxkl/_pointwise.py).
+      terms.append(mpmath.nan if xi == inf else mpmath.mpf(0))
+      bounds.append(tiny)
+      gx.append(mpmath.mpf(0))
+      bx.append(tiny)
+      gt.append(mpmath.mpf(0))
+      bt.append(tiny)
+      continue
+    if xi == -inf or xi == inf:
+      sign = 1 if xi == -inf else -1
+      terms.append(sign * mpmath.inf)
+      bounds.append(mpmath.mpf(0))
+      gt.append(sign * ci * mpmath.inf * (p if log_target else 1))
+      bt.append(mpmath.mpf(0))
+    else:
+      xm = mpmath.mpf(xi)
+      scale = p * (abs(log_p) + abs(xm) + 1)
+      terms.append(p * (log_p - xm))
+      bounds.append(8 * eps * scale + tiny)
+      d_t = (p * (log_p - xm + 1)) if log_target else (log_p + 1 - xm)
+      gt.append(ci * d_t)
+      bt.append(8 * eps * abs(ci) * (scale if log_target else
+                                     abs(log_p) + abs(xm) + 1) + tiny)
+    gx.append(-p * ci)
+    bx.append(4 * eps * abs(p * ci) + tiny)
+  positive = sum((v for v in terms if mpmath.isfinite(v) and v > 0),
+                 mpmath.mpf(0))
+  negative = sum((v for v in terms if mpmath.isfinite(v) and v < 0),
+                 mpmath.mpf(0))
+  if reduction == "none":
+    return terms, bounds, gx, bx, gt, bt, positive, negative
+  infinities = {v for v in terms if mpmath.isinf(v)}
+  if len(infinities) == 2 or any(mpmath.isnan(v) for v in terms):
+    value = mpmath.nan
+  elif infinities:
+    value = infinities.pop()
+  else:
+    value = sum(terms, mpmath.mpf(0))
+  bound = (n + 8) * sum(bounds, mpmath.mpf(0))
+  divisor = {"sum": 1, "mean": n, "batchmean": x.shape[0]}[reduction]
+  return (value / divisor, bound / divisor, gx, bx, gt, bt, positive,
+          negative)
+
+
+def _round_to(value, dtype):
+  """An mpmath number rounded to nearest in ``dtype`` (inf beyond range)."""
+  if mpmath.isnan(value):
+    return np.nan
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # overflow to inf is the point
+    return float(np.asarray(float(value), np.float64).astype(dtype))
+
+
+def _check_close(got, exact, bound, dtype, what,
+                 may_overflow=(False, False)):
+  """Asserts that ``got`` is ``exact`` rounded to ``dtype``, within ``bound``.
+
+  ``exact`` is an mpmath number (possibly infinite or NaN), ``bound`` the
+  rounding error allowed before the final rounding to ``dtype``; one ulp of
+  ``dtype`` is added. A finite ``exact`` beyond ``dtype``'s range must give
+  the infinity of its sign. ``may_overflow`` says whether a float term or
+  partial sum of the positive (negative) terms may overflow although the
+  exact result does not: then +inf (-inf) is accepted too, and NaN where
+  an infinity of the other sign may meet it.
+  """
+  out_max = float(jnp.finfo(dtype).max)
+  if mpmath.isnan(exact):
+    assert math.isnan(got), (what, got)
+    return
+  if mpmath.isinf(exact):
+    # NaN only if a finite term of the other sign overflowed to infinity.
+    assert got == float(exact) or (
+        math.isnan(got) and may_overflow[1 if exact > 0 else 0]), (
+            what, got, float(exact))
+    return
+  if math.isnan(got):
+    assert may_overflow[0] and may_overflow[1], (what, got, float(exact))
+    return
+  margin = bound + 2 * float(jnp.finfo(dtype).eps) * out_max
+  if abs(abs(exact) - out_max) <= margin:
+    # At the overflow threshold: rounding may land on either side.
+    assert math.isinf(got) or abs(got) >= out_max * 0.99, (what, got)
+    return
+  if abs(exact) > out_max:
+    assert got == math.copysign(inf, float(exact)), (what, got, float(exact))
+    return
+  if math.isinf(got):
+    assert may_overflow[0 if got > 0 else 1], (what, got, float(exact))
+    return
+  finfo = jnp.finfo(dtype)
+  magnitude = max(abs(got), abs(float(exact)), float(finfo.tiny))
+  ulp = 2.0 ** (math.floor(math.log2(magnitude)) - finfo.nmant)
+  err = abs(mpmath.mpf(got) - exact)
+  assert err <= bound + ulp, (what, got, float(exact), float(err),
+                              float(bound))
+
+
+@pytest.mark.parametrize("log_target", [False, True])
+@pytest.mark.parametrize("dtype", _EXACT_DTYPES)
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(data=st.data())
+def test_huge_infinite_and_zero_inputs_equal_exact_values_and_gradients(
+    data, dtype, log_target):
+  hypothesis.note(f"dtype={dtype.__name__}, log_target={log_target}")
+  with jax.enable_x64(dtype == jnp.float64):
+    _, compute = _checks_result_dtype(dtype)
+    size = math.prod(_SHAPE)
+    xs = data.draw(st.lists(_input_values(dtype), min_size=size,
+                            max_size=size), label="input")
+    ts = data.draw(st.lists(
+        _LOG_PROBABILITIES if log_target else _PROBABILITIES,
+        min_size=size, max_size=size), label="target")
+    reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      x = np.asarray(xs, np.float64).astype(dtype).reshape(_SHAPE)
+      t = np.asarray(ts, np.float64).astype(dtype).reshape(_SHAPE)
+    weights = np.asarray(data.draw(st.lists(
+        st.sampled_from([1.0, -2.0, 0.5]), min_size=size, max_size=size),
+        label="cotangent"), np.float64).reshape(_SHAPE)
+    if reduction == "none":
+      cotangent = weights
+    else:
+      cotangent = np.ones(_SHAPE) / {"sum": 1, "mean": size,
+                                     "batchmean": _SHAPE[0]}[reduction]
+    x64, t64 = x.astype(np.float64), t.astype(np.float64)
+    (value, bound, gx, bx, gt, bt, positive,
+     negative) = _exact_reference(x64, t64, log_target, reduction,
+                                  cotangent, compute)
+    cmax = float(jnp.finfo(compute).max)
+    may_overflow = (positive > cmax * (1 - 2.0 ** -8),
+                    negative < -cmax * (1 - 2.0 ** -8))
+
+    def loss(a, b):
+      out = quiet_kl_div(a, b, reduction=reduction, log_target=log_target)
+      if reduction == "none":
+        out = jnp.sum(out.astype(compute) * jnp.asarray(weights, compute))
+      return out
+
+    xj, tj = jnp.asarray(x), jnp.asarray(t)
+    for name, fn in (("eager", quiet_kl_div),
+                     ("jit", jax.jit(quiet_kl_div,
+                                     static_argnames=("reduction",
+                                                      "log_target")))):
+      out = np.asarray(fn(xj, tj, reduction=reduction,
+                          log_target=log_target)).astype(np.float64)
+      assert out.dtype == np.float64 and fn(
+          xj, tj, reduction=reduction, log_target=log_target).dtype == dtype
+      if reduction == "none":
+        for i, (v, b) in enumerate(zip(value, bound)):
+          _check_close(float(out.ravel()[i]), v, b, dtype,
+                       f"{name} value[{i}]")
+      else:
+        _check_close(float(out), value, bound, dtype, f"{name} value",
+                     may_overflow)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(xj, tj)
+    for label, grad, exact, bounds in (("d/dinput", grads[0], gx, bx),
+                                       ("d/dtarget", grads[1], gt, bt)):
+      assert grad.dtype == dtype
+      flat = np.asarray(grad).astype(np.float64).ravel()
+      for i, (v, b) in enumerate(zip(exact, bounds)):
+        _check_close(float(flat[i]), v, b, dtype, f"{label}[{i}]")
+    if dtype == jnp.float64 and reduction == "none":
+      # torch (float64) agrees wherever its value is not NaN, except at
+      # subnormal probabilities: XLA flushes them to zero (zero mass).
+      theirs = torch_kl_div(x, t, reduction="none", log_target=log_target)
+      ours = np.asarray(quiet_kl_div(xj, tj, reduction="none",
+                                     log_target=log_target))
+      with np.errstate(under="ignore"):
+        p = np.exp(t) if log_target else t
+      finite = ~np.isnan(theirs) & ~((p > 0) & (p < jnp.finfo(dtype).tiny))
+      np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-13,
+                                 atol=1e-300)
+
+
+def _checks_result_dtype(dtype):
+  from jaxkl import _checks  # pylint: disable=import-outside-toplevel
+  return _checks.result_dtype(jnp.zeros((), dtype))
 
 
 def test_negative_target_is_nan_like_torch():

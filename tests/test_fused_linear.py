@@ -193,25 +193,51 @@ def test_half_precision_inputs():
   dtype = jnp.bfloat16
   arrays, labels, _, cotangent = _problem(dtype)
   values, grads = _value_and_grads(
-      _fused, arrays, 2.0, cotangent.astype(jnp.float32), labels=labels,
-      reduction="none", chunk_size=8)
-  assert values.dtype == jnp.float32
+      _fused, arrays, 2.0, cotangent, labels=labels, reduction="none",
+      chunk_size=8)
+  # The dtype distillation_loss returns for the same inputs: bfloat16.
+  assert values.dtype == dtype
   assert [g.dtype for g in grads] == [dtype, dtype]
-  # Reference: the same (rounded) inputs in float32, unfused.
+  # Reference: the same (rounded) inputs in float32, unfused. The loss is
+  # computed in float32 and rounded once to bfloat16 (relative error 2**-8).
   wide = tuple(x.astype(jnp.float32) for x in arrays)
   ref_values, ref_grads = _value_and_grads(
       _unfused, wide, 2.0, cotangent.astype(jnp.float32), labels=labels,
       reduction="none")
-  _assert_close(values, ref_values, 1e-5)  # float32 logits and softmax
+  _assert_close(values.astype(jnp.float32), ref_values, 2.0**-8)
   for grad, ref_grad in zip(grads, ref_grads):
     _assert_close(grad.astype(jnp.float32), ref_grad, 2e-2)
-  # float16 loss values: float32 too.
+  # float16: a float16 loss, within one float16 rounding (2**-11).
   arrays = tuple(x.astype(jnp.float16) for x in arrays)
   wide = tuple(x.astype(jnp.float32) for x in arrays)
   value = jaxkl.fused_linear_distillation_loss(*arrays, chunk_size=8)
-  assert value.dtype == jnp.float32
-  _assert_close(value, jaxkl.distillation_loss(wide[0] @ wide[1],
-                                               wide[2] @ wide[3]), 1e-5)
+  assert value.dtype == jnp.float16
+  _assert_close(value.astype(jnp.float32),
+                jaxkl.distillation_loss(wide[0] @ wide[1], wide[2] @ wide[3]),
+                2.0**-11)
+
+
+@pytest.mark.parametrize("dtypes", [
+    ("float32",) * 4, ("bfloat16",) * 4, ("float16",) * 4, ("float64",) * 4,
+    ("bfloat16", "bfloat16", "float32", "float32"),
+    ("float16", "float16", "bfloat16", "bfloat16"),
+    ("float32", "float64", "bfloat16", "float32")])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_same_dtype_as_distillation_loss(dtypes, reduction, x64,
+                                         standard_promotion):
+  """For the same inputs, both losses return the same dtype (also mixed)."""
+  arrays = tuple(x.astype(d) for x, d in zip(_problem()[0], dtypes))
+  fused = jaxkl.fused_linear_distillation_loss(*arrays, reduction=reduction,
+                                               chunk_size=8)
+  unfused = jaxkl.distillation_loss(arrays[0] @ arrays[1],
+                                    arrays[2] @ arrays[3], reduction=reduction)
+  assert fused.dtype == unfused.dtype
+  assert fused.dtype == jnp.result_type(*arrays)
+  # Equal up to the rounding of 16-bit logits (the unfused matmul rounds
+  # them to its dtype; the fused one accumulates in float32).
+  rtol = max([2.0**-jnp.finfo(x.dtype).nmant for x in arrays] + [1e-5])
+  _assert_close(np.asarray(fused, np.float64), np.asarray(unfused, np.float64),
+                rtol)
 
 
 def test_jit_with_traced_temperature():
@@ -236,6 +262,32 @@ def test_vmap_over_a_batch_of_problems():
   unfused = functools.partial(_unfused, temperature=2.0)
   _assert_close(jax.jit(jax.vmap(fused))(*stacked),
                 jax.jit(jax.vmap(unfused))(*stacked), 1e-5)
+
+
+@pytest.mark.parametrize("divergence,beta,reduction", [
+    ("forward", 0.5, "none"), ("reverse", 0.5, "mean"), ("jsd", 0.3, "mean")])
+def test_second_derivatives_equal_unfused(divergence, beta, reduction, x64):
+  """Forward over reverse (jax.hessian) and reverse over reverse, w.r.t.
+  every input and the temperature, equal the unfused loss's (float64)."""
+  arrays = tuple(x[:7].astype(jnp.float64) if x.shape[0] == N else
+                 x.astype(jnp.float64) for x in _problem()[0])
+  weights = jnp.linspace(0.5, 1.5, 7)
+
+  def scalar(loss):
+    def f(h_s, w_s, h_t, w_t, temperature):
+      values = loss(h_s, w_s, h_t, w_t, temperature, divergence=divergence,
+                    beta=beta, reduction=reduction, chunk_size=3)
+      return jnp.sum(values * weights) if values.ndim else values
+    return f
+
+  argnums = (0, 1, 2, 3, 4)
+  args = arrays + (jnp.asarray(1.7),)
+  for second in (jax.hessian,
+                 lambda f, argnums: jax.jacrev(jax.grad(f, argnums), argnums)):
+    got = jax.jit(second(scalar(_fused), argnums))(*args)
+    want = jax.jit(second(scalar(_unfused), argnums))(*args)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      _assert_close(g, w, 1e-10)
 
 
 def test_forward_mode_is_not_supported():
@@ -327,7 +379,7 @@ def _call(**overrides):
     (dict(divergence="jsd", beta=1.5), ValueError, r"`beta` must be in"),
     (dict(temperature=0.0), ValueError, "`temperature` must be a finite"),
     (dict(temperature=jnp.ones(2)), ValueError,
-     r"`temperature` must be a scalar; got shape \(2,\)"),
+     r"`temperature` must be a scalar .*got an array of shape \(2,\)"),
     (dict(where=jnp.ones((N, V), bool)), ValueError,
      r"`where` must have the per-token shape \(37,\)"),
     (dict(where=jnp.ones((N,))), TypeError, "`where` must be a boolean"),

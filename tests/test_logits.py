@@ -136,6 +136,26 @@ def test_gradient_closed_form_and_check_grads(temperature, x64):
         (jnp.asarray(s), jnp.asarray(t)), order=2, modes=("fwd", "rev"))
 
 
+@pytest.mark.parametrize("divergence,beta", [
+    ("forward", 0.5), ("reverse", 0.5), ("jsd", 0.3)])
+def test_check_grads_second_order_with_temperature(divergence, beta, x64):
+  """Every from-logits rule is differentiable twice, temperature included."""
+  rng = np.random.default_rng(12)
+  s, t = rng.normal(size=(3, 6)) * 2, rng.normal(size=(3, 6)) * 2
+  labels = np.array([0, -100, 2])
+  jax.test_util.check_grads(
+      lambda a, b, temp: jaxkl.divergence_from_logits(
+          a, b, divergence=divergence, beta=beta, temperature=temp),
+      (jnp.asarray(s), jnp.asarray(t), jnp.asarray(1.7)), order=2,
+      modes=("fwd", "rev"))
+  jax.test_util.check_grads(
+      lambda a, b, temp: jaxkl.distillation_loss(
+          a, b, divergence=divergence, beta=beta, temperature=temp,
+          labels=labels),
+      (jnp.asarray(s), jnp.asarray(t), jnp.asarray(0.8)), order=2,
+      modes=("fwd", "rev"))
+
+
 def test_traced_temperature(x64):
   rng = np.random.default_rng(3)
   s, t = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))

@@ -10,6 +10,8 @@ import numpy as np
 import optax
 import pytest
 import scipy.special
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import jaxkl
 
@@ -99,18 +101,181 @@ def test_where_equals_boolean_indexing(log_target, x64):
                                atol=1e-300)
 
 
-def test_per_example_mask_broadcasts_over_the_reduced_axis(x64):
+def test_per_example_mask_and_explicit_spellings(x64):
   rng = np.random.default_rng(2)
-  log_q, p = _problem(rng, (5, 5))  # square: the per-row rule must win
+  log_q, p = _problem(rng, (5, 4))
   rows = np.array([True, False, True, False, True])
-  got = jaxkl.kl_divergence(log_q, p, where=rows)
   full = jaxkl.kl_divergence(log_q, p)
-  np.testing.assert_allclose(got, np.where(rows, full, 0.0), rtol=1e-15)
-  # A class mask needs an explicit leading axis.
-  classes = rows[None, :]
-  got_classes = jaxkl.kl_divergence(log_q, p, where=classes)
-  expected = scipy.special.rel_entr(p[:, rows], np.exp(log_q[:, rows])).sum(-1)
-  np.testing.assert_allclose(got_classes, expected, rtol=1e-13)
+  for where in (rows, rows[:, None]):  # [B] and [B, 1] mask rows
+    got = jaxkl.kl_divergence(log_q, p, where=where)
+    np.testing.assert_allclose(got, np.where(rows, full, 0.0), rtol=1e-15)
+  classes = np.array([True, False, True, True])
+  for where in (classes, classes[None, :]):  # [C] (C != B) and [1, C]
+    got = jaxkl.kl_divergence(log_q, p, where=where)
+    expected = scipy.special.rel_entr(p[:, classes],
+                                      np.exp(log_q[:, classes])).sum(-1)
+    np.testing.assert_allclose(got, expected, rtol=1e-13)
+
+
+def test_ambiguous_square_mask_raises_with_both_spellings(x64):
+  # [C] against [B, C] with B == C: jaxkl's per-row reading or optax's class
+  # mask. Neither is guessed; both explicit spellings work.
+  rng = np.random.default_rng(2)
+  log_q, p = _problem(rng, (5, 5))
+  mask = np.array([True, False, True, False, True])
+  with pytest.raises(ValueError) as info:
+    jaxkl.kl_divergence(log_q, p, where=mask)
+  message = str(info.value)
+  assert "where.reshape(5, 1)" in message and "(5, 1)" in message
+  assert "where.reshape(1, 5)" in message and "masks classes" in message
+  assert "optax" in message
+  rows = jaxkl.kl_divergence(log_q, p, where=mask.reshape(5, 1))
+  np.testing.assert_allclose(
+      rows, np.where(mask, jaxkl.kl_divergence(log_q, p), 0), rtol=1e-15)
+  classes = jaxkl.kl_divergence(log_q, p, where=mask.reshape(1, 5))
+  expected = optax.losses.kl_divergence(jnp.asarray(log_q), jnp.asarray(p),
+                                        where=mask.reshape(1, 5))
+  np.testing.assert_allclose(classes, expected, rtol=1e-13)
+
+
+def _mask_reading(mask_shape, shape, axes):
+  """The rule, brute force: the element index each input entry reads, or
+  'ambiguous' / 'invalid'. Independent of jaxkl's stride arithmetic."""
+  ids = np.arange(math.prod(mask_shape)).reshape(mask_shape)
+  per_example = tuple(d for i, d in enumerate(shape) if i not in axes)
+  readings = []
+  if axes and mask_shape == per_example and len(per_example) < len(shape):
+    readings.append(np.broadcast_to(np.expand_dims(ids, axes), shape))
+  try:
+    readings.append(np.broadcast_to(ids, shape))
+  except ValueError:
+    pass
+  if not readings:
+    return "invalid"
+  if len(readings) == 2 and not np.array_equal(*readings):
+    return "ambiguous"
+  return readings[0]
+
+
+@hypothesis.given(data=st.data())
+@hypothesis.settings(max_examples=80, deadline=None)
+def test_mask_rule_property(data):
+  """Every mask shape against every input shape and axis: the mask is read
+  per example, broadcast by NumPy's rules, or refused when the two readings
+  differ (or neither applies); values equal boolean indexing."""
+  ndim = data.draw(st.integers(1, 3), label="ndim")
+  # Small sizes, often equal, so that ambiguous shapes come up.
+  shape = tuple(data.draw(st.lists(st.integers(1, 3), min_size=ndim,
+                                   max_size=ndim), label="shape"))
+  axes = tuple(sorted(data.draw(st.sets(st.integers(0, ndim - 1), min_size=1),
+                                label="axes")))
+  per_example = tuple(d for i, d in enumerate(shape) if i not in axes)
+  mask_shape = data.draw(st.one_of(
+      st.just(per_example),
+      st.lists(st.integers(1, 3), max_size=ndim).map(tuple),
+      st.lists(st.sampled_from([0, 1]), min_size=ndim, max_size=ndim).map(
+          lambda keep: tuple(d if k else 1 for d, k in zip(shape, keep)))),
+      label="mask shape")
+  seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+  rng = np.random.default_rng(seed)
+  log_q = np.log(rng.uniform(0.05, 1.0, size=shape))
+  p = rng.uniform(0.0, 1.0, size=shape)
+  mask = rng.uniform(size=mask_shape) < 0.6
+  reading = _mask_reading(mask_shape, shape, axes)
+  axis = axes if len(axes) > 1 else axes[0]
+  with jax.enable_x64(True):
+    if isinstance(reading, str):
+      with pytest.raises(ValueError) as info:
+        jaxkl.kl_divergence(log_q, p, axis=axis, where=mask)
+      if reading == "ambiguous":
+        assert "two ways" in str(info.value)
+      return
+    got = jaxkl.kl_divergence(log_q, p, axis=axis, where=mask)
+  keep = mask.ravel()[reading]
+  expected = np.where(keep, scipy.special.rel_entr(p, np.exp(log_q)), 0).sum(
+      axis=axes)
+  np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-300)
+
+
+def _mesh_1():
+  return jax.make_mesh((1,), ("model",))
+
+
+def _vocab_parallel(s, t, **kwargs):
+  """vocab_parallel_kl_from_logits under shard_map on a 1-device mesh."""
+  mesh = _mesh_1()
+  spec = P(None, "model")
+  fn = jax.jit(jax.shard_map(
+      lambda a, b: jaxkl.vocab_parallel_kl_from_logits(
+          a, b, axis_name="model", **kwargs),
+      mesh=mesh, in_specs=(spec, spec), out_specs=P()))
+  put = lambda x: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
+  return fn(put(s), put(t))
+
+
+# Every public function with a class axis that takes `where`.
+_CLASS_AXIS_MASKED = {
+    "kl_divergence": lambda s, t, **kw: jaxkl.kl_divergence(
+        jax.nn.log_softmax(s), jax.nn.softmax(t), **kw),
+    "kl_divergence_from_logits": jaxkl.kl_divergence_from_logits,
+    "jensen_shannon_from_logits": jaxkl.jensen_shannon_from_logits,
+    "divergence_from_logits(reverse)": lambda s, t, **kw: (
+        jaxkl.divergence_from_logits(s, t, divergence="reverse", **kw)),
+    "vocab_parallel_kl_from_logits": _vocab_parallel,
+    "kl_from_samples": lambda s, t, **kw: jaxkl.kl_from_samples(
+        s, t, axis=1, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CLASS_AXIS_MASKED))
+def test_every_class_axis_function_applies_the_mask_rule(name):
+  fn = _CLASS_AXIS_MASKED[name]
+  rng = np.random.default_rng(7)
+  s = jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)
+  mask = np.array([True, False, True, True])
+  # A float 0/1 mask: TypeError naming the fix.
+  with pytest.raises(TypeError, match=r"where\.astype\(bool\)"):
+    fn(s, t, where=mask.astype(np.float32))
+  # [C] against [B, C] with B == C: refused, both spellings given.
+  with pytest.raises(ValueError, match=r"where\.reshape\(4, 1\).*"
+                                       r"where\.reshape\(1, 4\)"):
+    fn(s, t, where=mask)
+  # The explicit spellings mean what they say.
+  full = fn(s, t)
+  rows = fn(s, t, where=mask.reshape(4, 1))
+  np.testing.assert_allclose(rows, np.where(mask, full, 0), rtol=1e-6)
+  classes = fn(s, t, where=mask.reshape(1, 4))
+  same = fn(s, t, where=np.broadcast_to(mask.reshape(1, 4), (4, 4)))
+  np.testing.assert_allclose(classes, same, rtol=1e-6)
+  # With B != C there is one reading: [B] masks examples.
+  rows_only = fn(s[:3], t[:3], where=mask[:3])
+  np.testing.assert_allclose(rows_only, np.where(mask[:3], full[:3], 0),
+                             rtol=1e-6)
+
+
+def test_token_masks_are_never_read_as_class_masks():
+  # distillation_loss and the fused loss take per-token masks; with as many
+  # tokens as classes they must still mask tokens (not raise, not guess).
+  rng = np.random.default_rng(8)
+  s = jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)
+  keep = np.array([True, False, True, False])
+  per_token = jaxkl.kl_divergence_from_logits(s, t)
+  got = jaxkl.distillation_loss(s, t, where=keep, reduction="none")
+  np.testing.assert_allclose(got, np.where(keep, per_token, 0), rtol=1e-6)
+  eye = jnp.eye(4, dtype=jnp.float32)
+  fused = jaxkl.fused_linear_distillation_loss(
+      s, eye, t, eye, where=keep, reduction="none", chunk_size=4)
+  np.testing.assert_allclose(fused, np.where(keep, per_token, 0), rtol=1e-5)
+  for fn in (lambda w: jaxkl.distillation_loss(s, t, where=w),
+             lambda w: jaxkl.fused_linear_distillation_loss(
+                 s, eye, t, eye, where=w),
+             lambda w: jaxkl.reduce_loss(per_token, "mean", where=w)):
+    with pytest.raises(TypeError, match=r"where\.astype\(bool\)"):
+      fn(keep.astype(np.float32))
+    with pytest.raises(TypeError, match=r"where\.astype\(bool\)"):
+      fn(keep.astype(np.int32))
 
 
 @pytest.mark.parametrize("log_target", [False, True])
