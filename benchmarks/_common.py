@@ -10,7 +10,8 @@ import datetime
 import os
 import platform
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import jaxlib
@@ -31,8 +32,7 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def environment(versions: dict | None = None, extra: dict | None = None
-                ) -> dict:
+def environment(versions: dict | None = None, extra: dict | None = None) -> dict:
   """Date, platform, library versions and machine facts for a result file.
 
   Args:
@@ -41,28 +41,33 @@ def environment(versions: dict | None = None, extra: dict | None = None
     extra: further entries, listed last (e.g. torch's thread count).
   """
   return {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "jaxkl": jaxkl.__version__,
-      **(versions or {}),
-      "numpy": np.__version__,
-      "jax.devices()": str(jax.devices()),
-      "jax.default_backend()": jax.default_backend(),
-      "cpu_count": os.cpu_count(),
-      "cpu_model": cpu_model(),
-      "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
-                          * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-      "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-      **(extra or {}),
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "platform": platform.platform(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "jaxkl": jaxkl.__version__,
+    **(versions or {}),
+    "numpy": np.__version__,
+    "jax.devices()": str(jax.devices()),
+    "jax.default_backend()": jax.default_backend(),
+    "cpu_count": os.cpu_count(),
+    "cpu_model": cpu_model(),
+    "memory_gib": round(
+      os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
+    ),
+    "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    **(extra or {}),
   }
 
 
-def time_blocks(runners: dict[str, dict[str, Callable[[], object]]],
-                implementations: Sequence[str], modes: Sequence[str],
-                repeats: int, rounds: int = 3) -> dict:
+def time_blocks(
+  runners: dict[str, dict[str, Callable[[], object]]],
+  implementations: Sequence[str],
+  modes: Sequence[str],
+  repeats: int,
+  rounds: int = 3,
+) -> dict:
   """Times (ms) per (implementation, mode), in contiguous blocks.
 
   Each (implementation, mode) runs one untimed call, then ``repeats //
@@ -79,7 +84,7 @@ def time_blocks(runners: dict[str, dict[str, Callable[[], object]]],
   times = {k: [] for k in keys}
   per_round = max(1, repeats // rounds)
   for r in range(rounds):
-    for impl, mode in (keys if r % 2 == 0 else keys[::-1]):
+    for impl, mode in keys if r % 2 == 0 else keys[::-1]:
       fn = runners[impl][mode]
       if impl == "torch":
         time.sleep(0.5)  # after JAX: let XLA's pool go idle

@@ -69,17 +69,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import _common
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+from bench_kl_div import environment
+from bench_kl_div import to_np
 
-import _common  # noqa: E402  (benchmarks/_common.py)
-import jaxkl  # noqa: E402
-from bench_kl_div import environment  # noqa: E402
-from bench_kl_div import to_np  # noqa: E402
+import jaxkl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IMPLEMENTATIONS = ("jaxkl", "optax", "torch")
@@ -92,8 +92,7 @@ TARGET = 2.0  # optax fwd+bwd time / jaxkl fwd+bwd time
 # --------------------------------------------------------------------------- #
 def make_jax_losses(temperature: float):
   def jaxkl_loss(s, t):
-    return jaxkl.distillation_loss(s, t, temperature=temperature,
-                                   reduction="mean")
+    return jaxkl.distillation_loss(s, t, temperature=temperature, reduction="mean")
 
   def optax_loss(s, t):
     log_q = jax.nn.log_softmax(s / temperature)
@@ -154,13 +153,14 @@ def make_inputs(batch: int, classes: int, scale: float, seed: int):
 
 def sanity_check(runners, rtol: float) -> tuple[bool, list[str]]:
   """Compare every candidate's value and gradient with jaxkl's."""
-  ref_v, ref_g = (to_np(a).astype(np.float64)
-                  for a in runners["jaxkl"]["fwdbwd"]())
+  ref_v, ref_g = (to_np(a).astype(np.float64) for a in runners["jaxkl"]["fwdbwd"]())
   ref_v = float(ref_v)
   ref_fwd = float(to_np(runners["jaxkl"]["fwd"]()))
   ok = abs(ref_fwd - ref_v) <= rtol * abs(ref_v) and np.isfinite(ref_g).all()
-  lines = [f"jaxkl value = {ref_v:.8g} (forward alone {ref_fwd:.8g}), "
-           f"max |grad| = {np.max(np.abs(ref_g)):.3g}"]
+  lines = [
+    f"jaxkl value = {ref_v:.8g} (forward alone {ref_fwd:.8g}), "
+    f"max |grad| = {np.max(np.abs(ref_g)):.3g}"
+  ]
   g_scale = float(np.max(np.abs(ref_g)))
   for name in IMPLEMENTATIONS[1:]:
     fwd_v = float(to_np(runners[name]["fwd"]()))
@@ -170,63 +170,69 @@ def sanity_check(runners, rtol: float) -> tuple[bool, list[str]]:
     good = rel <= rtol and g_err <= rtol
     ok &= good
     lines.append(
-        f"jaxkl vs {name}: value rel diff {rel:.2e}, grad max diff / max "
-        f"|grad| {g_err:.2e} -> {'OK' if good else 'MISMATCH'} "
-        f"(tol {rtol:g})")
+      f"jaxkl vs {name}: value rel diff {rel:.2e}, grad max diff / max "
+      f"|grad| {g_err:.2e} -> {'OK' if good else 'MISMATCH'} "
+      f"(tol {rtol:g})"
+    )
   return bool(ok), lines
 
 
 def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
   """``_common.time_blocks`` over this script's implementations and modes."""
-  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats,
-                             rounds)
+  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats, rounds)
 
 
 def render_markdown(env, args, summary, ratios, sanity_lines) -> str:
   out = ["# Distillation loss benchmark (from logits, with temperature)", ""]
   out.append(
-      f"Problem: student/teacher logits ({args.batch}, {args.classes}) "
-      f"float32 (standard normal x {args.logit_scale:g}), temperature "
-      f"T = {args.temperature:g}; loss = T^2 x mean over rows of "
-      f"KL(softmax(t/T) || softmax(s/T)) ('batchmean'); fwd+bwd = value and "
-      f"gradient w.r.t. the student logits. Best (median) of "
-      f"{args.repeats} runs after warm-up, in blocks (see time_blocks). "
-      f"Ratios use the best time: on this shared machine the median carries "
-      f"other tenants' load, the minimum is the cost of the computation "
-      f"itself (the advice of Python's timeit).")
+    f"Problem: student/teacher logits ({args.batch}, {args.classes}) "
+    f"float32 (standard normal x {args.logit_scale:g}), temperature "
+    f"T = {args.temperature:g}; loss = T^2 x mean over rows of "
+    f"KL(softmax(t/T) || softmax(s/T)) ('batchmean'); fwd+bwd = value and "
+    f"gradient w.r.t. the student logits. Best (median) of "
+    f"{args.repeats} runs after warm-up, in blocks (see time_blocks). "
+    f"Ratios use the best time: on this shared machine the median carries "
+    f"other tenants' load, the minimum is the cost of the computation "
+    f"itself (the advice of Python's timeit)."
+  )
   out += ["", "Implementations:", ""]
   out += [
-      "- jaxkl: `jax.jit(jax.value_and_grad(lambda s, t: "
-      "jaxkl.distillation_loss(s, t, temperature=T, reduction='mean')))`",
-      "- optax: `optax.losses.kl_divergence(jax.nn.log_softmax(s / T), "
-      "jax.nn.softmax(t / T)).mean() * T**2`, jitted the same way",
-      "- torch: `F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), "
-      "reduction='batchmean') * T**2` and `.backward()`, "
-      f"torch.set_num_threads({args.torch_threads})",
+    "- jaxkl: `jax.jit(jax.value_and_grad(lambda s, t: "
+    "jaxkl.distillation_loss(s, t, temperature=T, reduction='mean')))`",
+    "- optax: `optax.losses.kl_divergence(jax.nn.log_softmax(s / T), "
+    "jax.nn.softmax(t / T)).mean() * T**2`, jitted the same way",
+    "- torch: `F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), "
+    "reduction='batchmean') * T**2` and `.backward()`, "
+    f"torch.set_num_threads({args.torch_threads})",
   ]
   out += ["", "## Environment", ""]
   out += [f"- {k}: {v}" for k, v in env.items()]
   out += ["", "## Sanity", ""]
   out += [f"- {line}" for line in sanity_lines]
   out += ["", "## Timings", ""]
-  out.append("| implementation | forward ms: best (median) "
-             "| fwd+bwd ms: best (median) "
-             "| forward time / jaxkl's | fwd+bwd time / jaxkl's |")
+  out.append(
+    "| implementation | forward ms: best (median) "
+    "| fwd+bwd ms: best (median) "
+    "| forward time / jaxkl's | fwd+bwd time / jaxkl's |"
+  )
   out.append("|---|---:|---:|---:|---:|")
   jf, jb = summary["jaxkl"]["fwd"]["min"], summary["jaxkl"]["fwdbwd"]["min"]
   for impl in IMPLEMENTATIONS:
     f, b = summary[impl]["fwd"], summary[impl]["fwdbwd"]
     out.append(
-        f"| {impl} | {f['min']:.1f} ({f['median']:.1f}) "
-        f"| {b['min']:.1f} ({b['median']:.1f}) "
-        f"| {f['min'] / jf:.2f} | {b['min'] / jb:.2f} |")
+      f"| {impl} | {f['min']:.1f} ({f['median']:.1f}) "
+      f"| {b['min']:.1f} ({b['median']:.1f}) "
+      f"| {f['min'] / jf:.2f} | {b['min'] / jb:.2f} |"
+    )
   out += ["", "## Ratios", ""]
   for r in ratios:
     if r.get("target") is None:
       out.append(f"- {r['name']} = {r['value']:.2f}")
     else:
-      out.append(f"- {r['name']} = {r['value']:.2f} (target {r['op']} "
-                 f"{r['target']:g}): {'PASS' if r['pass'] else 'FAIL'}")
+      out.append(
+        f"- {r['name']} = {r['value']:.2f} (target {r['op']} "
+        f"{r['target']:g}): {'PASS' if r['pass'] else 'FAIL'}"
+      )
   return "\n".join(out) + "\n"
 
 
@@ -238,19 +244,34 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=4096)
   p.add_argument("--classes", type=int, default=32000)
   p.add_argument("--temperature", type=float, default=2.0)
-  p.add_argument("--logit-scale", type=float, default=2.0,
-                 help="standard deviation of the random logits")
-  p.add_argument("--repeats", type=int, default=12,
-                 help="timed calls per (implementation, mode), split over "
-                      "3 rounds")
-  p.add_argument("--warmup", type=int, default=1,
-                 help="untimed calls per function before timing (>=1)")
+  p.add_argument(
+    "--logit-scale",
+    type=float,
+    default=2.0,
+    help="standard deviation of the random logits",
+  )
+  p.add_argument(
+    "--repeats",
+    type=int,
+    default=12,
+    help="timed calls per (implementation, mode), split over 3 rounds",
+  )
+  p.add_argument(
+    "--warmup",
+    type=int,
+    default=1,
+    help="untimed calls per function before timing (>=1)",
+  )
   p.add_argument("--torch-threads", type=int, default=2)
   p.add_argument("--rtol", type=float, default=1e-5)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--output", type=Path, default=None,
-                 help="Markdown path (default benchmarks/results/"
-                      "distillation_<backend>.md); the JSON goes next to it")
+  p.add_argument(
+    "--output",
+    type=Path,
+    default=None,
+    help="Markdown path (default benchmarks/results/"
+    "distillation_<backend>.md); the JSON goes next to it",
+  )
   return p.parse_args(argv)
 
 
@@ -260,16 +281,17 @@ def main(argv=None) -> int:
   env = environment()
   for k, v in env.items():
     print(f"{k}: {v}")
-  print(f"problem: ({args.batch}, {args.classes}) float32, T={args.temperature:g}"
-        f", repeats={args.repeats}")
+  print(
+    f"problem: ({args.batch}, {args.classes}) float32, T={args.temperature:g}"
+    f", repeats={args.repeats}"
+  )
 
   s, t = make_inputs(args.batch, args.classes, args.logit_scale, args.seed)
   runners = {}
   for name, loss in make_jax_losses(args.temperature).items():
     fwd, fwdbwd = make_jax_runners(loss, s, t)
     runners[name] = {"fwd": fwd, "fwdbwd": fwdbwd}
-  fwd, fwdbwd = make_torch_runners(np.asarray(s), np.asarray(t),
-                                   args.temperature)
+  fwd, fwdbwd = make_torch_runners(np.asarray(s), np.asarray(t), args.temperature)
   runners["torch"] = {"fwd": fwd, "fwdbwd": fwdbwd}
 
   # Warm-up: compile every jitted function and touch every code path.
@@ -283,30 +305,44 @@ def main(argv=None) -> int:
   for line in sanity_lines:
     print("  " + line)
   if not ok:
-    print("SANITY CHECK FAILED: the implementations disagree",
-          file=sys.stderr)
+    print("SANITY CHECK FAILED: the implementations disagree", file=sys.stderr)
     return 1
 
   times = time_blocks(runners, args.repeats)
   summary = {
-      impl: {mode: {"median": statistics.median(times[(impl, mode)]),
-                    "min": min(times[(impl, mode)]),
-                    "times_ms": times[(impl, mode)]}
-             for mode in MODES}
-      for impl in IMPLEMENTATIONS
+    impl: {
+      mode: {
+        "median": statistics.median(times[(impl, mode)]),
+        "min": min(times[(impl, mode)]),
+        "times_ms": times[(impl, mode)],
+      }
+      for mode in MODES
+    }
+    for impl in IMPLEMENTATIONS
   }
   best = lambda impl, mode: summary[impl][mode]["min"]  # noqa: E731
   ratios = [
-      {"name": "optax_fwdbwd / jaxkl_fwdbwd",
-       "value": best("optax", "fwdbwd") / best("jaxkl", "fwdbwd"),
-       "op": ">=", "target": TARGET},
-      {"name": "optax_fwd / jaxkl_fwd",
-       "value": best("optax", "fwd") / best("jaxkl", "fwd"), "target": None},
-      {"name": "torch_fwdbwd / jaxkl_fwdbwd",
-       "value": best("torch", "fwdbwd") / best("jaxkl", "fwdbwd"),
-       "target": None},
-      {"name": "torch_fwd / jaxkl_fwd",
-       "value": best("torch", "fwd") / best("jaxkl", "fwd"), "target": None},
+    {
+      "name": "optax_fwdbwd / jaxkl_fwdbwd",
+      "value": best("optax", "fwdbwd") / best("jaxkl", "fwdbwd"),
+      "op": ">=",
+      "target": TARGET,
+    },
+    {
+      "name": "optax_fwd / jaxkl_fwd",
+      "value": best("optax", "fwd") / best("jaxkl", "fwd"),
+      "target": None,
+    },
+    {
+      "name": "torch_fwdbwd / jaxkl_fwdbwd",
+      "value": best("torch", "fwdbwd") / best("jaxkl", "fwdbwd"),
+      "target": None,
+    },
+    {
+      "name": "torch_fwd / jaxkl_fwd",
+      "value": best("torch", "fwd") / best("jaxkl", "fwd"),
+      "target": None,
+    },
   ]
   for r in ratios:
     if r["target"] is not None:
@@ -319,18 +355,31 @@ def main(argv=None) -> int:
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(md, encoding="utf-8")
   json_path = output.with_suffix(".json")
-  json_path.write_text(json.dumps({
-      "problem": {"batch": args.batch, "classes": args.classes,
-                  "dtype": "float32", "temperature": args.temperature,
-                  "logit_scale": args.logit_scale,
-                  "loss": "T^2 * batchmean KL(softmax(t/T) || softmax(s/T))",
-                  "repeats": args.repeats, "warmup": args.warmup,
-                  "torch_threads": args.torch_threads, "seed": args.seed},
-      "environment": env,
-      "sanity": sanity_lines,
-      "results_ms": summary,
-      "ratios": ratios,
-  }, indent=2) + "\n", encoding="utf-8")
+  json_path.write_text(
+    json.dumps(
+      {
+        "problem": {
+          "batch": args.batch,
+          "classes": args.classes,
+          "dtype": "float32",
+          "temperature": args.temperature,
+          "logit_scale": args.logit_scale,
+          "loss": "T^2 * batchmean KL(softmax(t/T) || softmax(s/T))",
+          "repeats": args.repeats,
+          "warmup": args.warmup,
+          "torch_threads": args.torch_threads,
+          "seed": args.seed,
+        },
+        "environment": env,
+        "sanity": sanity_lines,
+        "results_ms": summary,
+        "ratios": ratios,
+      },
+      indent=2,
+    )
+    + "\n",
+    encoding="utf-8",
+  )
   print(f"wrote {output}\nwrote {json_path}")
   return 0
 

@@ -62,6 +62,7 @@ import statistics
 import sys
 from pathlib import Path
 
+import _common  # benchmarks/_common.py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,7 +70,6 @@ import optax
 import torch
 import torch.nn.functional as F
 
-import _common  # benchmarks/_common.py
 import jaxkl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -155,45 +155,54 @@ def sanity_check(runners) -> tuple[bool, list[str]]:
   for name in IMPLEMENTATIONS[1:]:
     fwd_v = float(to_np(runners[name]["fwd"]()))
     v, g = (to_np(a).astype(np.float64) for a in runners[name]["fwdbwd"]())
-    rel = max(abs(fwd_v - float(ref_v)), abs(float(v) - float(ref_v))) / abs(float(ref_v))
+    rel = max(abs(fwd_v - float(ref_v)), abs(float(v) - float(ref_v))) / abs(
+      float(ref_v)
+    )
     g_err = float(np.max(np.abs(g - ref_g))) / g_scale
     good = rel <= RTOL and g_err <= RTOL
     ok &= good
     lines.append(
-        f"jaxkl vs {name:<5}: value rel diff {rel:.2e}, grad max rel diff "
-        f"{g_err:.2e} -> {'OK' if good else 'MISMATCH'} (tol {RTOL:g})")
+      f"jaxkl vs {name:<5}: value rel diff {rel:.2e}, grad max rel diff "
+      f"{g_err:.2e} -> {'OK' if good else 'MISMATCH'} (tol {RTOL:g})"
+    )
   return ok, lines
 
 
 def render_markdown(env, args, summary, ratios, sanity_lines) -> str:
   out = ["# KL divergence benchmark", ""]
   out.append(
-      f"Problem: input/target ({args.batch}, {args.classes}) float32, "
-      f"reduction='batchmean'; best (median) of {args.repeats} runs after "
-      f"warm-up, in blocks (see time_blocks). Ratios use the best time: on "
-      f"this shared 2-core machine the median carries other tenants' load, "
-      f"the minimum is the cost of the computation itself (the advice of "
-      f"Python's timeit).")
+    f"Problem: input/target ({args.batch}, {args.classes}) float32, "
+    f"reduction='batchmean'; best (median) of {args.repeats} runs after "
+    f"warm-up, in blocks (see time_blocks). Ratios use the best time: on "
+    f"this shared 2-core machine the median carries other tenants' load, "
+    f"the minimum is the cost of the computation itself (the advice of "
+    f"Python's timeit)."
+  )
   out += ["", "## Environment", ""]
   out += [f"- {k}: {v}" for k, v in env.items()]
   out += ["", "## Sanity", ""]
   out += [f"- {line}" for line in sanity_lines]
   out += ["", "## Timings", ""]
-  out.append("| implementation | forward ms: best (median) "
-             "| fwd+bwd ms: best (median) "
-             "| forward time / jaxkl's | fwd+bwd time / jaxkl's |")
+  out.append(
+    "| implementation | forward ms: best (median) "
+    "| fwd+bwd ms: best (median) "
+    "| forward time / jaxkl's | fwd+bwd time / jaxkl's |"
+  )
   out.append("|---|---:|---:|---:|---:|")
   jf, jb = summary["jaxkl"]["fwd"]["min"], summary["jaxkl"]["fwdbwd"]["min"]
   for impl in IMPLEMENTATIONS:
     f, b = summary[impl]["fwd"], summary[impl]["fwdbwd"]
     out.append(
-        f"| {impl} | {f['min']:.1f} ({f['median']:.1f}) "
-        f"| {b['min']:.1f} ({b['median']:.1f}) "
-        f"| {f['min'] / jf:.2f} | {b['min'] / jb:.2f} |")
+      f"| {impl} | {f['min']:.1f} ({f['median']:.1f}) "
+      f"| {b['min']:.1f} ({b['median']:.1f}) "
+      f"| {f['min'] / jf:.2f} | {b['min'] / jb:.2f} |"
+    )
   out += ["", "## Targets", ""]
   for r in ratios:
-    out.append(f"- {r['name']} = {r['value']:.2f} (target {r['op']} "
-               f"{r['target']:g}): {'PASS' if r['pass'] else 'FAIL'}")
+    out.append(
+      f"- {r['name']} = {r['value']:.2f} (target {r['op']} "
+      f"{r['target']:g}): {'PASS' if r['pass'] else 'FAIL'}"
+    )
   return "\n".join(out) + "\n"
 
 
@@ -210,15 +219,14 @@ def _load_average() -> str:
 
 def environment() -> dict:
   return _common.environment(
-      versions={"torch": torch.__version__, "optax": optax.__version__},
-      extra={"torch_num_threads": torch.get_num_threads()},
+    versions={"torch": torch.__version__, "optax": optax.__version__},
+    extra={"torch_num_threads": torch.get_num_threads()},
   )
 
 
 def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
   """``_common.time_blocks`` over this script's implementations and modes."""
-  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats,
-                             rounds)
+  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats, rounds)
 
 
 def parse_args(argv=None):
@@ -226,12 +234,20 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=2048)
   p.add_argument("--classes", type=int, default=32000)
   p.add_argument("--repeats", type=int, default=20)
-  p.add_argument("--warmup", type=int, default=2,
-                 help="untimed calls per function before timing (>=1)")
+  p.add_argument(
+    "--warmup",
+    type=int,
+    default=2,
+    help="untimed calls per function before timing (>=1)",
+  )
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--output", type=Path, default=None,
-                 help="Markdown path (default benchmarks/results/"
-                      "kl_div_<backend>.md); the JSON goes next to it")
+  p.add_argument(
+    "--output",
+    type=Path,
+    default=None,
+    help="Markdown path (default benchmarks/results/"
+    "kl_div_<backend>.md); the JSON goes next to it",
+  )
   return p.parse_args(argv)
 
 
@@ -247,8 +263,11 @@ def main(argv=None) -> int:
   x_np, t_np = np.asarray(x), np.asarray(t)
 
   runners = {}
-  for name, loss in (("jaxkl", _jaxkl_loss), ("optax", _optax_loss),
-                     ("plain", _plain_loss)):
+  for name, loss in (
+    ("jaxkl", _jaxkl_loss),
+    ("optax", _optax_loss),
+    ("plain", _plain_loss),
+  ):
     fwd, fwdbwd = make_jax_runners(loss, x, t)
     runners[name] = {"fwd": fwd, "fwdbwd": fwdbwd}
   fwd, fwdbwd = make_torch_runners(x_np, t_np)
@@ -271,24 +290,41 @@ def main(argv=None) -> int:
   times = time_blocks(runners, args.repeats)
   env["load_average_at_end"] = _load_average()
   summary = {
-      impl: {mode: {"median": statistics.median(times[(impl, mode)]),
-                    "min": min(times[(impl, mode)]),
-                    "times_ms": times[(impl, mode)]}
-             for mode in MODES}
-      for impl in IMPLEMENTATIONS
+    impl: {
+      mode: {
+        "median": statistics.median(times[(impl, mode)]),
+        "min": min(times[(impl, mode)]),
+        "times_ms": times[(impl, mode)],
+      }
+      for mode in MODES
+    }
+    for impl in IMPLEMENTATIONS
   }
   med = lambda impl, mode: summary[impl][mode]["min"]  # noqa: E731
   ratios = [
-      {"name": "optax_fwd / jaxkl_fwd", "value": med("optax", "fwd") / med("jaxkl", "fwd"),
-       "op": ">=", "target": 3.0},
-      {"name": "jaxkl_fwd / plain_fwd", "value": med("jaxkl", "fwd") / med("plain", "fwd"),
-       "op": "<=", "target": 1.5},
-      {"name": "jaxkl_fwdbwd / optax_fwdbwd",
-       "value": med("jaxkl", "fwdbwd") / med("optax", "fwdbwd"),
-       "op": "<=", "target": 1.0},
+    {
+      "name": "optax_fwd / jaxkl_fwd",
+      "value": med("optax", "fwd") / med("jaxkl", "fwd"),
+      "op": ">=",
+      "target": 3.0,
+    },
+    {
+      "name": "jaxkl_fwd / plain_fwd",
+      "value": med("jaxkl", "fwd") / med("plain", "fwd"),
+      "op": "<=",
+      "target": 1.5,
+    },
+    {
+      "name": "jaxkl_fwdbwd / optax_fwdbwd",
+      "value": med("jaxkl", "fwdbwd") / med("optax", "fwdbwd"),
+      "op": "<=",
+      "target": 1.0,
+    },
   ]
   for r in ratios:
-    r["pass"] = r["value"] >= r["target"] if r["op"] == ">=" else r["value"] <= r["target"]
+    r["pass"] = (
+      r["value"] >= r["target"] if r["op"] == ">=" else r["value"] <= r["target"]
+    )
 
   md = render_markdown(env, args, summary, ratios, sanity_lines)
   # Print the table and targets (environment and sanity were printed above).
@@ -298,16 +334,28 @@ def main(argv=None) -> int:
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(md, encoding="utf-8")
   json_path = output.with_suffix(".json")
-  json_path.write_text(json.dumps({
-      "problem": {"batch": args.batch, "classes": args.classes,
-                  "dtype": "float32", "reduction": "batchmean",
-                  "repeats": args.repeats, "warmup": args.warmup,
-                  "seed": args.seed},
-      "environment": env,
-      "sanity": sanity_lines,
-      "results_ms": summary,
-      "ratios": ratios,
-  }, indent=2) + "\n", encoding="utf-8")
+  json_path.write_text(
+    json.dumps(
+      {
+        "problem": {
+          "batch": args.batch,
+          "classes": args.classes,
+          "dtype": "float32",
+          "reduction": "batchmean",
+          "repeats": args.repeats,
+          "warmup": args.warmup,
+          "seed": args.seed,
+        },
+        "environment": env,
+        "sanity": sanity_lines,
+        "results_ms": summary,
+        "ratios": ratios,
+      },
+      indent=2,
+    )
+    + "\n",
+    encoding="utf-8",
+  )
   print(f"wrote {output}\nwrote {json_path}")
   return 0
 

@@ -55,16 +55,16 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import _common  # benchmarks/_common.py
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy
 from scipy.spatial import cKDTree
 
-import _common  # benchmarks/_common.py
 from jaxkl import _knn
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -80,8 +80,7 @@ def scipy_radii(x: np.ndarray, y: np.ndarray, k: int):
   return rho, nu
 
 
-def scipy_wkv(x: np.ndarray, y: np.ndarray, k: int,
-              floor: bool = True) -> float:
+def scipy_wkv(x: np.ndarray, y: np.ndarray, k: int, floor: bool = True) -> float:
   """The "wkv" estimator with cKDTree.
 
   With ``floor``, distances from x_i below eps32 / 4 * max_j |x_ij| count as
@@ -91,9 +90,10 @@ def scipy_wkv(x: np.ndarray, y: np.ndarray, k: int,
   (n, d), m = x.shape, y.shape[0]
   rho, nu = scipy_radii(x, y, k)
   if floor:
-    low = np.maximum(float(np.finfo(np.float32).eps) / 4
-                     * np.abs(x).max(axis=1),
-                     math.sqrt(float(np.finfo(np.float32).tiny)))
+    low = np.maximum(
+      float(np.finfo(np.float32).eps) / 4 * np.abs(x).max(axis=1),
+      math.sqrt(float(np.finfo(np.float32).tiny)),
+    )
     rho, nu = np.maximum(rho, low), np.maximum(nu, low)
   with np.errstate(divide="ignore"):
     return d * float(np.mean(np.log(nu / rho))) + math.log(m / (n - 1))
@@ -117,8 +117,13 @@ def time_runs(fn: Callable[[], float], repeats: int) -> dict:
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return {"value": value, "first_s": first, "best_s": min(times),
-          "median_s": statistics.median(times), "times_s": times}
+  return {
+    "value": value,
+    "first_s": first,
+    "best_s": min(times),
+    "median_s": statistics.median(times),
+    "times_s": times,
+  }
 
 
 def jax_runner(x, y, **kwargs) -> Callable[[], float]:
@@ -136,24 +141,26 @@ def identical_point_distances(d: int, seed: int) -> dict:
   a = jnp.asarray(x[:64])
   exact = _knn._squared_distances(a, a.T, "direct")
   gram = _knn._squared_distances(a, a.T, "gram")
-  norms = np.sum(np.asarray(a, np.float64)**2, axis=1)
-  return {"direct_max": float(jnp.max(jnp.diagonal(exact))),
-          "gram_max": float(jnp.max(jnp.diagonal(gram))),
-          "mean_sq_norm": float(norms.mean())}
+  norms = np.sum(np.asarray(a, np.float64) ** 2, axis=1)
+  return {
+    "direct_max": float(jnp.max(jnp.diagonal(exact))),
+    "gram_max": float(jnp.max(jnp.diagonal(gram))),
+    "mean_sq_norm": float(norms.mean()),
+  }
 
 
 def environment() -> dict:
   return _common.environment(
-      versions={"scipy": scipy.__version__},
+    versions={"scipy": scipy.__version__},
   )
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--n", type=int, default=10_000,
-                      help="samples of P and of Q (n = m)")
-  parser.add_argument("--dims", default="1,5,20",
-                      help="comma-separated dimensions")
+  parser.add_argument(
+    "--n", type=int, default=10_000, help="samples of P and of Q (n = m)"
+  )
+  parser.add_argument("--dims", default="1,5,20", help="comma-separated dimensions")
   parser.add_argument("--k", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--seed", type=int, default=0)
@@ -169,119 +176,146 @@ def main(argv=None) -> int:
     x, y = make_inputs(args.n, d, args.seed)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     candidates = {
-        "jaxkl wkv": jax_runner(x, y, k=args.k, estimator="wkv",
-                                chunk_size=None),
-        "jaxkl adaptive": jax_runner(x, y, k=args.k, estimator="adaptive",
-                                     chunk_size=None),
-        "jaxkl gram": jax_runner(x, y, k=args.k, estimator="wkv",
-                                 chunk_size=None, distance="gram"),
-        "scipy cKDTree": lambda: scipy_wkv(x64, y64, args.k),
+      "jaxkl wkv": jax_runner(x, y, k=args.k, estimator="wkv", chunk_size=None),
+      "jaxkl adaptive": jax_runner(
+        x, y, k=args.k, estimator="adaptive", chunk_size=None
+      ),
+      "jaxkl gram": jax_runner(
+        x, y, k=args.k, estimator="wkv", chunk_size=None, distance="gram"
+      ),
+      "scipy cKDTree": lambda x64=x64, y64=y64: scipy_wkv(x64, y64, args.k),
     }
     results = {}
     for name, fn in candidates.items():
       results[name] = time_runs(fn, args.repeats)
-      row = {"d": d, "implementation": name, **results[name],
-             "error": results[name]["value"] - TRUE_KL}
+      row = {
+        "d": d,
+        "implementation": name,
+        **results[name],
+        "error": results[name]["value"] - TRUE_KL,
+      }
       rows.append(row)
-      print(f"d={d:>3} {name:<15} estimate {row['value']:+.4f} "
-            f"(error {row['error']:+.4f}) best {row['best_s']:.3f} s, "
-            f"median {row['median_s']:.3f} s, first call "
-            f"{row['first_s']:.2f} s", flush=True)
-    diff = abs(results["jaxkl wkv"]["value"]
-               - results["scipy cKDTree"]["value"])
+      print(
+        f"d={d:>3} {name:<15} estimate {row['value']:+.4f} "
+        f"(error {row['error']:+.4f}) best {row['best_s']:.3f} s, "
+        f"median {row['median_s']:.3f} s, first call "
+        f"{row['first_s']:.2f} s",
+        flush=True,
+      )
+    diff = abs(results["jaxkl wkv"]["value"] - results["scipy cKDTree"]["value"])
     good = diff <= SANITY_ATOL
     ok &= good
-    checks.append(f"d={d}: |jaxkl wkv - scipy cKDTree| = {diff:.2e} -> "
-                  f"{'OK' if good else 'MISMATCH'} (tol {SANITY_ATOL:g})")
+    checks.append(
+      f"d={d}: |jaxkl wkv - scipy cKDTree| = {diff:.2e} -> "
+      f"{'OK' if good else 'MISMATCH'} (tol {SANITY_ATOL:g})"
+    )
     identical.append({"d": d, **identical_point_distances(d, args.seed)})
     rho, nu = scipy_radii(x64, y64, args.k)
-    zeros.append({"d": d, "rho_zero": int(np.sum(rho == 0)),
-                  "nu_zero": int(np.sum(nu == 0)),
-                  "scipy_without_floor": scipy_wkv(x64, y64, args.k,
-                                                   floor=False)})
+    zeros.append(
+      {
+        "d": d,
+        "rho_zero": int(np.sum(rho == 0)),
+        "nu_zero": int(np.sum(nu == 0)),
+        "scipy_without_floor": scipy_wkv(x64, y64, args.k, floor=False),
+      }
+    )
 
   lines = [
-      "# k-NN KL estimator benchmark",
-      "",
-      f"Problem: P = N(0, I_d), Q = N({SHIFT:g} e_1, I_d), KL(P||Q) = "
-      f"{TRUE_KL:g} for every d; n = m = {args.n}, k = {args.k}, float32 "
-      f"samples (float64 copies for scipy); time of one estimate, best "
-      f"(median) of {args.repeats} runs after a warm-up call (\"first call\": "
-      "compile included for jaxkl). scipy: cKDTree build + query, "
-      "`workers=-1`. On this shared 2-core machine the median carries other "
-      "tenants' load; the best time is the cost of the computation.",
-      "",
-      "## Environment",
-      "",
+    "# k-NN KL estimator benchmark",
+    "",
+    f"Problem: P = N(0, I_d), Q = N({SHIFT:g} e_1, I_d), KL(P||Q) = "
+    f"{TRUE_KL:g} for every d; n = m = {args.n}, k = {args.k}, float32 "
+    f"samples (float64 copies for scipy); time of one estimate, best "
+    f'(median) of {args.repeats} runs after a warm-up call ("first call": '
+    "compile included for jaxkl). scipy: cKDTree build + query, "
+    "`workers=-1`. On this shared 2-core machine the median carries other "
+    "tenants' load; the best time is the cost of the computation.",
+    "",
+    "## Environment",
+    "",
   ]
   lines += [f"- {key}: {value}" for key, value in env.items()]
   lines += ["", "## Sanity", ""] + [f"- {c}" for c in checks]
   lines += [
-      "",
-      "## Results",
-      "",
-      "| d | implementation | estimate | error vs KL | best (s) | median (s) "
-      "| first call (s) | best vs scipy |",
-      "|---:|---|---:|---:|---:|---:|---:|---:|",
+    "",
+    "## Results",
+    "",
+    "| d | implementation | estimate | error vs KL | best (s) | median (s) "
+    "| first call (s) | best vs scipy |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|",
   ]
   for row in rows:
-    scipy_best = next(r["best_s"] for r in rows
-                      if r["d"] == row["d"]
-                      and r["implementation"] == "scipy cKDTree")
+    scipy_best = next(
+      r["best_s"]
+      for r in rows
+      if r["d"] == row["d"] and r["implementation"] == "scipy cKDTree"
+    )
     lines.append(
-        f"| {row['d']} | {row['implementation']} | {row['value']:.4f} | "
-        f"{row['error']:+.4f} | {row['best_s']:.3f} | {row['median_s']:.3f} "
-        f"| {row['first_s']:.2f} | {row['best_s'] / scipy_best:.2f}x |")
+      f"| {row['d']} | {row['implementation']} | {row['value']:.4f} | "
+      f"{row['error']:+.4f} | {row['best_s']:.3f} | {row['median_s']:.3f} "
+      f"| {row['first_s']:.2f} | {row['best_s'] / scipy_best:.2f}x |"
+    )
   lines += [
-      "",
-      "## Zero distances",
-      "",
-      "Points x_i whose k-th neighbour distance is 0 (duplicates among the "
-      "float32 samples), and the cKDTree estimate without the floor:",
-      "",
-      "| d | rho_k = 0 | nu_k = 0 | scipy without floor |",
-      "|---:|---:|---:|---:|",
+    "",
+    "## Zero distances",
+    "",
+    "Points x_i whose k-th neighbour distance is 0 (duplicates among the "
+    "float32 samples), and the cKDTree estimate without the floor:",
+    "",
+    "| d | rho_k = 0 | nu_k = 0 | scipy without floor |",
+    "|---:|---:|---:|---:|",
   ]
   for item in zeros:
-    lines.append(f"| {item['d']} | {item['rho_zero']} | {item['nu_zero']} | "
-                 f"{item['scipy_without_floor']:.4f} |")
+    lines.append(
+      f"| {item['d']} | {item['rho_zero']} | {item['nu_zero']} | "
+      f"{item['scipy_without_floor']:.4f} |"
+    )
   lines += [
-      "",
-      "## Identical points",
-      "",
-      "Largest squared distance between a point and itself among 64 points "
-      "(float32): direct differences give exactly 0, the Gram expansion "
-      "gives rounding noise of order eps * |a|^2, i.e. a distance of order "
-      "sqrt(eps) * |a|. That is the Gram form's resolution for any pair of "
-      "points: in 1-D at this n most nearest-neighbour distances are below "
-      "it (hence its error there), in 5-D and 20-D they are far above it.",
-      "",
-      "| d | mean \\|a\\|^2 | direct | gram | gram distance |",
-      "|---:|---:|---:|---:|---:|",
+    "",
+    "## Identical points",
+    "",
+    "Largest squared distance between a point and itself among 64 points "
+    "(float32): direct differences give exactly 0, the Gram expansion "
+    "gives rounding noise of order eps * |a|^2, i.e. a distance of order "
+    "sqrt(eps) * |a|. That is the Gram form's resolution for any pair of "
+    "points: in 1-D at this n most nearest-neighbour distances are below "
+    "it (hence its error there), in 5-D and 20-D they are far above it.",
+    "",
+    "| d | mean \\|a\\|^2 | direct | gram | gram distance |",
+    "|---:|---:|---:|---:|---:|",
   ]
   for item in identical:
     lines.append(
-        f"| {item['d']} | {item['mean_sq_norm']:.2f} | "
-        f"{item['direct_max']:.3g} | {item['gram_max']:.3g} | "
-        f"{math.sqrt(item['gram_max']):.3g} |")
+      f"| {item['d']} | {item['mean_sq_norm']:.2f} | "
+      f"{item['direct_max']:.3g} | {item['gram_max']:.3g} | "
+      f"{math.sqrt(item['gram_max']):.3g} |"
+    )
   text = "\n".join(lines) + "\n"
   print()
   print(text)
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(text, encoding="utf-8")
   payload = {
-      "problem": {"n": args.n, "m": args.n, "dims": dims, "k": args.k,
-                  "shift": SHIFT, "true_kl": TRUE_KL,
-                  "repeats": args.repeats, "seed": args.seed,
-                  "dtype": "float32"},
-      "environment": env,
-      "sanity": {"ok": ok, "checks": checks},
-      "results": rows,
-      "identical_points": identical,
-      "zero_distances": zeros,
+    "problem": {
+      "n": args.n,
+      "m": args.n,
+      "dims": dims,
+      "k": args.k,
+      "shift": SHIFT,
+      "true_kl": TRUE_KL,
+      "repeats": args.repeats,
+      "seed": args.seed,
+      "dtype": "float32",
+    },
+    "environment": env,
+    "sanity": {"ok": ok, "checks": checks},
+    "results": rows,
+    "identical_points": identical,
+    "zero_distances": zeros,
   }
-  output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n",
-                                         encoding="utf-8")
+  output.with_suffix(".json").write_text(
+    json.dumps(payload, indent=2) + "\n", encoding="utf-8"
+  )
   print(f"wrote {output} and {output.with_suffix('.json')}")
   return 0 if ok else 1
 

@@ -65,6 +65,7 @@ import sys
 import time
 from pathlib import Path
 
+import _common  # benchmarks/_common.py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,13 +73,17 @@ import numpyro
 import numpyro.distributions as dist
 import torch
 
-import _common  # benchmarks/_common.py
 import jaxkl
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-IMPLEMENTATIONS = ("jaxkl-numpyro", "jaxkl-numpyro-no-tail",
-                   "jaxkl-pushforward", "jaxkl-pushforward-no-tail",
-                   "plain-jax", "torch")
+IMPLEMENTATIONS = (
+  "jaxkl-numpyro",
+  "jaxkl-numpyro-no-tail",
+  "jaxkl-pushforward",
+  "jaxkl-pushforward-no-tail",
+  "plain-jax",
+  "torch",
+)
 MODES = ("value", "value+grad")
 DIM = 10
 
@@ -95,10 +100,10 @@ def closed_form(m1, s1, m2, s2):
   m1, s1, m2, s2 = (np.asarray(a, np.float64) for a in (m1, s1, m2, s2))
   kl = np.sum(np.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5)
   grad = (
-      (m1 - m2) / s2**2,                             # d/dm1
-      -1 / s1 + s1 / s2**2,                          # d/ds1
-      (m2 - m1) / s2**2,                             # d/dm2
-      1 / s2 - (s1**2 + (m1 - m2) ** 2) / s2**3,     # d/ds2
+    (m1 - m2) / s2**2,  # d/dm1
+    -1 / s1 + s1 / s2**2,  # d/ds1
+    (m2 - m1) / s2**2,  # d/dm2
+    1 / s2 - (s1**2 + (m1 - m2) ** 2) / s2**3,  # d/ds2
   )
   return kl, grad
 
@@ -110,8 +115,7 @@ def jaxkl_numpyro(params, key, n, tail_diagnostic=True):
   m1, s1, m2, s2 = params
   p = dist.Normal(m1, s1).to_event(1)
   q = dist.Normal(m2, s2).to_event(1)
-  est = jaxkl.monte_carlo_kl(key, p, q, num_samples=n,
-                             tail_diagnostic=tail_diagnostic)
+  est = jaxkl.monte_carlo_kl(key, p, q, num_samples=n, tail_diagnostic=tail_diagnostic)
   if tail_diagnostic:  # returned, so that XLA cannot drop it
     return est.value, (est.stderr, est.pareto_k)
   return est.value, est.stderr
@@ -121,11 +125,17 @@ def jaxkl_pushforward(params, key, n, tail_diagnostic=True):
   m1, s1, m2, s2 = params
   norm = jax.scipy.stats.norm.logpdf
   p = jaxkl.StandardNormalPushforward(
-      lambda z: m1[None, :] + s1[None, :] * z,
-      lambda x: norm(x, m1[None, :], s1[None, :]).sum(-1), (DIM,))
+    lambda z: m1[None, :] + s1[None, :] * z,
+    lambda x: norm(x, m1[None, :], s1[None, :]).sum(-1),
+    (DIM,),
+  )
   est = jaxkl.monte_carlo_kl(
-      key, p, lambda x: norm(x, m2[None, :], s2[None, :]).sum(-1),
-      num_samples=n, tail_diagnostic=tail_diagnostic)
+    key,
+    p,
+    lambda x: norm(x, m2[None, :], s2[None, :]).sum(-1),
+    num_samples=n,
+    tail_diagnostic=tail_diagnostic,
+  )
   if tail_diagnostic:
     return est.value, (est.stderr, est.pareto_k)
   return est.value, est.stderr
@@ -136,8 +146,9 @@ def plain_jax(params, key, n):
   z = jax.random.normal(key, (n * DIM,)).reshape(n, DIM)
   x = m1[None, :] + s1[None, :] * z
   norm = jax.scipy.stats.norm.logpdf
-  k1 = (norm(x, m1[None, :], s1[None, :]).sum(-1)
-        - norm(x, m2[None, :], s2[None, :]).sum(-1))
+  k1 = norm(x, m1[None, :], s1[None, :]).sum(-1) - norm(
+    x, m2[None, :], s2[None, :]
+  ).sum(-1)
   return jnp.mean(k1), jnp.std(k1, ddof=1) / math.sqrt(n)
 
 
@@ -224,9 +235,10 @@ def sanity_check(runners, truth, true_grad) -> tuple[bool, list[str]]:
     good = z <= 5 and g_err <= 0.05
     ok &= good
     lines.append(
-        f"{name:<17}: estimate {value:.5f} +- {se:.5f} (truth {truth:.5f}, "
-        f"max |z| {z:.2f}); grad max rel err {g_err:.4f}{khat} -> "
-        f"{'OK' if good else 'MISMATCH'}")
+      f"{name:<17}: estimate {value:.5f} +- {se:.5f} (truth {truth:.5f}, "
+      f"max |z| {z:.2f}); grad max rel err {g_err:.4f}{khat} -> "
+      f"{'OK' if good else 'MISMATCH'}"
+    )
   return ok, lines
 
 
@@ -239,14 +251,20 @@ def paired_tail_cost(runners, pairs: int) -> dict:
       times = {"with": [], "without": []}
       for i in range(pairs):
         order = (("with", with_fn), ("without", without_fn))
-        for name, fn in (order if i % 2 == 0 else order[::-1]):
+        for name, fn in order if i % 2 == 0 else order[::-1]:
           start = time.perf_counter()
           fn()
           times[name].append((time.perf_counter() - start) * 1e3)
-      ratios = sorted(a / b for a, b in zip(times["with"], times["without"]))
+      ratios = sorted(
+        a / b for a, b in zip(times["with"], times["without"], strict=False)
+      )
       q = statistics.quantiles(ratios, n=4)
-      out[(impl, mode)] = {**times, "ratio_median": statistics.median(ratios),
-                           "ratio_q1": q[0], "ratio_q3": q[2]}
+      out[(impl, mode)] = {
+        **times,
+        "ratio_median": statistics.median(ratios),
+        "ratio_q1": q[0],
+        "ratio_q3": q[2],
+      }
   return out
 
 
@@ -257,17 +275,26 @@ def isolated_tail_cost(n: int, pairs: int, seed: int) -> dict:
   with ``tail_diagnostic=True``, pareto_k), jitted, alternating; ms.
   """
   from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
+
   log_r = jax.random.normal(jax.random.key(seed), (n,))
   out = {}
   for estimator in ("k1", "k3"):
-    fns = {flag: jax.jit(functools.partial(
-        _estimators.estimate_from_log_ratios, estimator=estimator,
-        axes=(0,), tail_diagnostic=flag)) for flag in (True, False)}
+    fns = {
+      flag: jax.jit(
+        functools.partial(
+          _estimators.estimate_from_log_ratios,
+          estimator=estimator,
+          axes=(0,),
+          tail_diagnostic=flag,
+        )
+      )
+      for flag in (True, False)
+    }
     for fn in fns.values():
       jax.block_until_ready(fn(log_r))
     times = {True: [], False: []}
     for i in range(pairs):
-      for flag in ((True, False) if i % 2 == 0 else (False, True)):
+      for flag in (True, False) if i % 2 == 0 else (False, True):
         start = time.perf_counter()
         jax.block_until_ready(fns[flag](log_r))
         times[flag].append((time.perf_counter() - start) * 1e3)
@@ -275,85 +302,98 @@ def isolated_tail_cost(n: int, pairs: int, seed: int) -> dict:
   return out
 
 
-def render_markdown(env, args, summary, sanity_lines, paired,
-                    isolated) -> str:
+def render_markdown(env, args, summary, sanity_lines, paired, isolated) -> str:
   out = ["# Monte-Carlo KL benchmark", ""]
   out.append(
-      f"Problem: KL(P || Q) between two {DIM}-D diagonal Gaussians from "
-      f"{args.samples:,} reparameterized samples of P, estimator k1, float32;"
-      f" each call returns the estimate and its standard error, with fresh "
-      f"random numbers; 'value+grad' adds the pathwise gradient with respect"
-      f" to both distributions' means and scales. Best (median) of "
-      f"{args.repeats} runs after warm-up, in blocks (see time_blocks). "
-      f"Ratios use the best time: on this shared 2-core machine the median "
-      f"carries other tenants' load.")
+    f"Problem: KL(P || Q) between two {DIM}-D diagonal Gaussians from "
+    f"{args.samples:,} reparameterized samples of P, estimator k1, float32;"
+    f" each call returns the estimate and its standard error, with fresh "
+    f"random numbers; 'value+grad' adds the pathwise gradient with respect"
+    f" to both distributions' means and scales. Best (median) of "
+    f"{args.repeats} runs after warm-up, in blocks (see time_blocks). "
+    f"Ratios use the best time: on this shared 2-core machine the median "
+    f"carries other tenants' load."
+  )
   out += ["", "## Environment", ""]
   out += [f"- {k}: {v}" for k, v in env.items()]
   out += ["", "## Sanity (against the closed form)", ""]
   out += [f"- {line}" for line in sanity_lines]
   out += ["", "## Timings", ""]
-  out.append("| implementation | value ms: best (median) "
-             "| value+grad ms: best (median) "
-             "| value time / torch's | value+grad time / torch's |")
+  out.append(
+    "| implementation | value ms: best (median) "
+    "| value+grad ms: best (median) "
+    "| value time / torch's | value+grad time / torch's |"
+  )
   out.append("|---|---:|---:|---:|---:|")
   tv = summary["torch"]["value"]["min"]
   tb = summary["torch"]["value+grad"]["min"]
   for impl in IMPLEMENTATIONS:
     v, b = summary[impl]["value"], summary[impl]["value+grad"]
     out.append(
-        f"| {impl} | {v['min']:.1f} ({v['median']:.1f}) "
-        f"| {b['min']:.1f} ({b['median']:.1f}) "
-        f"| {v['min'] / tv:.2f} | {b['min'] / tb:.2f} |")
+      f"| {impl} | {v['min']:.1f} ({v['median']:.1f}) "
+      f"| {b['min']:.1f} ({b['median']:.1f}) "
+      f"| {v['min'] / tv:.2f} | {b['min'] / tb:.2f} |"
+    )
   out += ["", "## Cost of the tail diagnostic (pareto_k)", ""]
   out.append(
-      f"Paired: {args.pairs} calls with and {args.pairs} without "
-      "`pareto_k`, alternating one by one (same kind of work, so the "
-      "machine's drift hits both alike); the ratio is the median over pairs "
-      "of (with / without). The block timings above give the same "
-      "comparison from separate blocks.")
+    f"Paired: {args.pairs} calls with and {args.pairs} without "
+    "`pareto_k`, alternating one by one (same kind of work, so the "
+    "machine's drift hits both alike); the ratio is the median over pairs "
+    "of (with / without). The block timings above give the same "
+    "comparison from separate blocks."
+  )
   out.append("")
-  out.append("| sampler | mode | with ms: best (median) | without ms: best "
-             "(median) | paired ratio: median [quartiles] | blocks: best "
-             "ratio |")
+  out.append(
+    "| sampler | mode | with ms: best (median) | without ms: best "
+    "(median) | paired ratio: median [quartiles] | blocks: best "
+    "ratio |"
+  )
   out.append("|---|---|---:|---:|---:|---:|")
   for impl in ("jaxkl-numpyro", "jaxkl-pushforward"):
     for mode in MODES:
       c = paired[(impl, mode)]
       a, b = summary[impl][mode], summary[impl + "-no-tail"][mode]
       out.append(
-          f"| {impl} | {mode} | {min(c['with']):.1f} "
-          f"({statistics.median(c['with']):.1f}) | {min(c['without']):.1f} "
-          f"({statistics.median(c['without']):.1f}) | "
-          f"{c['ratio_median']:.3f} [{c['ratio_q1']:.3f}, "
-          f"{c['ratio_q3']:.3f}] | {a['min'] / b['min']:.3f} |")
+        f"| {impl} | {mode} | {min(c['with']):.1f} "
+        f"({statistics.median(c['with']):.1f}) | {min(c['without']):.1f} "
+        f"({statistics.median(c['without']):.1f}) | "
+        f"{c['ratio_median']:.3f} [{c['ratio_q1']:.3f}, "
+        f"{c['ratio_q3']:.3f}] | {a['min'] / b['min']:.3f} |"
+      )
   out.append("")
   out.append(
-      f"The estimator alone on {args.samples:,} precomputed float32 "
-      "log-ratios (`estimate_from_log_ratios`: mean and standard error, "
-      "plus pareto_k or not), alternating, ms: the diagnostic's absolute "
-      "cost, which is what it adds to any `monte_carlo_kl` call of this n "
-      "(a large share when sampling and log-densities are cheap, e.g. 1-D "
-      "problems: pass `tail_diagnostic=False` there if it matters).")
+    f"The estimator alone on {args.samples:,} precomputed float32 "
+    "log-ratios (`estimate_from_log_ratios`: mean and standard error, "
+    "plus pareto_k or not), alternating, ms: the diagnostic's absolute "
+    "cost, which is what it adds to any `monte_carlo_kl` call of this n "
+    "(a large share when sampling and log-densities are cheap, e.g. 1-D "
+    "problems: pass `tail_diagnostic=False` there if it matters)."
+  )
   out.append("")
-  out.append("| estimator | with: best (median) | without: best (median) "
-             "| added: best |")
+  out.append(
+    "| estimator | with: best (median) | without: best (median) | added: best |"
+  )
   out.append("|---|---:|---:|---:|")
   for name, c in isolated.items():
-    out.append(f"| {name} | {min(c['with']):.2f} "
-               f"({statistics.median(c['with']):.2f}) | "
-               f"{min(c['without']):.2f} "
-               f"({statistics.median(c['without']):.2f}) | "
-               f"{min(c['with']) - min(c['without']):.2f} |")
+    out.append(
+      f"| {name} | {min(c['with']):.2f} "
+      f"({statistics.median(c['with']):.2f}) | "
+      f"{min(c['without']):.2f} "
+      f"({statistics.median(c['without']):.2f}) | "
+      f"{min(c['with']) - min(c['without']):.2f} |"
+    )
   out += ["", "## Notes", ""]
   out.append(
-      "- Most of the time is drawing 10^7 normal numbers and evaluating two "
-      "log-densities on them; jaxkl's own reduction (mean, standard error) "
-      "is one fused pass. `plain-jax` is the same computation written by "
-      "hand: the gap to it is jaxkl's overhead.")
+    "- Most of the time is drawing 10^7 normal numbers and evaluating two "
+    "log-densities on them; jaxkl's own reduction (mean, standard error) "
+    "is one fused pass. `plain-jax` is the same computation written by "
+    "hand: the gap to it is jaxkl's overhead."
+  )
   out.append(
-      "- JAX draws with threefry (counter-based, reproducible across "
-      "devices), PyTorch with its CPU generator (Mersenne Twister): the "
-      "random-number generators differ in cost.")
+    "- JAX draws with threefry (counter-based, reproducible across "
+    "devices), PyTorch with its CPU generator (Mersenne Twister): the "
+    "random-number generators differ in cost."
+  )
   return "\n".join(out) + "\n"
 
 
@@ -362,15 +402,14 @@ def render_markdown(env, args, summary, sanity_lines, paired,
 # --------------------------------------------------------------------------- #
 def environment() -> dict:
   return _common.environment(
-      versions={"numpyro": numpyro.__version__, "torch": torch.__version__},
-      extra={"torch_num_threads": torch.get_num_threads()},
+    versions={"numpyro": numpyro.__version__, "torch": torch.__version__},
+    extra={"torch_num_threads": torch.get_num_threads()},
   )
 
 
 def time_blocks(runners, repeats: int, rounds: int = 3) -> dict:
   """``_common.time_blocks`` over this script's implementations and modes."""
-  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats,
-                             rounds)
+  return _common.time_blocks(runners, IMPLEMENTATIONS, MODES, repeats, rounds)
 
 
 def parse_args(argv=None):
@@ -378,11 +417,19 @@ def parse_args(argv=None):
   p.add_argument("--samples", type=int, default=1_000_000)
   p.add_argument("--repeats", type=int, default=15)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--pairs", type=int, default=20,
-                 help="alternating with/without-pareto_k pairs per mode")
-  p.add_argument("--output", type=Path, default=None,
-                 help="Markdown path (default benchmarks/results/"
-                      "monte_carlo_<backend>.md); the JSON goes next to it")
+  p.add_argument(
+    "--pairs",
+    type=int,
+    default=20,
+    help="alternating with/without-pareto_k pairs per mode",
+  )
+  p.add_argument(
+    "--output",
+    type=Path,
+    default=None,
+    help="Markdown path (default benchmarks/results/"
+    "monte_carlo_<backend>.md); the JSON goes next to it",
+  )
   return p.parse_args(argv)
 
 
@@ -398,15 +445,16 @@ def main(argv=None) -> int:
   n = args.samples
 
   runners = {
-      "jaxkl-numpyro": make_jax_runners(jaxkl_numpyro, params, n, args.seed),
-      "jaxkl-numpyro-no-tail": make_jax_runners(without_tail(jaxkl_numpyro),
-                                                params, n, args.seed),
-      "jaxkl-pushforward": make_jax_runners(jaxkl_pushforward, params, n,
-                                            args.seed),
-      "jaxkl-pushforward-no-tail": make_jax_runners(
-          without_tail(jaxkl_pushforward), params, n, args.seed),
-      "plain-jax": make_jax_runners(plain_jax, params, n, args.seed),
-      "torch": make_torch_runners(params_np, n, args.seed),
+    "jaxkl-numpyro": make_jax_runners(jaxkl_numpyro, params, n, args.seed),
+    "jaxkl-numpyro-no-tail": make_jax_runners(
+      without_tail(jaxkl_numpyro), params, n, args.seed
+    ),
+    "jaxkl-pushforward": make_jax_runners(jaxkl_pushforward, params, n, args.seed),
+    "jaxkl-pushforward-no-tail": make_jax_runners(
+      without_tail(jaxkl_pushforward), params, n, args.seed
+    ),
+    "plain-jax": make_jax_runners(plain_jax, params, n, args.seed),
+    "torch": make_torch_runners(params_np, n, args.seed),
   }
   for impl in IMPLEMENTATIONS:  # warm-up: compile everything
     for mode in MODES:
@@ -422,11 +470,15 @@ def main(argv=None) -> int:
 
   times = time_blocks(runners, args.repeats)
   summary = {
-      impl: {mode: {"median": statistics.median(times[(impl, mode)]),
-                    "min": min(times[(impl, mode)]),
-                    "times_ms": times[(impl, mode)]}
-             for mode in MODES}
-      for impl in IMPLEMENTATIONS
+    impl: {
+      mode: {
+        "median": statistics.median(times[(impl, mode)]),
+        "min": min(times[(impl, mode)]),
+        "times_ms": times[(impl, mode)],
+      }
+      for mode in MODES
+    }
+    for impl in IMPLEMENTATIONS
   }
   paired = paired_tail_cost(runners, args.pairs)
   isolated = isolated_tail_cost(n, 2 * args.pairs, args.seed)
@@ -437,17 +489,31 @@ def main(argv=None) -> int:
   output.parent.mkdir(parents=True, exist_ok=True)
   output.write_text(md, encoding="utf-8")
   json_path = output.with_suffix(".json")
-  json_path.write_text(json.dumps({
-      "problem": {"dim": DIM, "samples": n, "dtype": "float32",
-                  "estimator": "k1", "repeats": args.repeats,
-                  "seed": args.seed, "closed_form_kl": truth},
-      "environment": env,
-      "sanity": sanity_lines,
-      "results_ms": summary,
-      "tail_diagnostic_paired_ms": {f"{impl}/{mode}": v
-                                    for (impl, mode), v in paired.items()},
-      "tail_diagnostic_isolated_ms": isolated,
-  }, indent=2) + "\n", encoding="utf-8")
+  json_path.write_text(
+    json.dumps(
+      {
+        "problem": {
+          "dim": DIM,
+          "samples": n,
+          "dtype": "float32",
+          "estimator": "k1",
+          "repeats": args.repeats,
+          "seed": args.seed,
+          "closed_form_kl": truth,
+        },
+        "environment": env,
+        "sanity": sanity_lines,
+        "results_ms": summary,
+        "tail_diagnostic_paired_ms": {
+          f"{impl}/{mode}": v for (impl, mode), v in paired.items()
+        },
+        "tail_diagnostic_isolated_ms": isolated,
+      },
+      indent=2,
+    )
+    + "\n",
+    encoding="utf-8",
+  )
   print(f"wrote {output}\nwrote {json_path}")
   return 0
 

@@ -23,34 +23,38 @@ ROOT = DOCS.parent
 # Import the jaxkl of this checkout even when it is not installed.
 sys.path.insert(0, str(ROOT))
 
-import jaxkl  # noqa: E402
 from docutils import nodes  # noqa: E402
 from sphinx import addnodes  # noqa: E402
 from sphinx.ext.napoleon import docstring as napoleon_docstring  # noqa: E402
 from sphinx.transforms import SphinxTransform  # noqa: E402
 
+import jaxkl  # noqa: E402
+
 project = "jaxkl"
 author = "jaxkl developers"
-copyright = "jaxkl developers"  # noqa: A001
+copyright = "jaxkl developers"
 release = jaxkl.__version__
 version = release
 
 extensions = [
-    "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
-    "myst_nb",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.mathjax",
+  "sphinx.ext.viewcode",
+  "myst_nb",
 ]
 
 # The notebooks live in notebooks/ at the repository root; docs/notebooks is a
 # symbolic link to it (Sphinx follows links when it collects sources), so the
 # toctree glob ``notebooks/*`` picks up every notebook and the kernels run with
 # notebooks/ as their working directory, as when the notebooks run on their own.
-exclude_patterns = ["_build", "README.md", "notebooks/README.md",
-                    "**.ipynb_checkpoints"]
-source_suffix = {".rst": "restructuredtext", ".md": "myst-nb",
-                 ".ipynb": "myst-nb"}
+exclude_patterns = [
+  "_build",
+  "README.md",
+  "notebooks/README.md",
+  "**.ipynb_checkpoints",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 
 # -- autodoc / napoleon: the Google-style docstrings ---------------------------
@@ -113,22 +117,24 @@ html_static_path = []
 _ARRAY_NAMES = {}
 
 
-def _readable_annotations(app, what, name, obj, options, signature,
-                          return_annotation):
+def _readable_annotations(app, what, name, obj, options, signature, return_annotation):
   del app, what, name, obj, options
   if not _ARRAY_NAMES:
     import jax  # pylint: disable=import-outside-toplevel
     from jax.typing import ArrayLike  # pylint: disable=import-outside-toplevel
     from sphinx.util.typing import stringify_annotation  # pylint: disable=import-outside-toplevel
+
     for mode in ("smart", "fully-qualified-except-typing"):
       _ARRAY_NAMES[stringify_annotation(ArrayLike, mode)] = "~jax.typing.ArrayLike"
       _ARRAY_NAMES[stringify_annotation(jax.Array, mode)] = "~jax.Array"
+
   def fix(text):
     if text is None:
       return None
     for long, short in _ARRAY_NAMES.items():  # the union first, then Array
       text = text.replace(long, short)
     return text
+
   return fix(signature), fix(return_annotation)
 
 
@@ -141,8 +147,10 @@ def _readable_annotations(app, what, name, obj, options, signature,
 # instead, on every page. tests/test_docs.py checks the built pages.
 PUBLIC_NAMES = frozenset(set(jaxkl.__all__) - {"__version__"})
 _MENTION = re.compile(
-    r"(?:jaxkl\.)?(?P<name>[A-Za-z_]\w*)(?:\.(?P<member>[A-Za-z_]\w*))?"
-    r"(?P<rest>\(.*)?", re.DOTALL)
+  r"(?:jaxkl\.)?(?P<name>[A-Za-z_]\w*)(?:\.(?P<member>[A-Za-z_]\w*))?"
+  r"(?P<rest>\(.*)?",
+  re.DOTALL,
+)
 
 
 def api_target(text):
@@ -175,16 +183,24 @@ class LinkApiMentions(SphinxTransform):
   def apply(self, **kwargs):
     del kwargs
     for literal in list(self.document.findall(nodes.literal)):
-      if isinstance(literal.parent, (nodes.reference, addnodes.pending_xref,
-                                     addnodes.desc_signature)):
+      if isinstance(
+        literal.parent,
+        (nodes.reference, addnodes.pending_xref, addnodes.desc_signature),
+      ):
         continue
       target = api_target(literal.astext())
       if target is None:
         continue
       literal["classes"] += ["xref", "py", "py-obj"]
       xref = addnodes.pending_xref(
-          "", refdomain="py", reftype="obj", reftarget=target,
-          refexplicit=True, refwarn=True, refdoc=self.env.docname)
+        "",
+        refdomain="py",
+        reftype="obj",
+        reftarget=target,
+        refexplicit=True,
+        refwarn=True,
+        refdoc=self.env.docname,
+      )
       xref["py:module"] = None
       xref["py:class"] = None
       literal.replace_self(xref)

@@ -22,9 +22,10 @@ Run ``python examples/distill_flax.py --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +47,15 @@ class MLP(nnx.Module):
     logit_scale: a constant factor applied to the logits.
   """
 
-  def __init__(self, in_features: int, hidden: Sequence[int],
-               out_features: int, *, rngs: nnx.Rngs,
-               logit_scale: float = 1.0):
+  def __init__(
+    self,
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
+    logit_scale: float = 1.0,
+  ):
     """Builds the layers.
 
     Args:
@@ -62,13 +69,15 @@ class MLP(nnx.Module):
     self.in_features = in_features
     widths = [in_features, *hidden]
     layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-      layers += [nnx.Linear(a, b, dtype=jnp.float32,
-                            param_dtype=jnp.float32, rngs=rngs),
-                 jax.nn.gelu]
+    for a, b in itertools.pairwise(widths):
+      layers += [
+        nnx.Linear(a, b, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs),
+        jax.nn.gelu,
+      ]
     self.body = nnx.Sequential(*layers)
-    self.head = nnx.Linear(widths[-1], out_features, dtype=jnp.float32,
-                           param_dtype=jnp.float32, rngs=rngs)
+    self.head = nnx.Linear(
+      widths[-1], out_features, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs
+    )
     self.logit_scale = logit_scale
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -76,8 +85,9 @@ class MLP(nnx.Module):
     return self.head(self.body(x)) * jnp.float32(self.logit_scale)
 
 
-def sample_batch(key: jax.Array, batch_size: int, seq_len: int,
-                 in_features: int) -> tuple[jax.Array, jax.Array]:
+def sample_batch(
+  key: jax.Array, batch_size: int, seq_len: int, in_features: int
+) -> tuple[jax.Array, jax.Array]:
   """Draws padded sequences of Gaussian token features and their mask.
 
   Args:
@@ -93,10 +103,10 @@ def sample_batch(key: jax.Array, batch_size: int, seq_len: int,
     ``[1, seq_len]``; the rest is padding).
   """
   x_key, len_key = jax.random.split(key)
-  x = jax.random.normal(x_key, (batch_size, seq_len, in_features),
-                        dtype=jnp.float32)
-  lengths = jax.random.randint(len_key, (batch_size, 1), 1, seq_len + 1,
-                               dtype=jnp.int32)
+  x = jax.random.normal(x_key, (batch_size, seq_len, in_features), dtype=jnp.float32)
+  lengths = jax.random.randint(
+    len_key, (batch_size, 1), 1, seq_len + 1, dtype=jnp.int32
+  )
   positions = jnp.arange(seq_len, dtype=jnp.int32)[None, :]
   return x, positions < lengths
 
@@ -115,10 +125,17 @@ def make_optimizer(learning_rate: ArrayLike) -> optax.GradientTransformation:
 
 
 @nnx.jit(static_argnames=("batch_size", "seq_len"))
-def train_step(student: MLP, teacher: MLP, opt_state: optax.OptState,
-               key: jax.Array, temperature: jax.Array,
-               learning_rate: jax.Array, *, batch_size: int,
-               seq_len: int) -> tuple[jax.Array, jax.Array, optax.OptState]:
+def train_step(
+  student: MLP,
+  teacher: MLP,
+  opt_state: optax.OptState,
+  key: jax.Array,
+  temperature: jax.Array,
+  learning_rate: jax.Array,
+  *,
+  batch_size: int,
+  seq_len: int,
+) -> tuple[jax.Array, jax.Array, optax.OptState]:
   """Draws a batch and takes one Adam step; updates ``student`` in place.
 
   The temperature and the learning rate are traced arguments, so a sweep over
@@ -143,8 +160,9 @@ def train_step(student: MLP, teacher: MLP, opt_state: optax.OptState,
   teacher_logits = jax.lax.stop_gradient(teacher(x))
 
   def loss_fn(model: MLP) -> jax.Array:
-    return jaxkl.distillation_loss(model(x), teacher_logits,
-                                   temperature=temperature, where=mask)
+    return jaxkl.distillation_loss(
+      model(x), teacher_logits, temperature=temperature, where=mask
+    )
 
   loss, grads = nnx.value_and_grad(loss_fn)(student)
   params = nnx.state(student, nnx.Param)
@@ -153,19 +171,30 @@ def train_step(student: MLP, teacher: MLP, opt_state: optax.OptState,
   # rules for the optimizer only, so the example also runs with
   # jax_numpy_dtype_promotion="strict" (as in this repository's tests).
   with jax.numpy_dtype_promotion("standard"):
-    updates, opt_state = make_optimizer(learning_rate).update(
-        grads, opt_state, params)
+    updates, opt_state = make_optimizer(learning_rate).update(grads, opt_state, params)
   nnx.update(student, optax.apply_updates(params, updates))
   return loss, jnp.sum(mask, dtype=jnp.int32), opt_state
 
 
-@nnx.jit(static_argnames=("in_features", "num_classes", "teacher_hidden",
-                          "student_hidden", "teacher_scale"))
-def create_models(teacher_key: jax.Array, student_key: jax.Array, *,
-                  in_features: int, num_classes: int,
-                  teacher_hidden: tuple[int, ...],
-                  student_hidden: tuple[int, ...],
-                  teacher_scale: float) -> tuple[MLP, MLP]:
+@nnx.jit(
+  static_argnames=(
+    "in_features",
+    "num_classes",
+    "teacher_hidden",
+    "student_hidden",
+    "teacher_scale",
+  )
+)
+def create_models(
+  teacher_key: jax.Array,
+  student_key: jax.Array,
+  *,
+  in_features: int,
+  num_classes: int,
+  teacher_hidden: tuple[int, ...],
+  student_hidden: tuple[int, ...],
+  teacher_scale: float,
+) -> tuple[MLP, MLP]:
   """Initializes the teacher and the student (in one compiled call).
 
   Args:
@@ -180,10 +209,14 @@ def create_models(teacher_key: jax.Array, student_key: jax.Array, *,
   Returns:
     ``(teacher, student)``.
   """
-  teacher = MLP(in_features, teacher_hidden, num_classes,
-                rngs=nnx.Rngs(teacher_key), logit_scale=teacher_scale)
-  student = MLP(in_features, student_hidden, num_classes,
-                rngs=nnx.Rngs(student_key))
+  teacher = MLP(
+    in_features,
+    teacher_hidden,
+    num_classes,
+    rngs=nnx.Rngs(teacher_key),
+    logit_scale=teacher_scale,
+  )
+  student = MLP(in_features, student_hidden, num_classes, rngs=nnx.Rngs(student_key))
   return teacher, student
 
 
@@ -202,12 +235,21 @@ def heldout_kl(student: MLP, teacher: MLP, x: jax.Array) -> jax.Array:
   return jnp.mean(jaxkl.kl_divergence_from_logits(student(x), teacher(x)))
 
 
-def run(*, steps: int = 300, temperature: float = 2.0, seed: int = 0,
-        learning_rate: float = 1e-2, batch_size: int = 32, seq_len: int = 16,
-        in_features: int = 32, num_classes: int = 20,
-        teacher_hidden: Sequence[int] = (256, 256),
-        student_hidden: Sequence[int] = (128,), teacher_scale: float = 4.0,
-        heldout_size: int = 4096) -> dict[str, Any]:
+def run(
+  *,
+  steps: int = 300,
+  temperature: float = 2.0,
+  seed: int = 0,
+  learning_rate: float = 1e-2,
+  batch_size: int = 32,
+  seq_len: int = 16,
+  in_features: int = 32,
+  num_classes: int = 20,
+  teacher_hidden: Sequence[int] = (256, 256),
+  student_hidden: Sequence[int] = (128,),
+  teacher_scale: float = 4.0,
+  heldout_size: int = 4096,
+) -> dict[str, Any]:
   """Trains the student against the teacher and returns the metrics.
 
   Args:
@@ -234,22 +276,35 @@ def run(*, steps: int = 300, temperature: float = 2.0, seed: int = 0,
   root = jax.random.key(seed)
   teacher_key, student_key, heldout_key, data_key = jax.random.split(root, 4)
   teacher, student = create_models(
-      teacher_key, student_key, in_features=in_features,
-      num_classes=num_classes, teacher_hidden=tuple(teacher_hidden),
-      student_hidden=tuple(student_hidden), teacher_scale=teacher_scale)
+    teacher_key,
+    student_key,
+    in_features=in_features,
+    num_classes=num_classes,
+    teacher_hidden=tuple(teacher_hidden),
+    student_hidden=tuple(student_hidden),
+    teacher_scale=teacher_scale,
+  )
   lr = jnp.asarray(learning_rate, dtype=jnp.float32)
   opt_state = make_optimizer(lr).init(nnx.state(student, nnx.Param))
-  x_heldout = jax.random.normal(heldout_key, (heldout_size, in_features),
-                                dtype=jnp.float32)
+  x_heldout = jax.random.normal(
+    heldout_key, (heldout_size, in_features), dtype=jnp.float32
+  )
   initial_kl = float(heldout_kl(student, teacher, x_heldout))
 
   t = jnp.asarray(temperature, dtype=jnp.float32)
   step_keys = jax.random.split(data_key, steps)
   losses, kept = [], []
   for i in range(steps):
-    loss, n, opt_state = train_step(student, teacher, opt_state,
-                                    step_keys[i], t, lr,
-                                    batch_size=batch_size, seq_len=seq_len)
+    loss, n, opt_state = train_step(
+      student,
+      teacher,
+      opt_state,
+      step_keys[i],
+      t,
+      lr,
+      batch_size=batch_size,
+      seq_len=seq_len,
+    )
     losses.append(loss)
     kept.append(n)
 
@@ -257,15 +312,15 @@ def run(*, steps: int = 300, temperature: float = 2.0, seed: int = 0,
   losses = np.asarray(jax.device_get(losses), dtype=np.float32)
   kept_total = int(np.sum(jax.device_get(kept), dtype=np.int64))
   return {
-      "initial_kl": initial_kl,
-      "final_kl": final_kl,
-      "losses": losses,
-      "kept_fraction": kept_total / (steps * batch_size * seq_len),
-      "seconds": time.perf_counter() - start,
+    "initial_kl": initial_kl,
+    "final_kl": final_kl,
+    "losses": losses,
+    "kept_fraction": kept_total / (steps * batch_size * seq_len),
+    "seconds": time.perf_counter() - start,
   }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Parses the command line, runs the distillation and prints a report.
 
   Args:
@@ -276,34 +331,45 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     The metrics of :func:`run`.
   """
   parser = argparse.ArgumentParser(
-      description="Distil a fixed teacher MLP into a smaller student MLP "
-      "(Flax NNX + optax) with jaxkl.distillation_loss.")
-  parser.add_argument("--steps", type=int, default=300,
-                      help="number of Adam steps (default: %(default)s)")
-  parser.add_argument("--temperature", type=float, default=2.0,
-                      help="distillation temperature T (default: %(default)s)")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="random seed (default: %(default)s)")
+    description="Distil a fixed teacher MLP into a smaller student MLP "
+    "(Flax NNX + optax) with jaxkl.distillation_loss."
+  )
+  parser.add_argument(
+    "--steps", type=int, default=300, help="number of Adam steps (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--temperature",
+    type=float,
+    default=2.0,
+    help="distillation temperature T (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--seed", type=int, default=0, help="random seed (default: %(default)s)"
+  )
   args = parser.parse_args(argv)
   if args.steps < 1:
     parser.error("--steps must be at least 1")
   if not args.temperature > 0:
     parser.error("--temperature must be > 0")
 
-  metrics = run(steps=args.steps, temperature=args.temperature,
-                seed=args.seed)
+  metrics = run(steps=args.steps, temperature=args.temperature, seed=args.seed)
   losses = metrics["losses"]
-  marks = sorted({0, len(losses) // 4, len(losses) // 2,
-                  3 * len(losses) // 4, len(losses) - 1})
-  print(f"distillation, T={args.temperature}, {args.steps} steps, "
-        f"seed {args.seed}; {metrics['kept_fraction']:.0%} of the tokens "
-        "kept (the rest is padding, masked out)")
+  marks = sorted(
+    {0, len(losses) // 4, len(losses) // 2, 3 * len(losses) // 4, len(losses) - 1}
+  )
+  print(
+    f"distillation, T={args.temperature}, {args.steps} steps, "
+    f"seed {args.seed}; {metrics['kept_fraction']:.0%} of the tokens "
+    "kept (the rest is padding, masked out)"
+  )
   for i in marks:
     print(f"  step {i + 1:5d}  loss (T^2 * KL at T) {losses[i]:.4f}")
-  print(f"held-out KL(teacher || student) at T=1: "
-        f"{metrics['initial_kl']:.4f} -> {metrics['final_kl']:.4f} "
-        f"({metrics['initial_kl'] / metrics['final_kl']:.1f}x lower) "
-        f"in {metrics['seconds']:.1f} s")
+  print(
+    f"held-out KL(teacher || student) at T=1: "
+    f"{metrics['initial_kl']:.4f} -> {metrics['final_kl']:.4f} "
+    f"({metrics['initial_kl'] / metrics['final_kl']:.1f}x lower) "
+    f"in {metrics['seconds']:.1f} s"
+  )
   return metrics
 
 

@@ -20,7 +20,8 @@ import argparse
 import math
 import sys
 import warnings
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,15 +30,20 @@ import numpy as np
 import jaxkl
 
 # Two rows (a batch of two distributions over three outcomes).
-_P = ((0.2, 0.5, 0.3), (0.0, 0.5, 0.5))   # target probabilities
-_Q = ((0.3, 0.4, 0.3), (0.2, 0.2, 0.6))   # model probabilities; input = log q
+_P = ((0.2, 0.5, 0.3), (0.0, 0.5, 0.5))  # target probabilities
+_Q = ((0.3, 0.4, 0.3), (0.2, 0.2, 0.6))  # model probabilities; input = log q
 REDUCTIONS = ("none", "sum", "batchmean", "mean")
 
 
 def _pointwise_reference() -> list[list[float]]:
   """The pointwise losses p·(log p − log q), in float64, 0 where p = 0."""
-  return [[p * (math.log(p) - math.log(q)) if p > 0 else 0.0
-           for p, q in zip(row_p, row_q)] for row_p, row_q in zip(_P, _Q)]
+  return [
+    [
+      p * (math.log(p) - math.log(q)) if p > 0 else 0.0
+      for p, q in zip(row_p, row_q, strict=False)
+    ]
+    for row_p, row_q in zip(_P, _Q, strict=False)
+  ]
 
 
 def _reference(reduction: str) -> Any:
@@ -46,8 +52,11 @@ def _reference(reduction: str) -> Any:
   if reduction == "none":
     return pointwise
   total = math.fsum(term for row in pointwise for term in row)
-  return {"sum": total, "batchmean": total / len(_P),
-          "mean": total / (len(_P) * len(_P[0]))}[reduction]
+  return {
+    "sum": total,
+    "batchmean": total / len(_P),
+    "mean": total / (len(_P) * len(_P[0])),
+  }[reduction]
 
 
 def _import_torch() -> Any:
@@ -59,14 +68,18 @@ def _import_torch() -> Any:
   return torch
 
 
-def _torch_kl_div(torch: Any, log_q: np.ndarray, target: np.ndarray,
-                  reduction: str, log_target: bool) -> Any:
+def _torch_kl_div(
+  torch: Any, log_q: np.ndarray, target: np.ndarray, reduction: str, log_target: bool
+) -> Any:
   """``torch.nn.functional.kl_div`` on the same arrays, as a NumPy value."""
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # 'mean' warns
     value = torch.nn.functional.kl_div(
-        torch.from_numpy(log_q), torch.from_numpy(target),
-        reduction=reduction, log_target=log_target)
+      torch.from_numpy(log_q),
+      torch.from_numpy(target),
+      reduction=reduction,
+      log_target=log_target,
+    )
   return value.numpy()
 
 
@@ -81,27 +94,32 @@ def _largest_difference(a: Any, b: Any) -> float:
   return float(np.max(np.abs(a - b)[both], initial=0.0))
 
 
-def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python -m jaxkl",
-      description=(
-          "Demonstrate jaxkl.kl_div: print the JAX backend and devices, then "
-          "the KL divergence of a small worked example (a batch of two "
-          "distributions over three outcomes) with every reduction, next to "
-          "the exact float64 value computed by hand and, if PyTorch is "
-          "installed, PyTorch's own torch.nn.functional.kl_div, and the "
-          "zero-probability case where PyTorch returns NaN. Runs on whatever "
-          "device JAX picks (CPU by default; set JAX_PLATFORMS=cuda or tpu "
-          "to choose)."),
+    prog="python -m jaxkl",
+    description=(
+      "Demonstrate jaxkl.kl_div: print the JAX backend and devices, then "
+      "the KL divergence of a small worked example (a batch of two "
+      "distributions over three outcomes) with every reduction, next to "
+      "the exact float64 value computed by hand and, if PyTorch is "
+      "installed, PyTorch's own torch.nn.functional.kl_div, and the "
+      "zero-probability case where PyTorch returns NaN. Runs on whatever "
+      "device JAX picks (CPU by default; set JAX_PLATFORMS=cuda or tpu "
+      "to choose)."
+    ),
   )
-  parser.add_argument("--x64", action="store_true",
-                      help="enable float64 (jax_enable_x64) and compute in it")
-  parser.add_argument("--log-target", action="store_true",
-                      help="pass the target as log-probabilities")
+  parser.add_argument(
+    "--x64",
+    action="store_true",
+    help="enable float64 (jax_enable_x64) and compute in it",
+  )
+  parser.add_argument(
+    "--log-target", action="store_true", help="pass the target as log-probabilities"
+  )
   return parser.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
   """Runs the demonstration; returns the process exit code."""
   args = _parse(argv)
   if args.x64:
@@ -118,17 +136,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   log_q = jnp.log(jnp.asarray(_Q, dtype))
   with np.errstate(divide="ignore"):
     target = jnp.log(p) if args.log_target else p
-  print(f"\ntarget p = {_P}\ninput = log q, q = {_Q}"
-        f"\nlog_target = {args.log_target}\n")
+  print(f"\ntarget p = {_P}\ninput = log q, q = {_Q}\nlog_target = {args.log_target}\n")
   print(f"jaxkl:             jaxkl.kl_div in {dtype_name}")
-  print("float64 reference: the exact value, p·(log p − log q) summed in "
-        "float64 by hand (math.log)")
+  print(
+    "float64 reference: the exact value, p·(log p − log q) summed in "
+    "float64 by hand (math.log)"
+  )
   if torch is not None:
-    print(f"torch:             torch.nn.functional.kl_div (PyTorch "
-          f"{torch.__version__}) on the same {dtype_name} inputs")
+    print(
+      f"torch:             torch.nn.functional.kl_div (PyTorch "
+      f"{torch.__version__}) on the same {dtype_name} inputs"
+    )
   else:
-    print("torch:             PyTorch is not installed: no torch column "
-          "(pip install torch to compare with PyTorch's own values)")
+    print(
+      "torch:             PyTorch is not installed: no torch column "
+      "(pip install torch to compare with PyTorch's own values)"
+    )
 
   header = f"\n{'reduction':<11}{'jaxkl':>14}{'float64 reference':>20}"
   print(header + (f"{'torch':>14}" if torch is not None else ""))
@@ -137,21 +160,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # 'mean' warns, as in torch
     for reduction in REDUCTIONS:
-      value = jaxkl.kl_div(log_q, target, reduction=reduction,
-                           log_target=args.log_target)
+      value = jaxkl.kl_div(
+        log_q, target, reduction=reduction, log_target=args.log_target
+      )
       expected = _reference(reduction)
-      worst_reference = max(worst_reference,
-                            _largest_difference(value, expected))
+      worst_reference = max(worst_reference, _largest_difference(value, expected))
       theirs = None
       if torch is not None:
-        theirs = _torch_kl_div(torch, np.asarray(log_q), np.asarray(target),
-                               reduction, args.log_target)
+        theirs = _torch_kl_div(
+          torch, np.asarray(log_q), np.asarray(target), reduction, args.log_target
+        )
         worst_torch = max(worst_torch, _largest_difference(value, theirs))
         if np.any(np.isnan(theirs)):
           torch_nan.append(reduction)
       if reduction == "none":
-        rows = [("jaxkl", np.asarray(value)),
-                ("reference", np.asarray(expected))]
+        rows = [("jaxkl", np.asarray(value)), ("reference", np.asarray(expected))]
         if theirs is not None:
           rows.append(("torch", theirs))
         print("none")
@@ -164,39 +187,62 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         line += f"{_format(theirs):>14}"
       print(line)
 
-  edge = jaxkl.kl_div(jnp.asarray([-jnp.inf, 0.0], dtype),
-                      jnp.asarray([0.0, 1.0], dtype), reduction="sum")
-  print("\ntarget [0, 1] against input [-inf, 0] (reduction='sum'; the exact "
-        "value is 0):")
+  edge = jaxkl.kl_div(
+    jnp.asarray([-jnp.inf, 0.0], dtype), jnp.asarray([0.0, 1.0], dtype), reduction="sum"
+  )
+  print(
+    "\ntarget [0, 1] against input [-inf, 0] (reduction='sum'; the exact value is 0):"
+  )
   if torch is not None:
     edge_torch = _torch_kl_div(
-        torch, np.asarray([-np.inf, 0.0], dtype_name),
-        np.asarray([0.0, 1.0], dtype_name), "sum", False)
-    print(f"  jaxkl: {float(edge)}   torch: {float(edge_torch)} "
-          "(0 * log 0 evaluated as 0 * inf)")
+      torch,
+      np.asarray([-np.inf, 0.0], dtype_name),
+      np.asarray([0.0, 1.0], dtype_name),
+      "sum",
+      False,
+    )
+    print(
+      f"  jaxkl: {float(edge)}   torch: {float(edge_torch)} "
+      "(0 * log 0 evaluated as 0 * inf)"
+    )
   else:
-    print(f"  jaxkl: {float(edge)}   (PyTorch returns nan here: it evaluates "
-          "0 * log 0 as 0 * inf)")
+    print(
+      f"  jaxkl: {float(edge)}   (PyTorch returns nan here: it evaluates "
+      "0 * log 0 as 0 * inf)"
+    )
 
   tolerance = 1e-12 if args.x64 else 1e-6
   status = 0
-  print(f"\njaxkl ({dtype_name}) against the float64 reference: largest "
-        f"difference {worst_reference:.2g}"
-        + (" (float32 rounding)" if not args.x64 else ""))
+  print(
+    f"\njaxkl ({dtype_name}) against the float64 reference: largest "
+    f"difference {worst_reference:.2g}"
+    + (" (float32 rounding)" if not args.x64 else "")
+  )
   if worst_reference > tolerance:
-    print(f"MISMATCH: largest difference {worst_reference:.3g} from the "
-          f"reference > {tolerance:g}")
+    print(
+      f"MISMATCH: largest difference {worst_reference:.3g} from the "
+      f"reference > {tolerance:g}"
+    )
     status = 1
   if torch is not None:
-    skipped = (f"; torch returns nan for {', '.join(torch_nan)} (0 · (−inf) "
-               "at the zero-probability target), where jaxkl gives the exact "
-               "value") if torch_nan else ""
-    print(f"jaxkl ({dtype_name}) against torch ({dtype_name}, same inputs): "
-          f"largest difference {worst_torch:.2g} where torch is not nan"
-          f"{skipped}")
+    skipped = (
+      (
+        f"; torch returns nan for {', '.join(torch_nan)} (0 · (−inf) "
+        "at the zero-probability target), where jaxkl gives the exact "
+        "value"
+      )
+      if torch_nan
+      else ""
+    )
+    print(
+      f"jaxkl ({dtype_name}) against torch ({dtype_name}, same inputs): "
+      f"largest difference {worst_torch:.2g} where torch is not nan"
+      f"{skipped}"
+    )
     if worst_torch > tolerance:
-      print(f"MISMATCH: largest difference {worst_torch:.3g} from torch > "
-            f"{tolerance:g}")
+      print(
+        f"MISMATCH: largest difference {worst_torch:.3g} from torch > {tolerance:g}"
+      )
       status = 1
   return status
 

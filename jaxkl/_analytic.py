@@ -63,9 +63,9 @@ from jaxkl import _special
 
 
 def _kl(
-    core: Callable[..., jax.Array],
-    named: Sequence[tuple[str, ArrayLike]],
-    event_ndims: Sequence[int],
+  core: Callable[..., jax.Array],
+  named: Sequence[tuple[str, ArrayLike]],
+  event_ndims: Sequence[int],
 ) -> jax.Array:
   """Validates the parameters of a KL function and evaluates ``core``.
 
@@ -92,36 +92,42 @@ def _kl(
   out_dtype, compute_dtype = _checks.result_dtype(*arrays)
   event_size = None
   event_owner = None
-  for name, array, ndim in zip(names, arrays, event_ndims):
+  for name, array, ndim in zip(names, arrays, event_ndims, strict=False):
     if ndim == 0:
       continue
     wanted = "[..., d]" if ndim == 1 else "[..., d, d]"
     if array.ndim < ndim or (ndim == 2 and array.shape[-1] != array.shape[-2]):
       raise ValueError(
-          f"`{name}` must have shape {wanted}; got shape "
-          f"{tuple(array.shape)}.")
+        f"`{name}` must have shape {wanted}; got shape {tuple(array.shape)}."
+      )
     size = array.shape[-1]
     if event_size is None:
       event_size, event_owner = size, (name, array.shape)
     elif size != event_size:
       raise ValueError(
-          f"event sizes differ: `{event_owner[0]}` has shape "
-          f"{tuple(event_owner[1])} (d={event_size}) but `{name}` has shape "
-          f"{tuple(array.shape)} (d={size}); the trailing event dimensions "
-          "must be equal (only batch dimensions broadcast).")
-  batch_shapes = [a.shape[:a.ndim - e] for a, e in zip(arrays, event_ndims)]
+        f"event sizes differ: `{event_owner[0]}` has shape "
+        f"{tuple(event_owner[1])} (d={event_size}) but `{name}` has shape "
+        f"{tuple(array.shape)} (d={size}); the trailing event dimensions "
+        "must be equal (only batch dimensions broadcast)."
+      )
+  batch_shapes = [
+    a.shape[: a.ndim - e] for a, e in zip(arrays, event_ndims, strict=False)
+  ]
   try:
     batch = np.broadcast_shapes(*batch_shapes)
   except ValueError:
     listed = ", ".join(
-        f"`{name}`: {tuple(shape)}" for name, shape in zip(names, batch_shapes))
-    what = "batch shapes (event dimensions excluded)" if any(
-        event_ndims) else "shapes"
+      f"`{name}`: {tuple(shape)}"
+      for name, shape in zip(names, batch_shapes, strict=False)
+    )
+    what = "batch shapes (event dimensions excluded)" if any(event_ndims) else "shapes"
     raise ValueError(
-        f"the parameters' {what} do not broadcast against each other by "
-        f"NumPy's rules: {listed}.") from None
-  shapes = tuple(batch + a.shape[a.ndim - e:]
-                 for a, e in zip(arrays, event_ndims))
+      f"the parameters' {what} do not broadcast against each other by "
+      f"NumPy's rules: {listed}."
+    ) from None
+  shapes = tuple(
+    batch + a.shape[a.ndim - e :] for a, e in zip(arrays, event_ndims, strict=False)
+  )
   return _evaluate(core, tuple(arrays), shapes, compute_dtype, out_dtype)
 
 
@@ -132,8 +138,10 @@ def _evaluate(core, arrays, shapes, compute_dtype, out_dtype) -> jax.Array:
   Compiled once per formula, shapes and dtypes, so that eager calls do not
   dispatch (and compile) dozens of small operations one at a time.
   """
-  arrays = [jnp.broadcast_to(a.astype(compute_dtype), shape)
-            for a, shape in zip(arrays, shapes)]
+  arrays = [
+    jnp.broadcast_to(a.astype(compute_dtype), shape)
+    for a, shape in zip(arrays, shapes, strict=False)
+  ]
   return core(*arrays).astype(out_dtype)
 
 
@@ -147,8 +155,7 @@ def _x_phi(x: jax.Array, y: jax.Array) -> jax.Array:
   return _special.x_phi(x, _special.difference(x, y), y)
 
 
-def _standardized(loc_p: jax.Array, loc_q: jax.Array,
-                  scale: jax.Array) -> jax.Array:
+def _standardized(loc_p: jax.Array, loc_q: jax.Array, scale: jax.Array) -> jax.Array:
   """``(loc_p - loc_q) / scale``, and 0 for equal locations whatever the
   scale (a zero or subnormal, flushed, scale included), so that identical
   distributions give 0, not 0/0; different locations with a zero scale give
@@ -157,21 +164,20 @@ def _standardized(loc_p: jax.Array, loc_q: jax.Array,
   regular = (scale >= jnp.finfo(scale.dtype).tiny) & (scale < jnp.inf)
   diff = _special.difference(loc_q, loc_p)
   safe = jnp.where(regular, scale, 1)
-  degenerate = jnp.where(diff == 0, 0, jnp.where(scale < jnp.inf, jnp.inf,
-                                                  0))
+  degenerate = jnp.where(diff == 0, 0, jnp.where(scale < jnp.inf, jnp.inf, 0))
   return jnp.where(regular, diff / safe, degenerate)
 
 
 def _normal_terms(loc_p, scale_p, loc_q, scale_q) -> jax.Array:
   """Elementwise KL between univariate normals (inputs already broadcast)."""
   z = _standardized(loc_p, loc_q, scale_q)
-  u = 2 * _special.log_ratio(scale_q, _special.difference(scale_q, scale_p),
-                             scale_p)
+  u = 2 * _special.log_ratio(scale_q, _special.difference(scale_q, scale_p), scale_p)
   return 0.5 * (_special.expm1_minus(u) + z * z)
 
 
-def _kl_log_probs(log_p: jax.Array, log_q: jax.Array, shift: jax.Array,
-                  both_impossible: jax.Array) -> jax.Array:
+def _kl_log_probs(
+  log_p: jax.Array, log_q: jax.Array, shift: jax.Array, both_impossible: jax.Array
+) -> jax.Array:
   r"""KL between categoricals from normalized log-probabilities, last axis.
 
   ``shift`` is the logit difference ``logits_q - logits_p`` per class (NaN
@@ -219,8 +225,9 @@ def _kl_log_probs(log_p: jax.Array, log_q: jax.Array, shift: jax.Array,
 # Normal families.
 
 
-def kl_normal(loc_p: ArrayLike, scale_p: ArrayLike, loc_q: ArrayLike,
-              scale_q: ArrayLike) -> jax.Array:
+def kl_normal(
+  loc_p: ArrayLike, scale_p: ArrayLike, loc_q: ArrayLike, scale_q: ArrayLike
+) -> jax.Array:
   r"""KL divergence between univariate normal distributions.
 
   .. math::
@@ -256,14 +263,16 @@ def kl_normal(loc_p: ArrayLike, scale_p: ArrayLike, loc_q: ArrayLike,
     Penny, "KL-Divergences of Normal, Gamma, Dirichlet and Wishart densities",
     Wellcome Department of Cognitive Neurology, 2001.
   """
-  return _kl(_normal_terms, [("loc_p", loc_p), ("scale_p", scale_p),
-                              ("loc_q", loc_q), ("scale_q", scale_q)],
-             (0, 0, 0, 0))
+  return _kl(
+    _normal_terms,
+    [("loc_p", loc_p), ("scale_p", scale_p), ("loc_q", loc_q), ("scale_q", scale_q)],
+    (0, 0, 0, 0),
+  )
 
 
-def kl_multivariate_normal_diag(loc_p: ArrayLike, scale_diag_p: ArrayLike,
-                                loc_q: ArrayLike,
-                                scale_diag_q: ArrayLike) -> jax.Array:
+def kl_multivariate_normal_diag(
+  loc_p: ArrayLike, scale_diag_p: ArrayLike, loc_q: ArrayLike, scale_diag_q: ArrayLike
+) -> jax.Array:
   r"""KL divergence between multivariate normals with diagonal covariances.
 
   With :math:`\Sigma = \operatorname{diag}(s)^2` this is the sum over the
@@ -301,18 +310,25 @@ def kl_multivariate_normal_diag(loc_p: ArrayLike, scale_diag_p: ArrayLike,
     Penny, "KL-Divergences of Normal, Gamma, Dirichlet and Wishart densities",
     2001.
   """
-  return _kl(_kl_mvn_diag,
-             [("loc_p", loc_p), ("scale_diag_p", scale_diag_p),
-              ("loc_q", loc_q), ("scale_diag_q", scale_diag_q)], (1, 1, 1, 1))
+  return _kl(
+    _kl_mvn_diag,
+    [
+      ("loc_p", loc_p),
+      ("scale_diag_p", scale_diag_p),
+      ("loc_q", loc_q),
+      ("scale_diag_q", scale_diag_q),
+    ],
+    (1, 1, 1, 1),
+  )
 
 
 def _kl_mvn_diag(loc_p, scale_p, loc_q, scale_q) -> jax.Array:
   return jnp.sum(_normal_terms(loc_p, scale_p, loc_q, scale_q), axis=-1)
 
 
-def kl_multivariate_normal(loc_p: ArrayLike, scale_tril_p: ArrayLike,
-                           loc_q: ArrayLike,
-                           scale_tril_q: ArrayLike) -> jax.Array:
+def kl_multivariate_normal(
+  loc_p: ArrayLike, scale_tril_p: ArrayLike, loc_q: ArrayLike, scale_tril_q: ArrayLike
+) -> jax.Array:
   r"""KL divergence between multivariate normals from Cholesky factors.
 
   With :math:`\Sigma_p = L_p L_p^\top` and :math:`\Sigma_q = L_q L_q^\top`,
@@ -370,9 +386,16 @@ def kl_multivariate_normal(loc_p: ArrayLike, scale_tril_p: ArrayLike,
     2001. Rasmussen & Williams, "Gaussian Processes for Machine Learning",
     MIT Press, 2006, appendix A.5.
   """
-  return _kl(_kl_mvn_tril,
-             [("loc_p", loc_p), ("scale_tril_p", scale_tril_p),
-              ("loc_q", loc_q), ("scale_tril_q", scale_tril_q)], (1, 2, 1, 2))
+  return _kl(
+    _kl_mvn_tril,
+    [
+      ("loc_p", loc_p),
+      ("scale_tril_p", scale_tril_p),
+      ("loc_q", loc_q),
+      ("scale_tril_q", scale_tril_q),
+    ],
+    (1, 2, 1, 2),
+  )
 
 
 def _kl_mvn_tril(loc_p, tril_p, loc_q, tril_q) -> jax.Array:
@@ -394,17 +417,18 @@ def _kl_mvn_tril(loc_p, tril_p, loc_q, tril_q) -> jax.Array:
   delta = solved[..., d]
   diag_p = jnp.abs(jnp.diagonal(tril_p, axis1=-2, axis2=-1))
   diag_q = jnp.abs(jnp.diagonal(tril_q, axis1=-2, axis2=-1))
-  u = 2 * _special.log_ratio(diag_q, _special.difference(diag_q, diag_p),
-                             diag_p)
-  total = (jnp.sum(off_diagonal * off_diagonal, axis=(-2, -1))
-           + jnp.sum(_special.expm1_minus(u), axis=-1)
-           + jnp.sum(delta * delta, axis=-1))
+  u = 2 * _special.log_ratio(diag_q, _special.difference(diag_q, diag_p), diag_p)
+  total = (
+    jnp.sum(off_diagonal * off_diagonal, axis=(-2, -1))
+    + jnp.sum(_special.expm1_minus(u), axis=-1)
+    + jnp.sum(delta * delta, axis=-1)
+  )
   return 0.5 * total
 
 
-def kl_multivariate_normal_from_covariance(loc_p: ArrayLike, cov_p: ArrayLike,
-                                           loc_q: ArrayLike,
-                                           cov_q: ArrayLike) -> jax.Array:
+def kl_multivariate_normal_from_covariance(
+  loc_p: ArrayLike, cov_p: ArrayLike, loc_q: ArrayLike, cov_q: ArrayLike
+) -> jax.Array:
   r"""KL divergence between multivariate normals from covariance matrices.
 
   Computes the Cholesky factors :math:`\Sigma = L L^\top` with
@@ -450,8 +474,11 @@ def kl_multivariate_normal_from_covariance(loc_p: ArrayLike, cov_p: ArrayLike,
     Penny, "KL-Divergences of Normal, Gamma, Dirichlet and Wishart densities",
     2001.
   """
-  return _kl(_kl_mvn_cov, [("loc_p", loc_p), ("cov_p", cov_p),
-                           ("loc_q", loc_q), ("cov_q", cov_q)], (1, 2, 1, 2))
+  return _kl(
+    _kl_mvn_cov,
+    [("loc_p", loc_p), ("cov_p", cov_p), ("loc_q", loc_q), ("cov_q", cov_q)],
+    (1, 2, 1, 2),
+  )
 
 
 def _kl_mvn_cov(loc_p, cov_p, loc_q, cov_q) -> jax.Array:
@@ -474,27 +501,29 @@ def _kl_mvn_cov(loc_p, cov_p, loc_q, cov_q) -> jax.Array:
   tril_q = jnp.linalg.cholesky(cov_q)
   diff = sym_p - sym_q
   half = jax.scipy.linalg.solve_triangular(tril_q, diff, lower=True)
-  s = jax.scipy.linalg.solve_triangular(
-      tril_q, jnp.swapaxes(half, -1, -2), lower=True)
+  s = jax.scipy.linalg.solve_triangular(tril_q, jnp.swapaxes(half, -1, -2), lower=True)
   s = 0.5 * (s + jnp.swapaxes(s, -1, -2))
   near = jnp.sum(s * s, axis=(-2, -1)) <= 0.25
   s = jnp.where(near[..., None, None], s, 0)
   chol = jnp.linalg.cholesky(eye + s)
   n = jnp.tril(chol - eye)
-  residual = s - (n + jnp.swapaxes(n, -1, -2)
-                  + n @ jnp.swapaxes(n, -1, -2))
+  residual = s - (n + jnp.swapaxes(n, -1, -2) + n @ jnp.swapaxes(n, -1, -2))
   left = jax.scipy.linalg.solve_triangular(chol, residual, lower=True)
   whitened = jax.scipy.linalg.solve_triangular(
-      chol, jnp.swapaxes(left, -1, -2), lower=True)
+    chol, jnp.swapaxes(left, -1, -2), lower=True
+  )
   phi = jnp.tril(whitened, -1) + 0.5 * whitened * eye
   n = n + chol @ phi
   loc_diff = _special.difference(loc_q, loc_p)
-  delta = jax.scipy.linalg.solve_triangular(tril_q, loc_diff[..., None],
-                                            lower=True)[..., 0]
+  delta = jax.scipy.linalg.solve_triangular(tril_q, loc_diff[..., None], lower=True)[
+    ..., 0
+  ]
   diag = jnp.diagonal(n, axis1=-2, axis2=-1)
-  precise = 0.5 * (jnp.sum(jnp.tril(n, -1) ** 2, axis=(-2, -1))
-                   + jnp.sum(_special.expm1_minus(2 * _special.log1p(diag)), -1)
-                   + jnp.sum(delta * delta, axis=-1))
+  precise = 0.5 * (
+    jnp.sum(jnp.tril(n, -1) ** 2, axis=(-2, -1))
+    + jnp.sum(_special.expm1_minus(2 * _special.log1p(diag)), -1)
+    + jnp.sum(delta * delta, axis=-1)
+  )
   tril_p = jnp.linalg.cholesky(jnp.where(near[..., None, None], cov_q, cov_p))
   far = _kl_mvn_tril(loc_p, tril_p, loc_q, tril_q)
   return jnp.where(near, precise, far)
@@ -504,8 +533,9 @@ def _kl_mvn_cov(loc_p, cov_p, loc_q, cov_q) -> jax.Array:
 # Discrete families.
 
 
-def kl_categorical(logits_p: ArrayLike, logits_q: ArrayLike, *,
-                   axis: int = -1) -> jax.Array:
+def kl_categorical(
+  logits_p: ArrayLike, logits_q: ArrayLike, *, axis: int = -1
+) -> jax.Array:
   r"""KL divergence between categorical distributions given by logits.
 
   .. math::
@@ -560,11 +590,11 @@ def kl_categorical(logits_p: ArrayLike, logits_q: ArrayLike, *,
     array = _checks.as_float_array(value, name)
     if not -array.ndim <= axis < array.ndim:
       raise ValueError(
-          f"`axis`={axis} is out of range for `{name}` of shape "
-          f"{tuple(array.shape)}; the categorical needs a class axis.")
+        f"`axis`={axis} is out of range for `{name}` of shape "
+        f"{tuple(array.shape)}; the categorical needs a class axis."
+      )
     moved.append(jnp.moveaxis(array, int(axis), -1))
-  return _kl(_kl_categorical, [("logits_p", moved[0]),
-                               ("logits_q", moved[1])], (1, 1))
+  return _kl(_kl_categorical, [("logits_p", moved[0]), ("logits_q", moved[1])], (1, 1))
 
 
 def _kl_categorical(logits_p, logits_q) -> jax.Array:
@@ -621,8 +651,7 @@ def kl_bernoulli(logits_p: ArrayLike, logits_q: ArrayLike) -> jax.Array:
     Cover & Thomas, "Elements of Information Theory", 2nd ed., Wiley, 2006,
     section 2.3.
   """
-  return _kl(_kl_bernoulli, [("logits_p", logits_p), ("logits_q", logits_q)],
-             (0, 0))
+  return _kl(_kl_bernoulli, [("logits_p", logits_p), ("logits_q", logits_q)], (0, 0))
 
 
 def _kl_bernoulli(a, b) -> jax.Array:
@@ -670,16 +699,14 @@ def kl_bernoulli_probs(probs_p: ArrayLike, probs_q: ArrayLike) -> jax.Array:
     Cover & Thomas, "Elements of Information Theory", 2nd ed., Wiley, 2006,
     section 2.3.
   """
-  return _kl(_kl_bernoulli_probs, [("probs_p", probs_p),
-                                   ("probs_q", probs_q)], (0, 0))
+  return _kl(_kl_bernoulli_probs, [("probs_p", probs_p), ("probs_q", probs_q)], (0, 0))
 
 
 def _kl_bernoulli_probs(p, q) -> jax.Array:
   # p phi(q/p) + (1 - p) phi((1 - q)/(1 - p)): the two differences are
   # q - p and p - q (exact for close p, q), whatever the rounding of 1 - p.
   d = _special.difference(p, q)
-  return (_special.x_phi(p, d, q)
-          + _special.x_phi(1 - p, -d, 1 - q))
+  return _special.x_phi(p, d, q) + _special.x_phi(1 - p, -d, 1 - q)
 
 
 def kl_poisson(rate_p: ArrayLike, rate_q: ArrayLike) -> jax.Array:
@@ -767,16 +794,19 @@ def kl_exponential(rate_p: ArrayLike, rate_q: ArrayLike) -> jax.Array:
     univariate continuous distributions", Information Sciences 249, 2013
     (the Gamma case with shape 1).
   """
-  return _kl(_kl_exponential, [("rate_p", rate_p), ("rate_q", rate_q)],
-             (0, 0))
+  return _kl(_kl_exponential, [("rate_p", rate_p), ("rate_q", rate_q)], (0, 0))
 
 
 def _kl_exponential(rate_p, rate_q) -> jax.Array:
   return _phi(rate_p, rate_q)
 
 
-def kl_gamma(concentration_p: ArrayLike, rate_p: ArrayLike,
-             concentration_q: ArrayLike, rate_q: ArrayLike) -> jax.Array:
+def kl_gamma(
+  concentration_p: ArrayLike,
+  rate_p: ArrayLike,
+  concentration_q: ArrayLike,
+  rate_q: ArrayLike,
+) -> jax.Array:
   r"""KL divergence between gamma distributions (shape and rate).
 
   For densities :math:`\beta^\alpha x^{\alpha-1} e^{-\beta x} / \Gamma(\alpha)`,
@@ -827,10 +857,16 @@ def kl_gamma(concentration_p: ArrayLike, rate_p: ArrayLike,
     divergence measures for commonly used univariate continuous
     distributions", Information Sciences 249, 2013.
   """
-  return _kl(_kl_gamma,
-             [("concentration_p", concentration_p), ("rate_p", rate_p),
-              ("concentration_q", concentration_q), ("rate_q", rate_q)],
-             (0, 0, 0, 0))
+  return _kl(
+    _kl_gamma,
+    [
+      ("concentration_p", concentration_p),
+      ("rate_p", rate_p),
+      ("concentration_q", concentration_q),
+      ("rate_q", rate_q),
+    ],
+    (0, 0, 0, 0),
+  )
 
 
 def _gamma_log_mismatch(a_p, rate_p, a_q, rate_q) -> jax.Array:
@@ -842,16 +878,22 @@ def _gamma_log_mismatch(a_p, rate_p, a_q, rate_q) -> jax.Array:
   """
   d_a = _special.difference(a_p, a_q)
   d_rate = _special.difference(rate_p, rate_q)
-  apart = (_special.log_ratio(rate_p, d_rate, rate_q)
-           - _special.log_ratio(a_p, d_a, a_q))
-  finite = (jnp.isfinite(a_p) & jnp.isfinite(a_q) & jnp.isfinite(rate_p)
-            & jnp.isfinite(rate_q))
+  apart = _special.log_ratio(rate_p, d_rate, rate_q) - _special.log_ratio(a_p, d_a, a_q)
+  finite = (
+    jnp.isfinite(a_p) & jnp.isfinite(a_q) & jnp.isfinite(rate_p) & jnp.isfinite(rate_q)
+  )
   tiny = jnp.finfo(a_p.dtype).tiny
   bound = jnp.sqrt(jnp.finfo(a_p.dtype).max) * 0.5
-  usable = (finite & (a_p > tiny) & (a_q > tiny) & (rate_p > tiny)
-            & (rate_q > tiny) & (jnp.maximum(a_p, rate_q) < bound)
-            & (jnp.maximum(a_q, rate_p) < bound)
-            & (jnp.minimum(a_p * rate_q, a_q * rate_p) > tiny / float(jnp.finfo(a_p.dtype).eps)))
+  usable = (
+    finite
+    & (a_p > tiny)
+    & (a_q > tiny)
+    & (rate_p > tiny)
+    & (rate_q > tiny)
+    & (jnp.maximum(a_p, rate_q) < bound)
+    & (jnp.maximum(a_q, rate_p) < bound)
+    & (jnp.minimum(a_p * rate_q, a_q * rate_p) > tiny / float(jnp.finfo(a_p.dtype).eps))
+  )
   safe = [jnp.where(usable, v, 1) for v in (rate_q, a_p, rate_p, a_q)]
   numerator = _special.product_difference(*safe)
   denominator = safe[2] * safe[3]
@@ -868,13 +910,16 @@ def _kl_gamma(a_p, rate_p, a_q, rate_q) -> jax.Array:
   w_small = jnp.where(big, 0, w)
   w_big = jnp.where(big, w, 41)
   mismatch = jnp.where(
-      big, jnp.exp(w_big + jnp.log(a_q)) - a_q * (1 + w_big),
-      a_q * _special.expm1_minus(w_small))
+    big,
+    jnp.exp(w_big + jnp.log(a_q)) - a_q * (1 + w_big),
+    a_q * _special.expm1_minus(w_small),
+  )
   return _special.bregman_h(a_p, _special.difference(a_p, a_q)) + mismatch
 
 
-def kl_beta(a_p: ArrayLike, b_p: ArrayLike, a_q: ArrayLike,
-            b_q: ArrayLike) -> jax.Array:
+def kl_beta(
+  a_p: ArrayLike, b_p: ArrayLike, a_q: ArrayLike, b_q: ArrayLike
+) -> jax.Array:
   r"""KL divergence between beta distributions.
 
   For densities :math:`x^{a-1} (1 - x)^{b-1} / B(a, b)`,
@@ -914,16 +959,16 @@ def kl_beta(a_p: ArrayLike, b_p: ArrayLike, a_q: ArrayLike,
     univariate continuous distributions", Information Sciences 249, 2013.
     Penny, 2001 (the Dirichlet with two components).
   """
-  return _kl(_kl_beta, [("a_p", a_p), ("b_p", b_p), ("a_q", a_q),
-                        ("b_q", b_q)], (0, 0, 0, 0))
+  return _kl(
+    _kl_beta, [("a_p", a_p), ("b_p", b_p), ("a_q", a_q), ("b_q", b_q)], (0, 0, 0, 0)
+  )
 
 
 def _kl_beta(a_p, b_p, a_q, b_q) -> jax.Array:
   return _kl_dirichlet(jnp.stack([a_p, b_p], -1), jnp.stack([a_q, b_q], -1))
 
 
-def kl_dirichlet(concentration_p: ArrayLike,
-                 concentration_q: ArrayLike) -> jax.Array:
+def kl_dirichlet(concentration_p: ArrayLike, concentration_q: ArrayLike) -> jax.Array:
   r"""KL divergence between Dirichlet distributions.
 
   With :math:`\alpha_0 = \sum_k \alpha_k`,
@@ -975,8 +1020,11 @@ def kl_dirichlet(concentration_p: ArrayLike,
     Penny, "KL-Divergences of Normal, Gamma, Dirichlet and Wishart densities",
     2001.
   """
-  return _kl(_kl_dirichlet, [("concentration_p", concentration_p),
-                             ("concentration_q", concentration_q)], (1, 1))
+  return _kl(
+    _kl_dirichlet,
+    [("concentration_p", concentration_p), ("concentration_q", concentration_q)],
+    (1, 1),
+  )
 
 
 def _kl_dirichlet(alpha_p, alpha_q) -> jax.Array:
@@ -986,19 +1034,22 @@ def _kl_dirichlet(alpha_p, alpha_q) -> jax.Array:
   total_p = jnp.sum(alpha_p, axis=-1)
   total_q = jnp.sum(alpha_q, axis=-1)
   d_total = jnp.sum(d, axis=-1)
-  log_t = (_special.log_ratio(total_p, d_total, total_q)[..., None]
-           - _special.log_ratio(alpha_p, d, alpha_q))
+  log_t = _special.log_ratio(total_p, d_total, total_q)[..., None] - _special.log_ratio(
+    alpha_p, d, alpha_q
+  )
   mean_part = jnp.sum(alpha_q * _special.expm1_minus(log_t), axis=-1)
   # One call for the components and the totals: one copy of bregman_h.
   bregman = _special.bregman_h(
-      jnp.concatenate([alpha_p, total_p[..., None]], -1),
-      jnp.concatenate([d, d_total[..., None]], -1))
+    jnp.concatenate([alpha_p, total_p[..., None]], -1),
+    jnp.concatenate([d, d_total[..., None]], -1),
+  )
   shape_part = jnp.sum(bregman[..., :-1], axis=-1) - bregman[..., -1]
   return jnp.maximum(mean_part + shape_part, 0)
 
 
-def kl_laplace(loc_p: ArrayLike, scale_p: ArrayLike, loc_q: ArrayLike,
-               scale_q: ArrayLike) -> jax.Array:
+def kl_laplace(
+  loc_p: ArrayLike, scale_p: ArrayLike, loc_q: ArrayLike, scale_q: ArrayLike
+) -> jax.Array:
   r"""KL divergence between Laplace distributions.
 
   For densities :math:`\exp(-|x - \mu| / b) / (2 b)`, with
@@ -1036,16 +1087,18 @@ def kl_laplace(loc_p: ArrayLike, scale_p: ArrayLike, loc_q: ArrayLike,
     Gil, Alajaji & Linder, "Rényi divergence measures for commonly used
     univariate continuous distributions", Information Sciences 249, 2013.
   """
-  return _kl(_kl_laplace, [("loc_p", loc_p), ("scale_p", scale_p),
-                           ("loc_q", loc_q), ("scale_q", scale_q)],
-             (0, 0, 0, 0))
+  return _kl(
+    _kl_laplace,
+    [("loc_p", loc_p), ("scale_p", scale_p), ("loc_q", loc_q), ("scale_q", scale_q)],
+    (0, 0, 0, 0),
+  )
 
 
 def _kl_laplace(loc_p, scale_p, loc_q, scale_q) -> jax.Array:
   t = jnp.abs(_standardized(loc_p, loc_q, scale_p))
   ratio_part = _phi(scale_q, scale_p)
-  r = jnp.exp(_special.log_ratio(scale_q, _special.difference(scale_q,
-                                                               scale_p),
-                                 scale_p))
+  r = jnp.exp(
+    _special.log_ratio(scale_q, _special.difference(scale_q, scale_p), scale_p)
+  )
   shift_part = jnp.where(t == 0, 0, r) * _special.expm1_minus(-t)
   return ratio_part + shift_part

@@ -33,21 +33,21 @@ def as_float_array(value: ArrayLike, name: str) -> jnp.ndarray:
     array = jnp.asarray(value)
   except TypeError as err:
     raise TypeError(
-        f"`{name}` must be an array of floating dtype; got an object of type "
-        f"{type(value).__name__}."
+      f"`{name}` must be an array of floating dtype; got an object of type "
+      f"{type(value).__name__}."
     ) from err
   dtype = array.dtype
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(
-        f"`{name}` must have a real floating dtype (float16, bfloat16, float32"
-        f" or float64); got dtype {dtype}. Cast it explicitly, e.g. "
-        f"`{name}.astype(jnp.float32)`."
+      f"`{name}` must have a real floating dtype (float16, bfloat16, float32"
+      f" or float64); got dtype {dtype}. Cast it explicitly, e.g. "
+      f"`{name}.astype(jnp.float32)`."
     )
   return array
 
 
 def check_same_shape(
-    first: jnp.ndarray, second: jnp.ndarray, first_name: str, second_name: str
+  first: jnp.ndarray, second: jnp.ndarray, first_name: str, second_name: str
 ) -> None:
   """Raises a ValueError unless ``first`` and ``second`` have the same shape.
 
@@ -60,14 +60,14 @@ def check_same_shape(
   """
   try:
     chex.assert_equal_shape(
-        [first, second],
-        custom_message=(
-            f"`{first_name}` has shape {tuple(first.shape)} but `{second_name}`"
-            f" has shape {tuple(second.shape)}; they must be equal. PyTorch "
-            "would broadcast them silently; jaxkl does not. To broadcast on "
-            f"purpose, pass `jnp.broadcast_to({second_name}, "
-            f"{first_name}.shape)` (or the reverse)."
-        ),
+      [first, second],
+      custom_message=(
+        f"`{first_name}` has shape {tuple(first.shape)} but `{second_name}`"
+        f" has shape {tuple(second.shape)}; they must be equal. PyTorch "
+        "would broadcast them silently; jaxkl does not. To broadcast on "
+        f"purpose, pass `jnp.broadcast_to({second_name}, "
+        f"{first_name}.shape)` (or the reverse)."
+      ),
     )
   except AssertionError as err:
     raise ValueError(str(err)) from None
@@ -83,8 +83,8 @@ def check_bool(value: Any, name: str) -> bool:
   if isinstance(value, (bool, np.bool_)):
     return bool(value)
   raise TypeError(
-      f"`{name}` must be a Python bool (it selects the formula at trace time);"
-      f" got {value!r} of type {type(value).__name__}."
+    f"`{name}` must be a Python bool (it selects the formula at trace time);"
+    f" got {value!r} of type {type(value).__name__}."
   )
 
 
@@ -100,12 +100,12 @@ def check_positive_int(value: Any, name: str, what: str = "") -> int:
     TypeError: a bool, float, array or anything else that is not an int.
     ValueError: an int below 1.
   """
-  if isinstance(value, (bool, np.bool_)) or not isinstance(
-      value, (int, np.integer)):
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     note = f" ({what})" if what else ""
     raise TypeError(
-        f"`{name}` must be a positive int{note}; got {value!r} of type "
-        f"{type(value).__name__}.")
+      f"`{name}` must be a positive int{note}; got {value!r} of type "
+      f"{type(value).__name__}."
+    )
   if value < 1:
     raise ValueError(f"`{name}` must be a positive int; got {value}.")
   return int(value)
@@ -125,9 +125,9 @@ def check_mask_dtype(mask: jnp.ndarray, name: str = "where") -> None:
   if mask.dtype == jnp.bool_:
     return
   raise TypeError(
-      f"`{name}` must be a boolean array (True keeps an entry); got dtype "
-      f"{mask.dtype}. jaxkl does not read numbers as a mask (they might be "
-      f"weights); if `{name}` holds 0/1 values, pass `{name}.astype(bool)`."
+    f"`{name}` must be a boolean array (True keeps an entry); got dtype "
+    f"{mask.dtype}. jaxkl does not read numbers as a mask (they might be "
+    f"weights); if `{name}` holds 0/1 values, pass `{name}.astype(bool)`."
   )
 
 

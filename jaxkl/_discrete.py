@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import numpy as np
 from jax.typing import ArrayLike
@@ -14,12 +12,12 @@ from jaxkl import _reduction
 
 
 def kl_div(
-    input: ArrayLike,  # pylint: disable=redefined-builtin
-    target: ArrayLike,
-    size_average: Optional[bool] = None,
-    reduce: Optional[bool] = None,
-    reduction: str = "mean",
-    log_target: bool = False,
+  input: ArrayLike,  # pylint: disable=redefined-builtin
+  target: ArrayLike,
+  size_average: bool | None = None,
+  reduce: bool | None = None,
+  reduction: str = "mean",
+  log_target: bool = False,
 ) -> jax.Array:
   r"""Kullback-Leibler divergence loss, a drop-in for ``torch.nn.functional.kl_div``.
 
@@ -128,7 +126,8 @@ def kl_div(
     22(1), 1951. PyTorch, ``torch.nn.functional.kl_div`` (v2.13).
   """
   effective, divide_by_batch = _reduction.torch_reduction(
-      size_average, reduce, reduction, stacklevel=2)
+    size_average, reduce, reduction, stacklevel=2
+  )
   log_target = _checks.check_bool(log_target, "log_target")
   return _kl_div(input, target, effective, divide_by_batch, log_target)
 
@@ -188,25 +187,23 @@ class KLDivLoss:
 
   # __weakref__: jax.jit and jax.checkpoint keep weak references to the
   # functions they wrap.
-  __slots__ = ("reduction", "log_target", "__weakref__")
+  __slots__ = ("__weakref__", "log_target", "reduction")
   reduction: str
   log_target: bool
 
   def __init__(
-      self,
-      size_average: Optional[bool] = None,
-      reduce: Optional[bool] = None,
-      reduction: str = "mean",
-      log_target: bool = False,
+    self,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    log_target: bool = False,
   ) -> None:
     if size_average is not None or reduce is not None:
-      reduction = _reduction.legacy_reduction(size_average, reduce,
-                                              stacklevel=2)
+      reduction = _reduction.legacy_reduction(size_average, reduce, stacklevel=2)
     elif reduction != "elementwise_mean":
       _reduction.validate_reduction(reduction)
     object.__setattr__(self, "reduction", reduction)
-    object.__setattr__(self, "log_target",
-                       _checks.check_bool(log_target, "log_target"))
+    object.__setattr__(self, "log_target", _checks.check_bool(log_target, "log_target"))
 
   def __setattr__(self, name, value):
     raise AttributeError(f"{type(self).__name__} is immutable.")
@@ -214,10 +211,10 @@ class KLDivLoss:
   def __delattr__(self, name):
     raise AttributeError(f"{type(self).__name__} is immutable.")
 
-  def __copy__(self) -> "KLDivLoss":
+  def __copy__(self) -> KLDivLoss:
     return self  # immutable
 
-  def __deepcopy__(self, memo: dict) -> "KLDivLoss":
+  def __deepcopy__(self, memo: dict) -> KLDivLoss:
     return self  # immutable, and holds no mutable state
 
   def __reduce__(self):
@@ -238,16 +235,19 @@ class KLDivLoss:
       ``input``) for ``'none'``.
     """
     effective, divide_by_batch = _reduction.torch_reduction(
-        None, None, self.reduction, stacklevel=2)
+      None, None, self.reduction, stacklevel=2
+    )
     return _kl_div(input, target, effective, divide_by_batch, self.log_target)
 
   def __repr__(self) -> str:
-    return (f"KLDivLoss(reduction={self.reduction!r}, "
-            f"log_target={self.log_target})")
+    return f"KLDivLoss(reduction={self.reduction!r}, log_target={self.log_target})"
 
   def __eq__(self, other) -> bool:
-    return (type(other) is type(self) and self.reduction == other.reduction
-            and self.log_target == other.log_target)
+    return (
+      type(other) is type(self)
+      and self.reduction == other.reduction
+      and self.log_target == other.log_target
+    )
 
   def __hash__(self) -> int:
     return hash((type(self), self.reduction, self.log_target))

@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -102,25 +102,27 @@ Estimator = Literal["k1", "k2", "k3", "cv", "cv_crossfit"]
 #: Per-sample estimators (``kl_estimator_terms``).
 TERM_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 #: Estimators of the mean (``kl_from_samples``, ``monte_carlo_kl``).
-ESTIMATORS: tuple[str, ...] = TERM_ESTIMATORS + ("cv", "cv_crossfit")
+ESTIMATORS: tuple[str, ...] = (*TERM_ESTIMATORS, "cv", "cv_crossfit")
 
 # |log r| below which k3 = e^d - 1 - d is summed as a series (see _k3).
 _K3_SERIES_BOUND = 0.5
 
 
-def validate_estimator(estimator: object,
-                       allowed: tuple[str, ...] = ESTIMATORS) -> str:
+def validate_estimator(estimator: object, allowed: tuple[str, ...] = ESTIMATORS) -> str:
   """Returns ``estimator`` if it is one of ``allowed``, else raises."""
   if isinstance(estimator, str) and estimator in allowed:
     return estimator
   hint = ""
   if estimator in ("cv", "cv_crossfit"):
-    hint = (f" {estimator!r} fits its coefficients to the other samples, so "
-            "it has no per-sample terms of its own; use "
-            f"`jaxkl.kl_from_samples(..., estimator={estimator!r})`.")
+    hint = (
+      f" {estimator!r} fits its coefficients to the other samples, so "
+      "it has no per-sample terms of its own; use "
+      f"`jaxkl.kl_from_samples(..., estimator={estimator!r})`."
+    )
   raise ValueError(
-      f"`estimator` must be one of {', '.join(map(repr, allowed))}; got "
-      f"{estimator!r}.{hint}")
+    f"`estimator` must be one of {', '.join(map(repr, allowed))}; got "
+    f"{estimator!r}.{hint}"
+  )
 
 
 def _k3_series_degree(dtype: np.dtype) -> int:
@@ -174,10 +176,10 @@ def _log_ratio_terms(log_r: jax.Array, estimator: str) -> jax.Array:
 
 
 def kl_estimator_terms(
-    log_p: ArrayLike,
-    log_q: ArrayLike,
-    *,
-    estimator: Literal["k1", "k2", "k3"] = "k1",
+  log_p: ArrayLike,
+  log_q: ArrayLike,
+  *,
+  estimator: Literal["k1", "k2", "k3"] = "k1",
 ) -> jax.Array:
   r"""Per-sample Monte-Carlo KL estimators, e.g. per-token RLHF penalties.
 
@@ -259,11 +261,11 @@ def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
 
 
 def weighted_estimate(
-    values: jax.Array,
-    weights: jax.Array,
-    count: jax.Array,
-    axes: tuple[int, ...],
-    control: Optional[jax.Array] = None,
+  values: jax.Array,
+  weights: jax.Array,
+  count: jax.Array,
+  axes: tuple[int, ...],
+  control: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   r"""Weighted mean, optional control variate, and its standard error.
 
@@ -294,14 +296,15 @@ def weighted_estimate(
     ddof = 2
     control_mean = jnp.sum(weights * control, axis=axes, keepdims=True)
     control_centred = control - control_mean
-    lam = jax.lax.stop_gradient(-_safe_divide(
+    lam = jax.lax.stop_gradient(
+      -_safe_divide(
         jnp.sum(a2 * centred * control_centred, axis=axes, keepdims=True),
-        jnp.sum(a2 * control_centred * control_centred, axis=axes,
-                keepdims=True)))
+        jnp.sum(a2 * control_centred * control_centred, axis=axes, keepdims=True),
+      )
+    )
     mean = mean + lam * control_mean
     centred = centred + lam * control_centred
-  sq = jax.lax.stop_gradient(
-      jnp.sum(a2 * centred * centred, axis=axes, keepdims=True))
+  sq = jax.lax.stop_gradient(jnp.sum(a2 * centred * centred, axis=axes, keepdims=True))
   count = jnp.reshape(count, mean.shape).astype(mean.dtype)
   enough = count > ddof
   correction = count / jnp.where(enough, count - ddof, 1)
@@ -327,10 +330,10 @@ def _exclusive_sums(a: jax.Array) -> jax.Array:
 
 
 def leave_one_out_coefficients(
-    values: jax.Array,
-    control: jax.Array,
-    weights: jax.Array,
-    axes: tuple[int, ...],
+  values: jax.Array,
+  control: jax.Array,
+  weights: jax.Array,
+  axes: tuple[int, ...],
 ) -> jax.Array:
   r"""The control-variate coefficient of each sample, fitted to the others.
 
@@ -351,12 +354,15 @@ def leave_one_out_coefficients(
   Returns:
     The coefficients, of the shape of ``values``.
   """
-  values, control, weights = (jax.lax.stop_gradient(a)
-                              for a in (values, control, weights))
+  values, control, weights = (
+    jax.lax.stop_gradient(a) for a in (values, control, weights)
+  )
   lead = tuple(range(len(axes)))
+
   def flat(a):
     moved = jnp.moveaxis(a, axes, lead)
-    return jnp.reshape(moved, (-1,) + moved.shape[len(axes):])
+    return jnp.reshape(moved, (-1, *moved.shape[len(axes) :]))
+
   a = flat(weights)
   kept = a > 0
   # Shift values and controls by their (lower) medians over the kept samples.
@@ -371,8 +377,9 @@ def leave_one_out_coefficients(
   b = a * a
   # One scan for all eight sums (stacked with the data, so that XLA does not
   # constant-fold the scans of the weights, which is very slow).
-  sums = _exclusive_sums(jnp.stack([a, a * v, a * c, b, b * v, b * c,
-                                    b * v * c, b * c * c], axis=1))
+  sums = _exclusive_sums(
+    jnp.stack([a, a * v, a * c, b, b * v, b * c, b * v * c, b * c * c], axis=1)
+  )
   a_sum, av, ac, b_sum, bv, bc, bvc, bcc = (sums[:, k] for k in range(8))
   v_mean = _safe_divide(av, a_sum)
   c_mean = _safe_divide(ac, a_sum)
@@ -388,16 +395,16 @@ def leave_one_out_coefficients(
 
 
 def kl_from_samples(
-    log_p: ArrayLike,
-    log_q: ArrayLike,
-    *,
-    estimator: Estimator = "k1",
-    axis: Axis = None,
-    where: Optional[ArrayLike] = None,
-    log_weights: Optional[ArrayLike] = None,
-    self_normalized: bool = False,
-    return_stderr: bool = False,
-) -> Union[jax.Array, tuple[jax.Array, jax.Array]]:
+  log_p: ArrayLike,
+  log_q: ArrayLike,
+  *,
+  estimator: Estimator = "k1",
+  axis: Axis = None,
+  where: ArrayLike | None = None,
+  log_weights: ArrayLike | None = None,
+  self_normalized: bool = False,
+  return_stderr: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
   r"""Monte-Carlo estimate of :math:`D_{\mathrm{KL}}(P \,\|\, Q)` from samples.
 
   Given :math:`\log p(x_i)` and :math:`\log q(x_i)` at samples
@@ -554,28 +561,33 @@ def kl_from_samples(
     if mask is not None:
       log_w = jnp.where(mask, log_w, -jnp.inf)
   estimate, stderr = estimate_from_log_ratios(
-      log_r, estimator=estimator, axes=axes, mask=mask, log_weights=log_w,
-      self_normalized=self_normalized)[:2]
+    log_r,
+    estimator=estimator,
+    axes=axes,
+    mask=mask,
+    log_weights=log_w,
+    self_normalized=self_normalized,
+  )[:2]
   if return_stderr:
     return estimate.astype(out_dtype), stderr.astype(out_dtype)
   return estimate.astype(out_dtype)
 
 
 @functools.partial(
-    jax.jit,
-    static_argnames=("estimator", "axes", "self_normalized", "groups",
-                     "tail_diagnostic"))
+  jax.jit,
+  static_argnames=("estimator", "axes", "self_normalized", "groups", "tail_diagnostic"),
+)
 def estimate_from_log_ratios(
-    log_r: jax.Array,
-    *,
-    estimator: str,
-    axes: tuple[int, ...],
-    mask: Optional[jax.Array] = None,
-    log_weights: Optional[jax.Array] = None,
-    self_normalized: bool = False,
-    groups: int = 1,
-    score_log_prob: Optional[jax.Array] = None,
-    tail_diagnostic: bool = False,
+  log_r: jax.Array,
+  *,
+  estimator: str,
+  axes: tuple[int, ...],
+  mask: jax.Array | None = None,
+  log_weights: jax.Array | None = None,
+  self_normalized: bool = False,
+  groups: int = 1,
+  score_log_prob: jax.Array | None = None,
+  tail_diagnostic: bool = False,
 ) -> tuple[jax.Array, ...]:
   r"""The estimator behind ``kl_from_samples`` and ``monte_carlo_kl``.
 
@@ -609,8 +621,7 @@ def estimate_from_log_ratios(
   """
   terms = _log_ratio_terms(log_r, estimator)
   crossfit = estimator == "cv_crossfit"
-  control = (jnp.expm1(log_r) if estimator in ("cv", "cv_crossfit")
-             else None)
+  control = jnp.expm1(log_r) if estimator in ("cv", "cv_crossfit") else None
   keep = jnp.ones(log_r.shape, bool) if mask is None else mask
   count = jnp.sum(keep, axis=axes, keepdims=True, dtype=jnp.int32)
   count = count.astype(log_r.dtype)
@@ -629,19 +640,19 @@ def estimate_from_log_ratios(
     weights = _safe_divide(keep.astype(log_r.dtype), count)
     ess = count
   else:
-    shift = jax.lax.stop_gradient(
-        jnp.max(log_weights, axis=axes, keepdims=True))
+    shift = jax.lax.stop_gradient(jnp.max(log_weights, axis=axes, keepdims=True))
     shift = jnp.where(jnp.isfinite(shift), shift, 0)
     scaled = jnp.exp(log_weights - shift)  # 0 where masked
-    ess = _safe_divide(jnp.sum(scaled, axis=axes, keepdims=True) ** 2,
-                       jnp.sum(scaled * scaled, axis=axes, keepdims=True))
+    ess = _safe_divide(
+      jnp.sum(scaled, axis=axes, keepdims=True) ** 2,
+      jnp.sum(scaled * scaled, axis=axes, keepdims=True),
+    )
     if self_normalized:
       if magic is not None:
         scaled = scaled * magic
         magic = None
       values = terms
-      weights = _safe_divide(scaled,
-                             jnp.sum(scaled, axis=axes, keepdims=True))
+      weights = _safe_divide(scaled, jnp.sum(scaled, axis=axes, keepdims=True))
     else:
       w = jnp.exp(log_weights)  # 0 where masked
       values = w * terms
@@ -651,14 +662,14 @@ def estimate_from_log_ratios(
 
   sample_values, sample_control, sample_weights = values, control, weights
   if groups > 1:
-    values, weights, control, count = _pair_up(values, weights, control,
-                                               count, groups)
+    values, weights, control, count = _pair_up(values, weights, control, count, groups)
   if crossfit:
     # Each sample's (or pair's) coefficient is fitted to the others, so it
     # is independent of that sample: every term is unbiased.
     lam = leave_one_out_coefficients(values, control, weights, axes)
-    estimate, stderr, _ = weighted_estimate(values + lam * control, weights,
-                                            count, axes)
+    estimate, stderr, _ = weighted_estimate(
+      values + lam * control, weights, count, axes
+    )
     # The terms share samples through their coefficients; their covariances
     # add about bias('cv')^2 to the variance, which the spread of the terms
     # misses (25% of it at n = 20 for N(0, 1) vs N(1, 1)). The difference
@@ -667,8 +678,7 @@ def estimate_from_log_ratios(
     gap = jax.lax.stop_gradient(in_sample - estimate)
     stderr = jnp.sqrt(stderr * stderr + gap * gap)
   else:
-    estimate, stderr, lam = weighted_estimate(values, weights, count, axes,
-                                              control)
+    estimate, stderr, lam = weighted_estimate(values, weights, count, axes, control)
     lam = jnp.expand_dims(lam, axes)
   if magic is not None:
     # The baseline: the mean of the other samples (or antithetic pairs).
@@ -688,7 +698,8 @@ def estimate_from_log_ratios(
       y = y + lam * sample_control
     y = jax.lax.stop_gradient(y)
     estimate = estimate + jnp.sum(
-        sample_weights * (magic - 1) * (y - baseline), axis=axes)
+      sample_weights * (magic - 1) * (y - baseline), axis=axes
+    )
   if tail_diagnostic:
     if axes != (0,) or mask is not None:
       raise ValueError("the tail diagnostic needs axes=(0,) and no mask.")
@@ -716,7 +727,7 @@ def pareto_tail_size(count: int) -> int:
   """
   if count < PARETO_MIN_TERMS:
     return 0
-  return int(math.ceil(min(0.2 * count, 3.0 * math.sqrt(count))))
+  return math.ceil(min(0.2 * count, 3.0 * math.sqrt(count)))
 
 
 def gpd_shape(exceedances: jax.Array) -> jax.Array:
@@ -759,17 +770,16 @@ def gpd_shape(exceedances: jax.Array) -> jax.Array:
   x = jax.lax.stop_gradient(exceedances)
   dtype = x.dtype
   size = x.shape[-1]
-  grid = 30 + int(math.isqrt(size))
+  grid = 30 + math.isqrt(size)
   x_max = x[..., -1:]
   quartile = max(int(size / 4 + 0.5), 1) - 1
-  x_q = x[..., quartile:quartile + 1]
+  x_q = x[..., quartile : quartile + 1]
   smallest = jnp.min(jnp.where(x > 0, x, jnp.inf), axis=-1, keepdims=True)
   x_q = jnp.where(x_q > 0, x_q, smallest)
   degenerate = ~(x_max > 0)  # constant tail (or NaN)
   x_max = jnp.where(degenerate, 1, x_max)
   x_q = jnp.where(jnp.isfinite(x_q) & (x_q > 0), x_q, x_max)
-  j = jnp.arange(1, grid + 1, dtype=dtype).reshape((1,) * (x.ndim - 1)
-                                                    + (grid,))
+  j = jnp.arange(1, grid + 1, dtype=dtype).reshape((1,) * (x.ndim - 1) + (grid,))
   theta = 1 / x_max + (1 - jnp.sqrt(grid / (j - 0.5))) / (3 * x_q)  # [..., m]
   xi = jnp.mean(jnp.log1p(-theta[..., :, None] * x[..., None, :]), axis=-1)
   # -theta / xi -> 1 / mean(x) as theta -> 0.
@@ -779,8 +789,7 @@ def gpd_shape(exceedances: jax.Array) -> jax.Array:
   weights = jax.nn.softmax(loglik, axis=-1)
   theta_hat = jnp.sum(weights * theta, axis=-1, keepdims=True)
   xi_hat = jnp.mean(jnp.log1p(-theta_hat * x), axis=-1)  # [...]
-  xi_hat = (size * xi_hat + _PRIOR_WEIGHT * _PRIOR_SHAPE) / (
-      size + _PRIOR_WEIGHT)
+  xi_hat = (size * xi_hat + _PRIOR_WEIGHT * _PRIOR_SHAPE) / (size + _PRIOR_WEIGHT)
   finite = jnp.all(jnp.isfinite(exceedances), axis=-1)
   xi_hat = jnp.where(degenerate[..., 0], -jnp.inf, xi_hat)
   return jnp.where(finite, xi_hat, jnp.nan).astype(dtype)
@@ -803,10 +812,13 @@ def pareto_k_from_tops(tops: jax.Array, tail: int) -> jax.Array:
   return jnp.max(gpd_shape(exceedances), axis=0)
 
 
-def tail_rows(log_r: jax.Array, estimator: str,
-              log_weights: Optional[jax.Array] = None,
-              self_normalized: bool = False,
-              groups: int = 1) -> jax.Array:
+def tail_rows(
+  log_r: jax.Array,
+  estimator: str,
+  log_weights: jax.Array | None = None,
+  self_normalized: bool = False,
+  groups: int = 1,
+) -> jax.Array:
   r"""The tails that ``pareto_k`` fits, as rows whose upper tails matter.
 
   The estimator's terms are linear combinations of a few *components*:
@@ -855,8 +867,9 @@ def tail_rows(log_r: jax.Array, estimator: str,
   rows = jnp.stack(signed + [-c for c in signed] + positive)  # [R, n, ...]
   if groups > 1:
     size = rows.shape[1] // groups
-    rows = jnp.mean(jnp.reshape(rows, (rows.shape[0], groups, size)
-                                + rows.shape[2:]), axis=1)
+    rows = jnp.mean(
+      jnp.reshape(rows, (rows.shape[0], groups, size, *rows.shape[2:])), axis=1
+    )
   return jnp.moveaxis(rows, 1, -1)
 
 
@@ -878,12 +891,16 @@ def pareto_k_of_rows(rows: jax.Array) -> jax.Array:
 
 def _pair_up(values, weights, control, count, groups):
   """Combines samples ``i, i + n/g, ...`` (one antithetic group) into one."""
+
   def split(a):
-    return jnp.reshape(a, (groups, a.shape[0] // groups) + a.shape[1:])
+    return jnp.reshape(a, (groups, a.shape[0] // groups, *a.shape[1:]))
+
   w = split(weights)
   group_w = jnp.sum(w, axis=0)
+
   def combine(a):
     return _safe_divide(jnp.sum(w * split(a), axis=0), group_w)
+
   values = combine(values)
   if control is not None:
     control = combine(control)

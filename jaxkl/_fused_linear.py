@@ -45,7 +45,7 @@ The chunking idea is the one of Liger-Kernel's fused linear losses (Hsu et al.,
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,7 @@ from jaxkl import _reduction
 
 class _Config(NamedTuple):
   """Static options of the fused loss (hashable: a ``nondiff_argnums``)."""
+
   divergence: str
   beta: float
   reduction: str
@@ -69,6 +70,7 @@ class _Config(NamedTuple):
 
 class _Needs(NamedTuple):
   """Which gradients the loop computes (static)."""
+
   student_hidden: bool = False
   student_weight: bool = False
   teacher_hidden: bool = False
@@ -104,16 +106,21 @@ def _weight_grad(x, g, accumulate_dtype):
 def _matmul(x, y, dims, accumulate_dtype):
   """``dot_general`` of ``x`` and ``y`` (cast to a common dtype), wide output."""
   dtype = jnp.result_type(x, y)
-  return lax.dot_general(x.astype(dtype), y.astype(dtype), dims,
-                         preferred_element_type=accumulate_dtype)
+  return lax.dot_general(
+    x.astype(dtype), y.astype(dtype), dims, preferred_element_type=accumulate_dtype
+  )
 
 
 def _chunk_losses(config, student_logits, teacher_logits, temperature, mask):
   """``T^2 D`` per token of one chunk; the per-row code of distillation_loss."""
   per_token = _logits.divergence_from_logits(
-      student_logits, teacher_logits, divergence=config.divergence,
-      beta=config.beta, temperature=temperature,
-      where=None if mask is None else mask[:, None])  # rows, never classes
+    student_logits,
+    teacher_logits,
+    divergence=config.divergence,
+    beta=config.beta,
+    temperature=temperature,
+    where=None if mask is None else mask[:, None],
+  )  # rows, never classes
   return per_token * jnp.square(temperature)
 
 
@@ -164,17 +171,17 @@ def _chunk(config, needs, operands, start, size, cotangent, fresh):
   # The gradient blocks enter the matmuls in the operands' dtype (float32
   # accumulation), as the unfused loss's backward pass does.
   if needs.student_hidden:
-    grads["student_hidden"] = _matmul(ds.astype(w_s.dtype), w_s,
-                                      _D_HIDDEN_DIMS, compute)
+    grads["student_hidden"] = _matmul(
+      ds.astype(w_s.dtype), w_s, _D_HIDDEN_DIMS, compute
+    )
   if needs.student_weight:
-    grads["student_weight"] = _weight_grad(h_s_c, ds.astype(h_s.dtype),
-                                           compute)
+    grads["student_weight"] = _weight_grad(h_s_c, ds.astype(h_s.dtype), compute)
   if needs.teacher_hidden:
-    grads["teacher_hidden"] = _matmul(dt.astype(w_t.dtype), w_t,
-                                      _D_HIDDEN_DIMS, compute)
+    grads["teacher_hidden"] = _matmul(
+      dt.astype(w_t.dtype), w_t, _D_HIDDEN_DIMS, compute
+    )
   if needs.teacher_weight:
-    grads["teacher_weight"] = _weight_grad(h_t_c, dt.astype(h_t.dtype),
-                                           compute)
+    grads["teacher_weight"] = _weight_grad(h_t_c, dt.astype(h_t.dtype), compute)
   if needs.temperature:
     grads["temperature"] = d_temperature
   return losses, grads
@@ -227,8 +234,7 @@ def _loop(config, needs, operands, cotangent=None):
     if overlap:
       start = jnp.minimum(start, n - size)
       fresh = start + jnp.arange(size) >= i * size
-    losses, grads = _chunk(config, needs, operands, start, size, cotangent,
-                           fresh)
+    losses, grads = _chunk(config, needs, operands, start, size, cotangent, fresh)
     carry = dict(carry)
     carry["losses"] = write(carry["losses"], losses, start, fresh)
     for name, value in (grads or {}).items():
@@ -247,8 +253,9 @@ def _loop(config, needs, operands, cotangent=None):
 def _reduction_vjp(config, mask, n, dtype):
   """The (linear) map from the reduced loss' cotangent to per-token weights."""
   _, vjp = jax.vjp(
-      lambda v: _reduction.reduce_loss(v, config.reduction, where=mask),
-      jnp.zeros((n,), dtype))
+    lambda v: _reduction.reduce_loss(v, config.reduction, where=mask),
+    jnp.zeros((n,), dtype),
+  )
   return lambda g: vjp(g)[0]
 
 
@@ -259,8 +266,9 @@ def _fused(config, h_s, w_s, h_t, w_t, temperature, mask):
 
 
 def _fused_fwd(config, h_s, w_s, h_t, w_t, temperature, mask):
-  needs = _Needs(h_s.perturbed, w_s.perturbed, h_t.perturbed, w_t.perturbed,
-                 temperature.perturbed)
+  needs = _Needs(
+    h_s.perturbed, w_s.perturbed, h_t.perturbed, w_t.perturbed, temperature.perturbed
+  )
   operands = tuple(x.value for x in (h_s, w_s, h_t, w_t, temperature))
   operands += (None if mask is None else mask.value,)
   mask = operands[5]
@@ -285,15 +293,16 @@ def _fused_bwd(config, residuals, g):
     return (None,) * 6
   compute = operands[4].dtype
   if config.reduction == "none":
-    needs = _Needs(**{name: True for name in needs_keys})
-    weights = _reduction_vjp(config, operands[5], operands[0].shape[0],
-                             compute)(g.astype(compute))
+    needs = _Needs(**dict.fromkeys(needs_keys, True))
+    weights = _reduction_vjp(config, operands[5], operands[0].shape[0], compute)(
+      g.astype(compute)
+    )
     _, grads = _loop(config, needs, operands, weights)
     scale = None
   else:
     scale = g.astype(compute)
   cotangents = []
-  for name, operand in zip(_Needs._fields, operands):
+  for name, operand in zip(_Needs._fields, operands, strict=False):
     if name not in grads:
       cotangents.append(None)
       continue
@@ -301,7 +310,7 @@ def _fused_bwd(config, residuals, g):
     if scale is not None:
       grad = grad.astype(compute) * scale
     cotangents.append(grad.astype(operand.dtype))
-  return tuple(cotangents) + (None,)
+  return (*tuple(cotangents), None)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
@@ -316,26 +325,27 @@ def _check_matrix(value, name, shape_name):
   array = _checks.as_float_array(value, name)
   if array.ndim != 2:
     raise ValueError(
-        f"`{name}` must be a matrix of shape {shape_name}; got shape "
-        f"{array.shape}. Flatten leading batch axes first, e.g. "
-        f"`{name}.reshape(-1, {name}.shape[-1])`.")
+      f"`{name}` must be a matrix of shape {shape_name}; got shape "
+      f"{array.shape}. Flatten leading batch axes first, e.g. "
+      f"`{name}.reshape(-1, {name}.shape[-1])`."
+    )
   return array
 
 
 def fused_linear_distillation_loss(
-    student_hidden: ArrayLike,
-    student_weight: ArrayLike,
-    teacher_hidden: ArrayLike,
-    teacher_weight: ArrayLike,
-    *,
-    temperature: ArrayLike = 1.0,
-    divergence: _logits.Divergence = "forward",
-    beta: float = 0.5,
-    where: Optional[ArrayLike] = None,
-    labels: Optional[ArrayLike] = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    chunk_size: int = 1024,
+  student_hidden: ArrayLike,
+  student_weight: ArrayLike,
+  teacher_hidden: ArrayLike,
+  teacher_weight: ArrayLike,
+  *,
+  temperature: ArrayLike = 1.0,
+  divergence: _logits.Divergence = "forward",
+  beta: float = 0.5,
+  where: ArrayLike | None = None,
+  labels: ArrayLike | None = None,
+  ignore_index: int = -100,
+  reduction: str = "mean",
+  chunk_size: int = 1024,
 ) -> jax.Array:
   r"""Distillation loss of two linear heads, without materializing the logits.
 
@@ -504,24 +514,29 @@ def fused_linear_distillation_loss(
   n, hidden = h_s.shape
   if w_s.shape[0] != hidden:
     raise ValueError(
-        f"`student_weight` must have shape [H, V] with H = "
-        f"student_hidden.shape[1] = {hidden} rows; got shape {w_s.shape}.")
+      f"`student_weight` must have shape [H, V] with H = "
+      f"student_hidden.shape[1] = {hidden} rows; got shape {w_s.shape}."
+    )
   if h_t.shape[0] != n:
     raise ValueError(
-        f"`teacher_hidden` must have as many rows (tokens) as "
-        f"`student_hidden`, {n}; got shape {h_t.shape}.")
+      f"`teacher_hidden` must have as many rows (tokens) as "
+      f"`student_hidden`, {n}; got shape {h_t.shape}."
+    )
   if w_t.shape[0] != h_t.shape[1]:
     raise ValueError(
-        f"`teacher_weight` must have shape [H_t, V] with H_t = "
-        f"teacher_hidden.shape[1] = {h_t.shape[1]} rows; got shape "
-        f"{w_t.shape}.")
+      f"`teacher_weight` must have shape [H_t, V] with H_t = "
+      f"teacher_hidden.shape[1] = {h_t.shape[1]} rows; got shape "
+      f"{w_t.shape}."
+    )
   if w_t.shape[1] != w_s.shape[1]:
     raise ValueError(
-        f"`student_weight` and `teacher_weight` must have the same vocabulary "
-        f"size (last axis); got shapes {w_s.shape} and {w_t.shape}.")
+      f"`student_weight` and `teacher_weight` must have the same vocabulary "
+      f"size (last axis); got shapes {w_s.shape} and {w_t.shape}."
+    )
   _checks.check_positive_int(chunk_size, "chunk_size", "static")
   if not isinstance(ignore_index, (int, np.integer)) or isinstance(
-      ignore_index, (bool, np.bool_)):
+    ignore_index, (bool, np.bool_)
+  ):
     raise TypeError(f"`ignore_index` must be an int; got {ignore_index!r}.")
   reduction = _reduction.validate_reduction(reduction)
   divergence, beta = _logits.check_divergence(divergence, beta)
@@ -531,8 +546,9 @@ def fused_linear_distillation_loss(
   wide = any(jnp.finfo(x.dtype).bits > 32 for x in (h_s, w_s, h_t, w_t))
   compute = jnp.float64 if wide else jnp.float32
   # The dtype of distillation_loss(h_s @ w_s, h_t @ w_t): that of the logits.
-  out_dtype = jnp.promote_types(jnp.promote_types(h_s.dtype, w_s.dtype),
-                                jnp.promote_types(h_t.dtype, w_t.dtype))
+  out_dtype = jnp.promote_types(
+    jnp.promote_types(h_s.dtype, w_s.dtype), jnp.promote_types(h_t.dtype, w_t.dtype)
+  )
   temperature = jnp.asarray(temperature, compute)
   config = _Config(divergence, beta, reduction, int(chunk_size))
   loss = _fused_jit(config, h_s, w_s, h_t, w_t, temperature, mask)

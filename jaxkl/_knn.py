@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -69,41 +68,44 @@ def _check_k(k) -> int:
   return _checks.check_positive_int(k, "k", "the neighbour rank, static")
 
 
-def _check_chunk_size(chunk_size) -> Optional[int]:
+def _check_chunk_size(chunk_size) -> int | None:
   """Checks that ``chunk_size`` is None or a positive int."""
   if chunk_size is None:
     return None
   return _checks.check_positive_int(chunk_size, "chunk_size", "or None")
 
 
-def _check_samples(x: ArrayLike, y: ArrayLike,
-                   k: int) -> tuple[jax.Array, jax.Array]:
+def _check_samples(x: ArrayLike, y: ArrayLike, k: int) -> tuple[jax.Array, jax.Array]:
   """Converts and checks the two samples; see ``knn_kl``'s Raises."""
   x = _checks.as_float_array(x, "x")
   y = _checks.as_float_array(y, "y")
   for name, value in (("x", x), ("y", y)):
     if value.ndim != 2:
       raise ValueError(
-          f"`{name}` must be a 2-D array [num_samples, dim]; got shape "
-          f"{tuple(value.shape)}. A 1-D sample of scalars is "
-          f"`{name}[:, None]`.")
+        f"`{name}` must be a 2-D array [num_samples, dim]; got shape "
+        f"{tuple(value.shape)}. A 1-D sample of scalars is "
+        f"`{name}[:, None]`."
+      )
   (n, d), (m, d_y) = x.shape, y.shape
   if d != d_y:
     raise ValueError(
-        f"`x` and `y` must have the same dimension (last axis); got shapes "
-        f"{tuple(x.shape)} and {tuple(y.shape)}.")
+      f"`x` and `y` must have the same dimension (last axis); got shapes "
+      f"{tuple(x.shape)} and {tuple(y.shape)}."
+    )
   if d < 1:
     raise ValueError(
-        f"`x` and `y` must have at least one coordinate; got shapes "
-        f"{tuple(x.shape)} and {tuple(y.shape)}.")
+      f"`x` and `y` must have at least one coordinate; got shapes "
+      f"{tuple(x.shape)} and {tuple(y.shape)}."
+    )
   if n < k + 1:
     raise ValueError(
-        f"`x` needs at least k + 1 = {k + 1} samples (each point's k-th "
-        f"neighbour among the others); got {n} (shape {tuple(x.shape)}).")
+      f"`x` needs at least k + 1 = {k + 1} samples (each point's k-th "
+      f"neighbour among the others); got {n} (shape {tuple(x.shape)})."
+    )
   if m < k:
     raise ValueError(
-        f"`y` needs at least k = {k} samples; got {m} (shape "
-        f"{tuple(y.shape)}).")
+      f"`y` needs at least k = {k} samples; got {m} (shape {tuple(y.shape)})."
+    )
   return x, y
 
 
@@ -112,8 +114,9 @@ def _auto_chunk_size(n: int, m: int) -> int:
   return min(n, max(low, min(high, _AUTO_CHUNK_ELEMENTS // (n + m))))
 
 
-def _squared_distances(a: jax.Array, b_t: jax.Array,
-                       distance: str = "direct") -> jax.Array:
+def _squared_distances(
+  a: jax.Array, b_t: jax.Array, distance: str = "direct"
+) -> jax.Array:
   r"""Squared Euclidean distances between rows of ``a`` and columns of ``b_t``.
 
   Args:
@@ -128,9 +131,11 @@ def _squared_distances(a: jax.Array, b_t: jax.Array,
     ``[c, p]`` squared distances.
   """
   if distance == "gram":
-    sq = (jnp.sum(jnp.square(a), axis=1)[:, None]
-          + jnp.sum(jnp.square(b_t), axis=0)[None, :]
-          - 2 * jnp.matmul(a, b_t, precision=lax.Precision.HIGHEST))
+    sq = (
+      jnp.sum(jnp.square(a), axis=1)[:, None]
+      + jnp.sum(jnp.square(b_t), axis=0)[None, :]
+      - 2 * jnp.matmul(a, b_t, precision=lax.Precision.HIGHEST)
+    )
     return jnp.maximum(sq, 0)
   a_t = a.T
 
@@ -143,8 +148,9 @@ def _squared_distances(a: jax.Array, b_t: jax.Array,
     # A rolled loop: XLA's CPU code for the fully unrolled sum was 1.5-3x
     # slower at n = 1e4 (d = 3-20), and so was unroll=4 at d = 5-8; unrolling
     # by 2 ran 1.2-1.4x faster than not unrolling from d = 5 to 32.
-    acc = lax.fori_loop(1, dim, lambda j, acc: acc + term(j), acc,
-                        unroll=2 if dim - 1 >= 4 else 1)
+    acc = lax.fori_loop(
+      1, dim, lambda j, acc: acc + term(j), acc, unroll=2 if dim - 1 >= 4 else 1
+    )
   return acc
 
 
@@ -178,8 +184,7 @@ def _ball(sq: jax.Array, radius_sq: jax.Array) -> tuple[jax.Array, jax.Array]:
   return count, largest
 
 
-def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator,
-                 distance):
+def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator, distance):
   """Neighbour radii (and ranks) of the query rows ``rows [c, d]``.
 
   ``start`` is the index of ``rows[0]`` in ``x``, used to exclude each point's
@@ -193,7 +198,8 @@ def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator,
   sq_x = _squared_distances(rows, x_t, distance)
   own = start + jnp.arange(rows.shape[0], dtype=jnp.int32)
   sq_x = jnp.where(
-      own[:, None] == jnp.arange(n, dtype=jnp.int32)[None, :], jnp.inf, sq_x)
+    own[:, None] == jnp.arange(n, dtype=jnp.int32)[None, :], jnp.inf, sq_x
+  )
   sq_y = _squared_distances(rows, y_t, distance)
   # Distances below the query point's floor are the floor (elementwise, so also
   # the k-th values and the balls' largest ones).
@@ -211,12 +217,12 @@ def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator,
   eps_sq = jnp.maximum(rho_sq, nu_sq)
   l_i, rho_in = _ball(sq_x, eps_sq)
   k_i, nu_in = _ball(sq_y, eps_sq)
-  return (jnp.maximum(rho_in, floor_sq), jnp.maximum(nu_in, floor_sq), l_i,
-          k_i)
+  return (jnp.maximum(rho_in, floor_sq), jnp.maximum(nu_in, floor_sq), l_i, k_i)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("k", "estimator", "chunk_size", "distance"))
+  jax.jit, static_argnames=("k", "estimator", "chunk_size", "distance")
+)
 def _knn_kl(x, y, resolution, *, k, estimator, chunk_size, distance):
   """Traced part of ``knn_kl``; arguments already checked and cast.
 
@@ -227,8 +233,9 @@ def _knn_kl(x, y, resolution, *, k, estimator, chunk_size, distance):
   (n, dim), m = x.shape, y.shape[0]
   dtype = x.dtype
   x_t, y_t = x.T, y.T
-  chunk = functools.partial(_chunk_radii, x_t, y_t, resolution, k=k,
-                            estimator=estimator, distance=distance)
+  chunk = functools.partial(
+    _chunk_radii, x_t, y_t, resolution, k=k, estimator=estimator, distance=distance
+  )
   # Pad x to whole chunks (the padding rows' results are dropped): one chunk
   # shape, so the loop body is compiled once.
   num_chunks = -(-n // chunk_size)
@@ -255,12 +262,12 @@ def _knn_kl(x, y, resolution, *, k, estimator, chunk_size, distance):
 
 
 def knn_kl(
-    x: ArrayLike,
-    y: ArrayLike,
-    *,
-    k: int = 1,
-    estimator: str = "wkv",
-    chunk_size: Optional[int] = None,
+  x: ArrayLike,
+  y: ArrayLike,
+  *,
+  k: int = 1,
+  estimator: str = "wkv",
+  chunk_size: int | None = None,
 ) -> jax.Array:
   r"""k-NN estimate of :math:`D_{\mathrm{KL}}(P \,\|\, Q)` from samples.
 
@@ -385,19 +392,24 @@ def _estimate(x, y, *, k, estimator, chunk_size, distance="direct"):
   k = _check_k(k)
   if not isinstance(estimator, str):
     raise TypeError(
-        f"`estimator` must be a string, one of {ESTIMATORS}; got "
-        f"{estimator!r} of type {type(estimator).__name__}.")
+      f"`estimator` must be a string, one of {ESTIMATORS}; got "
+      f"{estimator!r} of type {type(estimator).__name__}."
+    )
   if estimator not in ESTIMATORS:
-    raise ValueError(
-        f"`estimator` must be one of {ESTIMATORS}; got {estimator!r}.")
+    raise ValueError(f"`estimator` must be one of {ESTIMATORS}; got {estimator!r}.")
   chunk_size = _check_chunk_size(chunk_size)
   x, y = _check_samples(x, y, k)
   out_dtype, compute_dtype = _checks.result_dtype(x, y)
   n, m = x.shape[0], y.shape[0]
-  chunk_size = (_auto_chunk_size(n, m) if chunk_size is None
-                else min(chunk_size, n))
+  chunk_size = _auto_chunk_size(n, m) if chunk_size is None else min(chunk_size, n)
   resolution = np.asarray(jnp.finfo(out_dtype).eps / 4, compute_dtype)
   result = _knn_kl(
-      x.astype(compute_dtype), y.astype(compute_dtype), resolution, k=k,
-      estimator=estimator, chunk_size=chunk_size, distance=distance)
+    x.astype(compute_dtype),
+    y.astype(compute_dtype),
+    resolution,
+    k=k,
+    estimator=estimator,
+    chunk_size=chunk_size,
+    distance=distance,
+  )
   return result.astype(out_dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -42,15 +42,17 @@ def check_temperature(temperature: ArrayLike) -> ArrayLike:
   if isinstance(temperature, (int, float, np.number)):
     if not (temperature > 0 and math.isfinite(temperature)):
       raise ValueError(
-          f"`temperature` must be a finite number > 0; got {temperature!r}.")
+        f"`temperature` must be a finite number > 0; got {temperature!r}."
+      )
     return temperature
   shape = tuple(np.shape(temperature))
   if shape:
     raise ValueError(
-        f"`temperature` must be a scalar (a Python number or a 0-d array); got "
-        f"an array of shape {shape}. Per-example temperatures are not "
-        f"supported; divide the logits instead, e.g. `logits / "
-        f"temperature[..., None]` for both inputs, with `temperature=1.0`.")
+      f"`temperature` must be a scalar (a Python number or a 0-d array); got "
+      f"an array of shape {shape}. Per-example temperatures are not "
+      f"supported; divide the logits instead, e.g. `logits / "
+      f"temperature[..., None]` for both inputs, with `temperature=1.0`."
+    )
   return temperature
 
 
@@ -58,8 +60,9 @@ def check_divergence(divergence: object, beta: object) -> tuple[str, float]:
   """Validates ``divergence`` and ``beta``; maps JSD endpoints to KL."""
   if not (isinstance(divergence, str) and divergence in DIVERGENCES):
     raise ValueError(
-        f"`divergence` must be one of {', '.join(map(repr, DIVERGENCES))}; "
-        f"got {divergence!r}.")
+      f"`divergence` must be one of {', '.join(map(repr, DIVERGENCES))}; "
+      f"got {divergence!r}."
+    )
   if not isinstance(beta, (int, float, np.number)) or isinstance(beta, bool):
     raise TypeError(f"`beta` must be a Python float in [0, 1]; got {beta!r}.")
   beta = float(beta)
@@ -91,13 +94,20 @@ def _validate_logits(logits, target_logits, temperature, axis, where):
   mask = _per_example.broadcast_mask(where, logits.shape, axes)
   out_dtype, compute_dtype = _checks.result_dtype(logits, target_logits)
   inverse_t = 1 / jnp.asarray(temperature, compute_dtype)
-  return (logits.astype(compute_dtype), target_logits.astype(compute_dtype),
-          inverse_t, axes, mask, out_dtype)
+  return (
+    logits.astype(compute_dtype),
+    target_logits.astype(compute_dtype),
+    inverse_t,
+    axes,
+    mask,
+    out_dtype,
+  )
 
 
 def _prepare_logits(logits, target_logits, temperature, axis, where):
   logits, target_logits, inverse_t, axes, mask, out_dtype = _validate_logits(
-      logits, target_logits, temperature, axis, where)
+    logits, target_logits, temperature, axis, where
+  )
   log_q = jax.nn.log_softmax(_scaled(logits, inverse_t), axis=axes)
   log_p = jax.nn.log_softmax(_scaled(target_logits, inverse_t), axis=axes)
   return log_q, log_p, axes, mask, out_dtype
@@ -151,10 +161,13 @@ def _scaled_jvp(primals, tangents):
   x, inverse_t = primals
   d_x, d_inverse_t = tangents
   out = _scaled(x, inverse_t)
-  return out, _linear_combination(out, [
+  return out, _linear_combination(
+    out,
+    [
       (lambda: inverse_t, d_x),
       (lambda: _finite_or_zero(x), d_inverse_t),
-  ])
+    ],
+  )
 
 
 _scaled.defjvp(_scaled_jvp, symbolic_zeros=True)
@@ -173,10 +186,13 @@ def _logaddexp_jvp(primals, tangents):
   # The weights exp(a - out), exp(b - out) (summing to 1); both 0 where
   # a = b = out = -inf, instead of exp(-inf + inf) = NaN.
   safe_out = _finite_or_zero(out)
-  return out, _linear_combination(out, [
+  return out, _linear_combination(
+    out,
+    [
       (lambda: jnp.exp(a - safe_out), d_a),
       (lambda: jnp.exp(b - safe_out), d_b),
-  ])
+    ],
+  )
 
 
 _logaddexp.defjvp(_logaddexp_jvp, symbolic_zeros=True)
@@ -263,13 +279,12 @@ def _split_classes(x: jax.Array, axes: tuple[int, ...]):
   length = x.shape[-1]
   for chunk in range(_MAX_CHUNK, _MIN_CHUNK - 1, -1):
     if length % chunk == 0:
-      view = jnp.reshape(x, x.shape[:-1] + (length // chunk, chunk))
+      view = jnp.reshape(x, (*x.shape[:-1], length // chunk, chunk))
       return view, (x.ndim - 1, x.ndim)
   return x, axes
 
 
-def _max_and_log_normalizer(x: jax.Array, inverse_t: jax.Array,
-                            axes: tuple[int, ...]):
+def _max_and_log_normalizer(x: jax.Array, inverse_t: jax.Array, axes: tuple[int, ...]):
   """``(m, log Z)`` (kept axes): m = max x, Z = sum exp((x - m) * inverse_t).
 
   ``m`` carries no derivative (as in ``jax.nn.log_softmax``): every use of
@@ -325,7 +340,8 @@ def _forward_kl_jvp(axes, primals, tangents):
   logits, target_logits, inverse_t = primals
   d_logits, d_target, d_inverse_t = tangents
   kl, (m_q, log_z_q), (m_p, log_z_p) = _forward_kl_parts(
-      logits, target_logits, inverse_t, axes)
+    logits, target_logits, inverse_t, axes
+  )
   is_zero = lambda x: isinstance(x, SymbolicZero)  # noqa: E731
   need_student = not (is_zero(d_logits) and is_zero(d_inverse_t))
   need_teacher = not (is_zero(d_target) and is_zero(d_inverse_t))
@@ -334,8 +350,9 @@ def _forward_kl_jvp(axes, primals, tangents):
   if need_student:
     d_student = jnp.exp(log_q) - jnp.exp(log_p)
   if need_teacher:
-    d_teacher = (_pointwise.kl_terms_log_target(log_q, log_p)
-                 - jnp.exp(log_p) * jnp.expand_dims(kl, axes))
+    d_teacher = _pointwise.kl_terms_log_target(log_q, log_p) - jnp.exp(
+      log_p
+    ) * jnp.expand_dims(kl, axes)
   out = jnp.zeros_like(kl)
   # 1/T multiplies the per-row sums: in reverse mode it scales the per-row
   # cotangents, not every element of the gradient.
@@ -345,8 +362,9 @@ def _forward_kl_jvp(axes, primals, tangents):
     out = out + inverse_t * jnp.sum(d_teacher * d_target, axis=axes)
   if not is_zero(d_inverse_t):
     out = out + d_inverse_t * (
-        jnp.sum(_zero_safe_product(d_student, logits), axis=axes)
-        + jnp.sum(_zero_safe_product(d_teacher, target_logits), axis=axes))
+      jnp.sum(_zero_safe_product(d_student, logits), axis=axes)
+      + jnp.sum(_zero_safe_product(d_teacher, target_logits), axis=axes)
+    )
   return kl, out
 
 
@@ -376,8 +394,7 @@ def _fast_forward_kl(logits, target_logits, inverse_t, axes, where):
   mask = _per_example_mask(where, logits.shape, axes)
   if mask is None:
     return None
-  return jnp.where(mask, _forward_kl(logits, target_logits, inverse_t, axes),
-                   0)
+  return jnp.where(mask, _forward_kl(logits, target_logits, inverse_t, axes), 0)
 
 
 def _forward_kl_from_logits(logits, target_logits, temperature, axis, where):
@@ -386,7 +403,8 @@ def _forward_kl_from_logits(logits, target_logits, temperature, axis, where):
   The closed-form path where it applies.
   """
   logits, target_logits, inverse_t, axes, mask, out_dtype = _validate_logits(
-      logits, target_logits, temperature, axis, where)
+    logits, target_logits, temperature, axis, where
+  )
   result = _fast_forward_kl(logits, target_logits, inverse_t, axes, where)
   if result is None:  # a mask within examples, or no classes
     log_q = jax.nn.log_softmax(_scaled(logits, inverse_t), axis=axes)
@@ -396,12 +414,12 @@ def _forward_kl_from_logits(logits, target_logits, temperature, axis, where):
 
 
 def kl_divergence_from_logits(
-    logits: ArrayLike,
-    target_logits: ArrayLike,
-    *,
-    temperature: ArrayLike = 1.0,
-    axis: _per_example.Axis = -1,
-    where: Optional[ArrayLike] = None,
+  logits: ArrayLike,
+  target_logits: ArrayLike,
+  *,
+  temperature: ArrayLike = 1.0,
+  axis: _per_example.Axis = -1,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Per-example :math:`D_{\mathrm{KL}}(P_T \,\|\, Q_T)` from logits.
 
@@ -460,26 +478,28 @@ def kl_divergence_from_logits(
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
     arXiv:1503.02531, 2015.
   """
-  result, out_dtype = _forward_kl_from_logits(logits, target_logits,
-                                              temperature, axis, where)
+  result, out_dtype = _forward_kl_from_logits(
+    logits, target_logits, temperature, axis, where
+  )
   return result.astype(out_dtype)
 
 
 def _jsd_from_log_probs(log_q, log_p, beta, axes, mask):
   """beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q."""
   log_m = _log_mixture(log_p, log_q, beta)
-  return (beta * _kl_from_log_probs(log_m, log_p, axes, mask)
-          + (1 - beta) * _kl_from_log_probs(log_m, log_q, axes, mask))
+  return beta * _kl_from_log_probs(log_m, log_p, axes, mask) + (
+    1 - beta
+  ) * _kl_from_log_probs(log_m, log_q, axes, mask)
 
 
 def jensen_shannon_from_logits(
-    logits: ArrayLike,
-    target_logits: ArrayLike,
-    *,
-    beta: float = 0.5,
-    temperature: ArrayLike = 1.0,
-    axis: _per_example.Axis = -1,
-    where: Optional[ArrayLike] = None,
+  logits: ArrayLike,
+  target_logits: ArrayLike,
+  *,
+  beta: float = 0.5,
+  temperature: ArrayLike = 1.0,
+  axis: _per_example.Axis = -1,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Per-example generalized Jensen-Shannon divergence from logits.
 
@@ -535,20 +555,26 @@ def jensen_shannon_from_logits(
     Models" (GKD), arXiv:2306.13649, 2024.
   """
   divergence, beta = check_divergence("jsd", beta)
-  return divergence_from_logits(logits, target_logits, divergence=divergence,
-                                beta=beta, temperature=temperature, axis=axis,
-                                where=where)
+  return divergence_from_logits(
+    logits,
+    target_logits,
+    divergence=divergence,
+    beta=beta,
+    temperature=temperature,
+    axis=axis,
+    where=where,
+  )
 
 
 def divergence_from_logits(
-    logits: ArrayLike,
-    target_logits: ArrayLike,
-    *,
-    divergence: Divergence = "forward",
-    beta: float = 0.5,
-    temperature: ArrayLike = 1.0,
-    axis: _per_example.Axis = -1,
-    where: Optional[ArrayLike] = None,
+  logits: ArrayLike,
+  target_logits: ArrayLike,
+  *,
+  divergence: Divergence = "forward",
+  beta: float = 0.5,
+  temperature: ArrayLike = 1.0,
+  axis: _per_example.Axis = -1,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Per-example forward KL, reverse KL or generalized JSD from logits.
 
@@ -595,21 +621,23 @@ def divergence_from_logits(
   """
   divergence, beta = check_divergence(divergence, beta)
   result, out_dtype = _divergence_from_logits(
-      logits, target_logits, divergence, beta, temperature, axis, where)
+    logits, target_logits, divergence, beta, temperature, axis, where
+  )
   return result.astype(out_dtype)
 
 
-def _divergence_from_logits(logits, target_logits, divergence, beta,
-                            temperature, axis, where):
+def _divergence_from_logits(
+  logits, target_logits, divergence, beta, temperature, axis, where
+):
   """``(per-example divergence in the compute dtype, result dtype)``.
 
   ``divergence`` and ``beta`` are already checked (``check_divergence``).
   """
   if divergence == "forward":
-    return _forward_kl_from_logits(logits, target_logits, temperature, axis,
-                                   where)
+    return _forward_kl_from_logits(logits, target_logits, temperature, axis, where)
   log_q, log_p, axes, mask, out_dtype = _prepare_logits(
-      logits, target_logits, temperature, axis, where)
+    logits, target_logits, temperature, axis, where
+  )
   if divergence == "reverse":
     result = _kl_from_log_probs(log_p, log_q, axes, mask)
   else:
@@ -618,11 +646,11 @@ def _divergence_from_logits(logits, target_logits, divergence, beta,
 
 
 def token_mask(
-    shape: tuple[int, ...],
-    where: Optional[ArrayLike],
-    labels: Optional[ArrayLike],
-    ignore_index: int,
-) -> Optional[jax.Array]:
+  shape: tuple[int, ...],
+  where: ArrayLike | None,
+  labels: ArrayLike | None,
+  ignore_index: int,
+) -> jax.Array | None:
   """Combines a boolean mask and ``labels != ignore_index`` into one mask.
 
   Raises:
@@ -635,31 +663,33 @@ def token_mask(
     _checks.check_mask_dtype(mask, "where")
     if mask.shape != shape:
       raise ValueError(
-          f"`where` must have the per-token shape {shape}; got {mask.shape}.")
+        f"`where` must have the per-token shape {shape}; got {mask.shape}."
+      )
   if labels is not None:
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
       raise TypeError(f"`labels` must be integers; got dtype {labels.dtype}.")
     if labels.shape != shape:
       raise ValueError(
-          f"`labels` must have the per-token shape {shape}; got {labels.shape}.")
+        f"`labels` must have the per-token shape {shape}; got {labels.shape}."
+      )
     keep = labels != ignore_index
     mask = keep if mask is None else mask & keep
   return mask
 
 
 def distillation_loss(
-    student_logits: ArrayLike,
-    teacher_logits: ArrayLike,
-    *,
-    temperature: ArrayLike = 1.0,
-    divergence: Divergence = "forward",
-    beta: float = 0.5,
-    where: Optional[ArrayLike] = None,
-    labels: Optional[ArrayLike] = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    axis: int = -1,
+  student_logits: ArrayLike,
+  teacher_logits: ArrayLike,
+  *,
+  temperature: ArrayLike = 1.0,
+  divergence: Divergence = "forward",
+  beta: float = 0.5,
+  where: ArrayLike | None = None,
+  labels: ArrayLike | None = None,
+  ignore_index: int = -100,
+  reduction: str = "mean",
+  axis: int = -1,
 ) -> jax.Array:
   r"""Knowledge-distillation loss from logits, scaled by :math:`T^2`.
 
@@ -742,8 +772,7 @@ def distillation_loss(
   if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
     raise TypeError(f"`axis` must be an int; got {axis!r}.")
   axes = _per_example.normalize_axis(axis, student.ndim)
-  per_token_shape = tuple(d for i, d in enumerate(student.shape)
-                          if i not in axes)
+  per_token_shape = tuple(d for i, d in enumerate(student.shape) if i not in axes)
   mask = token_mask(per_token_shape, where, labels, ignore_index)
   _reduction.validate_reduction(reduction)
   if mask is not None:
@@ -753,15 +782,22 @@ def distillation_loss(
     keep = jnp.expand_dims(mask, axes)
     student = jnp.where(keep, student, 0)
     teacher_logits = jnp.where(
-        keep, _checks.as_float_array(teacher_logits, "teacher_logits"), 0)
+      keep, _checks.as_float_array(teacher_logits, "teacher_logits"), 0
+    )
   divergence, beta = check_divergence(divergence, beta)
   # Per-token values, T^2 and the reduction in the compute dtype (float32 for
   # 16-bit logits, as the fused loss); one rounding to the result dtype.
   per_token, out_dtype = _divergence_from_logits(
-      student, teacher_logits, divergence, beta, temperature, axis,
-      # [..., 1]: a per-token mask, never read as a class mask (even when
-      # the number of tokens equals the number of classes).
-      None if mask is None else jnp.expand_dims(mask, axes))
+    student,
+    teacher_logits,
+    divergence,
+    beta,
+    temperature,
+    axis,
+    # [..., 1]: a per-token mask, never read as a class mask (even when
+    # the number of tokens equals the number of classes).
+    None if mask is None else jnp.expand_dims(mask, axes),
+  )
   scale = jnp.square(jnp.asarray(temperature, per_token.dtype))
   loss = _reduction.reduce_loss(per_token * scale, reduction, where=mask)
   return loss.astype(out_dtype)

@@ -58,7 +58,11 @@ import dataclasses
 import statistics
 import sys
 import warnings
-from typing import Any, Callable, Iterator, Literal, NamedTuple, Optional
+from collections.abc import Callable
+from collections.abc import Iterator
+from typing import Any
+from typing import Literal
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -125,15 +129,14 @@ class KLEstimate:
   effective_sample_size: jax.Array
   num_samples: int
   estimator: str
-  pareto_k: Optional[jax.Array] = None
+  pareto_k: jax.Array | None = None
 
   __hash__ = None  # holds arrays, which are not hashable
 
   def __eq__(self, other: object) -> bool:
     if type(other) is not type(self):
       return NotImplemented
-    if (self.num_samples, self.estimator) != (other.num_samples,
-                                              other.estimator):
+    if (self.num_samples, self.estimator) != (other.num_samples, other.estimator):
       return False
     fields = ("value", "stderr", "effective_sample_size", "pareto_k")
     for name in fields:
@@ -144,15 +147,15 @@ class KLEstimate:
         continue
       if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
         raise TypeError(
-            "KLEstimate equality compares concrete values; under a JAX "
-            "transformation compare the fields, e.g. "
-            "`jnp.array_equal(a.value, b.value)`.")
+          "KLEstimate equality compares concrete values; under a JAX "
+          "transformation compare the fields, e.g. "
+          "`jnp.array_equal(a.value, b.value)`."
+        )
       if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True):
         return False
     return True
 
-  def confidence_interval(
-      self, level: float = 0.95) -> tuple[jax.Array, jax.Array]:
+  def confidence_interval(self, level: float = 0.95) -> tuple[jax.Array, jax.Array]:
     r"""The normal-approximation interval :math:`\hat D \pm z\,\mathrm{SE}`.
 
     :math:`z = \Phi^{-1}((1 + \text{level}) / 2)` (1.96 for 95%). The
@@ -176,9 +179,9 @@ class KLEstimate:
       TypeError, ValueError: ``level`` is not a float in (0, 1).
     """
     if isinstance(level, bool) or not isinstance(
-        level, (float, int, np.floating, np.integer)):
-      raise TypeError(
-          f"`level` must be a Python float in (0, 1); got {level!r}.")
+      level, (float, int, np.floating, np.integer)
+    ):
+      raise TypeError(f"`level` must be a Python float in (0, 1); got {level!r}.")
     if not 0.0 < float(level) < 1.0:
       raise ValueError(f"`level` must lie in (0, 1); got {level!r}.")
     self._warn_if_heavy_tailed()
@@ -197,23 +200,25 @@ class KLEstimate:
     if k.ndim:
       where = f" for {int(np.sum(flagged))} of {k.size} entries"
     warnings.warn(
-        f"KLEstimate(estimator={self.estimator!r}): the tail diagnostic "
-        f"pareto_k = {float(np.max(k[flagged])):.2f} >= "
-        f"{PARETO_K_THRESHOLD}{where}: the estimator's terms probably have "
-        "an infinite variance, so `stderr` and this interval are not "
-        "reliable (their coverage can be far below the level asked). "
-        "Prefer estimator='k1' (finite variance when E_P[(log p/q)^2] is "
-        "finite; 'k3', 'cv' and 'cv_crossfit' also need E_P[(q/p)^2] < "
-        "inf), a proposal with heavier tails, or a closed form; more "
-        "samples do not fix the interval, and from pareto_k >= 0.7 even "
-        "the estimate converges very slowly.",
-        RuntimeWarning, stacklevel=2)
+      f"KLEstimate(estimator={self.estimator!r}): the tail diagnostic "
+      f"pareto_k = {float(np.max(k[flagged])):.2f} >= "
+      f"{PARETO_K_THRESHOLD}{where}: the estimator's terms probably have "
+      "an infinite variance, so `stderr` and this interval are not "
+      "reliable (their coverage can be far below the level asked). "
+      "Prefer estimator='k1' (finite variance when E_P[(log p/q)^2] is "
+      "finite; 'k3', 'cv' and 'cv_crossfit' also need E_P[(q/p)^2] < "
+      "inf), a proposal with heavier tails, or a closed form; more "
+      "samples do not fix the interval, and from pareto_k >= 0.7 even "
+      "the estimate converges very slowly.",
+      RuntimeWarning,
+      stacklevel=2,
+    )
 
 
 jax.tree_util.register_dataclass(
-    KLEstimate,
-    data_fields=["value", "stderr", "effective_sample_size", "pareto_k"],
-    meta_fields=["num_samples", "estimator"],
+  KLEstimate,
+  data_fields=["value", "stderr", "effective_sample_size", "pareto_k"],
+  meta_fields=["num_samples", "estimator"],
 )
 
 
@@ -270,7 +275,7 @@ class StandardNormalPushforward(NamedTuple):
   event_shape: tuple[int, ...] = ()
   dtype: Any = None
 
-  def __deepcopy__(self, memo: dict) -> "StandardNormalPushforward":
+  def __deepcopy__(self, memo: dict) -> StandardNormalPushforward:
     return self  # immutable; its callables are shared, as deepcopy does
 
 
@@ -300,9 +305,11 @@ def _call_method(obj: Any, method: str) -> Callable[..., Any]:
   bound = getattr(obj, method)
   if not _from_library(obj):
     return bound
+
   def call(*args, **kwargs):
     with _library_context():
       return bound(*args, **kwargs)
+
   return call
 
 
@@ -317,13 +324,15 @@ def _is_numpyro(obj: Any) -> bool:
 
 
 def _is_pair(obj: Any) -> bool:
-  return (isinstance(obj, (tuple, list)) and len(obj) == 2
-          and all(callable(f) for f in obj))
+  return (
+    isinstance(obj, (tuple, list)) and len(obj) == 2 and all(callable(f) for f in obj)
+  )
 
 
 def _has_sample_and_log_prob(obj: Any) -> bool:
-  return (callable(getattr(obj, "sample", None))
-          and callable(getattr(obj, "log_prob", None)))
+  return callable(getattr(obj, "sample", None)) and callable(
+    getattr(obj, "log_prob", None)
+  )
 
 
 def _sampling_form(obj: Any, name: str) -> str:
@@ -337,11 +346,12 @@ def _sampling_form(obj: Any, name: str) -> str:
   if _has_sample_and_log_prob(obj):
     return "object"
   raise TypeError(
-      f"`{name}` must be a distribution that can be sampled: a NumPyro "
-      "distribution, a `jaxkl.StandardNormalPushforward`, a pair "
-      "`(sample(key, n), log_prob(x))` of callables, or an object with "
-      "`sample(seed=, sample_shape=)` and `log_prob` methods (TFP/Distrax); "
-      f"got an object of type {type(obj).__name__}.")
+    f"`{name}` must be a distribution that can be sampled: a NumPyro "
+    "distribution, a `jaxkl.StandardNormalPushforward`, a pair "
+    "`(sample(key, n), log_prob(x))` of callables, or an object with "
+    "`sample(seed=, sample_shape=)` and `log_prob` methods (TFP/Distrax); "
+    f"got an object of type {type(obj).__name__}."
+  )
 
 
 def _log_prob_fn(obj: Any, name: str) -> Callable[[Any], jax.Array]:
@@ -349,9 +359,11 @@ def _log_prob_fn(obj: Any, name: str) -> Callable[[Any], jax.Array]:
   if isinstance(obj, StandardNormalPushforward):
     return obj.log_prob
   if _is_numpyro(obj):
+
     def numpyro_log_prob(x):
       with _library_context():
         return obj.log_prob(x)
+
     return numpyro_log_prob
   if _is_pair(obj):
     return obj[1]
@@ -360,9 +372,10 @@ def _log_prob_fn(obj: Any, name: str) -> Callable[[Any], jax.Array]:
   if callable(obj):
     return obj
   raise TypeError(
-      f"`{name}` must be a distribution (NumPyro, TFP/Distrax-style, a "
-      "`(sample, log_prob)` pair, a `jaxkl.StandardNormalPushforward`) or a "
-      f"callable `log_prob(x)`; got an object of type {type(obj).__name__}.")
+    f"`{name}` must be a distribution (NumPyro, TFP/Distrax-style, a "
+    "`(sample, log_prob)` pair, a `jaxkl.StandardNormalPushforward`) or a "
+    f"callable `log_prob(x)`; got an object of type {type(obj).__name__}."
+  )
 
 
 def _numpyro_normal_transform(dist: Any):
@@ -374,14 +387,18 @@ def _numpyro_normal_transform(dist: Any):
   module = _numpyro_distributions()
   if isinstance(dist, module.Normal):
     loc, scale = dist.loc, dist.scale
-    return (tuple(dist.batch_shape), jnp.result_type(loc),
-            lambda z: loc + scale * z)
+    return (tuple(dist.batch_shape), jnp.result_type(loc), lambda z: loc + scale * z)
   if isinstance(dist, module.MultivariateNormal):
     loc, tril = dist.loc, dist.scale_tril
+
     def mvn(z):
       return loc + jnp.squeeze(jnp.matmul(tril, z[..., None]), axis=-1)
-    return (tuple(dist.batch_shape) + tuple(dist.event_shape),
-            jnp.result_type(loc), mvn)
+
+    return (
+      tuple(dist.batch_shape) + tuple(dist.event_shape),
+      jnp.result_type(loc),
+      mvn,
+    )
   if isinstance(dist, module.Independent):
     return _numpyro_normal_transform(dist.base_dist)
   if isinstance(dist, module.TransformedDistribution):
@@ -390,17 +407,20 @@ def _numpyro_normal_transform(dist: Any):
       return None
     shape, dtype, base = inner
     transforms = tuple(dist.transforms)
+
     def pushed(z):
       x = base(z)
       for t in transforms:
         x = t(x)
       return x
+
     return shape, dtype, pushed
   return None
 
 
-def _standard_normal(key: jax.Array, n: int, shape: tuple[int, ...], dtype,
-                     antithetic: bool) -> jax.Array:
+def _standard_normal(
+  key: jax.Array, n: int, shape: tuple[int, ...], dtype, antithetic: bool
+) -> jax.Array:
   """``[n, *shape]`` standard normals; ``z`` then ``-z`` if antithetic."""
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
     dtype = jnp.zeros(()).dtype  # JAX's default float (honours x64)
@@ -409,11 +429,11 @@ def _standard_normal(key: jax.Array, n: int, shape: tuple[int, ...], dtype,
   # times more slowly.
   rows = n // 2 if antithetic else n
   size = rows * int(np.prod(shape, dtype=np.int64))
-  z = jnp.reshape(jax.random.normal(key, (size,), dtype), (rows,) + tuple(shape))
+  z = jnp.reshape(jax.random.normal(key, (size,), dtype), (rows, *tuple(shape)))
   return jnp.concatenate([z, -z], axis=0) if antithetic else z
 
 
-def _pathwise_possible(form: str, dist: Any) -> Optional[bool]:
+def _pathwise_possible(form: str, dist: Any) -> bool | None:
   """Whether samples are reparameterized: True, False, or None if unknown."""
   if form == "pushforward":
     return True
@@ -433,14 +453,23 @@ def _resolve_gradient(gradient: str, form: str, dist: Any, name: str) -> bool:
     return possible is not False
   if gradient == "pathwise" and possible is False:
     raise ValueError(
-        f"`gradient='pathwise'` needs reparameterized samples, but `{name}` "
-        f"({type(dist).__name__}) does not provide them; use "
-        "`gradient='score_function'` (or 'auto').")
+      f"`gradient='pathwise'` needs reparameterized samples, but `{name}` "
+      f"({type(dist).__name__}) does not provide them; use "
+      "`gradient='score_function'` (or 'auto')."
+    )
   return gradient == "pathwise"
 
 
-def _draw(form: str, dist: Any, name: str, key: jax.Array, n: int, *,
-          pathwise: bool, antithetic: bool) -> Any:
+def _draw(
+  form: str,
+  dist: Any,
+  name: str,
+  key: jax.Array,
+  n: int,
+  *,
+  pathwise: bool,
+  antithetic: bool,
+) -> Any:
   """Draws ``n`` samples in the way ``gradient`` and ``antithetic`` ask."""
   if form == "pushforward":
     z = _standard_normal(key, n, dist.event_shape, dist.dtype, antithetic)
@@ -450,11 +479,12 @@ def _draw(form: str, dist: Any, name: str, key: jax.Array, n: int, *,
       found = _numpyro_normal_transform(dist)
       if found is None:
         raise ValueError(
-            f"`antithetic=True` needs a reparameterized standard-normal base; "
-            f"`{name}` is a NumPyro {type(dist).__name__}, and only Normal, "
-            "MultivariateNormal, and Independent/TransformedDistribution "
-            "(e.g. LogNormal) built on them are supported. Pass a "
-            "`jaxkl.StandardNormalPushforward` for other families.")
+          f"`antithetic=True` needs a reparameterized standard-normal base; "
+          f"`{name}` is a NumPyro {type(dist).__name__}, and only Normal, "
+          "MultivariateNormal, and Independent/TransformedDistribution "
+          "(e.g. LogNormal) built on them are supported. Pass a "
+          "`jaxkl.StandardNormalPushforward` for other families."
+        )
       shape, dtype, transform = found
       with _library_context():
         return transform(_standard_normal(key, n, shape, dtype, True))
@@ -464,9 +494,10 @@ def _draw(form: str, dist: Any, name: str, key: jax.Array, n: int, *,
       return dist.sample(key, (n,))
   if antithetic:
     raise ValueError(
-        "`antithetic=True` needs a reparameterized standard-normal base: pass "
-        f"`{name}` as a `jaxkl.StandardNormalPushforward` or a NumPyro Normal/"
-        "MultivariateNormal (or Independent/TransformedDistribution of one).")
+      "`antithetic=True` needs a reparameterized standard-normal base: pass "
+      f"`{name}` as a `jaxkl.StandardNormalPushforward` or a NumPyro Normal/"
+      "MultivariateNormal (or Independent/TransformedDistribution of one)."
+    )
   if form == "pair":
     return dist[0](key, n)
   return _call_method(dist, "sample")(seed=key, sample_shape=(n,))
@@ -475,7 +506,8 @@ def _draw(form: str, dist: Any, name: str, key: jax.Array, n: int, *,
 def _all_integer(tree: Any) -> bool:
   leaves = jax.tree_util.tree_leaves(tree)
   return bool(leaves) and all(
-      not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves)
+    not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) for leaf in leaves
+  )
 
 
 def _check_log_density(value: Any, name: str, n: int) -> jax.Array:
@@ -483,25 +515,28 @@ def _check_log_density(value: Any, name: str, n: int) -> jax.Array:
   array = _checks.as_float_array(value, f"log-density of `{name}`")
   if array.ndim == 0 or array.shape[0] != n:
     raise ValueError(
-        f"the log-density of `{name}` at the {n} samples has shape "
-        f"{tuple(array.shape)}; its leading axis must be the {n} samples.")
+      f"the log-density of `{name}` at the {n} samples has shape "
+      f"{tuple(array.shape)}; its leading axis must be the {n} samples."
+    )
   return array
 
 
 def _validate_num_samples(num_samples: Any, antithetic: bool) -> int:
-  if isinstance(num_samples, bool) or not isinstance(
-      num_samples, (int, np.integer)):
+  if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)):
     raise TypeError(
-        "`num_samples` must be a Python int (it fixes array shapes at trace "
-        f"time); got {num_samples!r} of type {type(num_samples).__name__}.")
+      "`num_samples` must be a Python int (it fixes array shapes at trace "
+      f"time); got {num_samples!r} of type {type(num_samples).__name__}."
+    )
   n = int(num_samples)
   if antithetic and (n % 2 or n < 4):
     raise ValueError(
-        "`antithetic=True` draws pairs (z, -z): `num_samples` must be even "
-        f"and at least 4 (two pairs, for the standard error); got {n}.")
+      "`antithetic=True` draws pairs (z, -z): `num_samples` must be even "
+      f"and at least 4 (two pairs, for the standard error); got {n}."
+    )
   if n < 2:
     raise ValueError(
-        f"`num_samples` must be at least 2 (for the standard error); got {n}.")
+      f"`num_samples` must be at least 2 (for the standard error); got {n}."
+    )
   return n
 
 
@@ -530,9 +565,13 @@ def _describe(obj: Any) -> str:
 
 
 def _looks_like_distribution(obj: Any) -> bool:
-  return (isinstance(obj, StandardNormalPushforward) or _is_numpyro(obj)
-          or _is_pair(obj) or callable(getattr(obj, "log_prob", None))
-          or callable(obj))
+  return (
+    isinstance(obj, StandardNormalPushforward)
+    or _is_numpyro(obj)
+    or _is_pair(obj)
+    or callable(getattr(obj, "log_prob", None))
+    or callable(obj)
+  )
 
 
 def _legacy_key_shape() -> tuple[int, ...]:
@@ -551,33 +590,39 @@ def check_key(key: Any, p: Any, q: Any, function: str) -> None:
   if p is REQUIRED or q is REQUIRED:
     if _looks_like_distribution(key):
       raise TypeError(
-          f"`key` is missing: the first argument of `{function}` is a "
-          f"jax.random key, and {_describe(key)} was passed in its place "
-          f"(taken as `key`). Call `{call}`.")
+        f"`key` is missing: the first argument of `{function}` is a "
+        f"jax.random key, and {_describe(key)} was passed in its place "
+        f"(taken as `key`). Call `{call}`."
+      )
     missing = "p" if p is REQUIRED else "q"
-    raise TypeError(f"`{function}` is missing the argument `{missing}`; "
-                    f"call `{call}`.")
-  allowed = ("a jax.random key: `jax.random.key(seed)` (or a legacy "
-             "`jax.random.PRNGKey(seed)`), one key per estimate")
+    raise TypeError(f"`{function}` is missing the argument `{missing}`; call `{call}`.")
+  allowed = (
+    "a jax.random key: `jax.random.key(seed)` (or a legacy "
+    "`jax.random.PRNGKey(seed)`), one key per estimate"
+  )
   if isinstance(key, (bool, int, np.integer)):
     raise TypeError(
-        f"`key` must be {allowed}; got {_describe(key)}. Pass "
-        f"`jax.random.key({int(key)})` instead of an integer seed.")
+      f"`key` must be {allowed}; got {_describe(key)}. Pass "
+      f"`jax.random.key({int(key)})` instead of an integer seed."
+    )
   dtype = getattr(key, "dtype", None)
   shape = tuple(getattr(key, "shape", ()) or ())
   if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     if shape == ():
       return
     raise ValueError(
-        f"`key` must be {allowed}; got a key array of shape {shape}. "
-        "For several estimates, `jax.vmap` over the keys.")
-  if dtype is not None and np.dtype(dtype) == np.uint32:
-    if shape == _legacy_key_shape():
-      return
+      f"`key` must be {allowed}; got a key array of shape {shape}. "
+      "For several estimates, `jax.vmap` over the keys."
+    )
+  if (
+    dtype is not None and np.dtype(dtype) == np.uint32 and shape == _legacy_key_shape()
+  ):
+    return
   if _looks_like_distribution(key):
     raise TypeError(
-        f"`key` must be {allowed}; got {_describe(key)}, which looks like a "
-        f"distribution: was the key left out? Call `{call}`.")
+      f"`key` must be {allowed}; got {_describe(key)}, which looks like a "
+      f"distribution: was the key left out? Call `{call}`."
+    )
   raise TypeError(f"`key` must be {allowed}; got {_describe(key)}.")
 
 
@@ -586,17 +631,17 @@ def check_key(key: Any, p: Any, q: Any, function: str) -> None:
 
 
 def monte_carlo_kl(
-    key: jax.Array,
-    p: Any = REQUIRED,
-    q: Any = REQUIRED,
-    *,
-    num_samples: int,
-    estimator: _estimators.Estimator = "k1",
-    gradient: Gradient = "auto",
-    antithetic: bool = False,
-    proposal: Any = None,
-    self_normalized: bool = False,
-    tail_diagnostic: bool = True,
+  key: jax.Array,
+  p: Any = REQUIRED,
+  q: Any = REQUIRED,
+  *,
+  num_samples: int,
+  estimator: _estimators.Estimator = "k1",
+  gradient: Gradient = "auto",
+  antithetic: bool = False,
+  proposal: Any = None,
+  self_normalized: bool = False,
+  tail_diagnostic: bool = True,
 ) -> KLEstimate:
   r"""Monte-Carlo estimate of :math:`D_{\mathrm{KL}}(P \,\|\, Q)`, with its error.
 
@@ -793,23 +838,23 @@ def monte_carlo_kl(
   tail_diagnostic = _checks.check_bool(tail_diagnostic, "tail_diagnostic")
   if not (isinstance(gradient, str) and gradient in GRADIENTS):
     raise ValueError(
-        f"`gradient` must be one of {', '.join(map(repr, GRADIENTS))}; got "
-        f"{gradient!r}.")
+      f"`gradient` must be one of {', '.join(map(repr, GRADIENTS))}; got {gradient!r}."
+    )
   antithetic = _checks.check_bool(antithetic, "antithetic")
   self_normalized = _checks.check_bool(self_normalized, "self_normalized")
   if self_normalized and proposal is None:
     raise ValueError("`self_normalized=True` needs a `proposal`.")
   n = _validate_num_samples(num_samples, antithetic)
-  sampler, sampler_name = (p, "p") if proposal is None else (proposal,
-                                                             "proposal")
+  sampler, sampler_name = (p, "p") if proposal is None else (proposal, "proposal")
   form = _sampling_form(sampler, sampler_name)
   log_p_fn = _log_prob_fn(p, "p")
   log_q_fn = _log_prob_fn(q, "q")
   log_s_fn = None if proposal is None else _log_prob_fn(proposal, "proposal")
 
   pathwise = _resolve_gradient(gradient, form, sampler, sampler_name)
-  x = _draw(form, sampler, sampler_name, key, n, pathwise=pathwise,
-            antithetic=antithetic)
+  x = _draw(
+    form, sampler, sampler_name, key, n, pathwise=pathwise, antithetic=antithetic
+  )
   if gradient == "auto" and _all_integer(x):
     pathwise = False  # integer samples cannot carry a pathwise gradient
   if not pathwise:
@@ -824,12 +869,12 @@ def monte_carlo_kl(
     shape = jnp.broadcast_shapes(*(d.shape for d in densities))
   except ValueError:
     raise ValueError(
-        "the log-densities at the samples have shapes "
-        f"{[tuple(d.shape) for d in densities]} (p, q[, proposal]), which do "
-        "not broadcast together.") from None
+      "the log-densities at the samples have shapes "
+      f"{[tuple(d.shape) for d in densities]} (p, q[, proposal]), which do "
+      "not broadcast together."
+    ) from None
   out_dtype, compute_dtype = _checks.result_dtype(*densities)
-  densities = [jnp.broadcast_to(d.astype(compute_dtype), shape)
-               for d in densities]
+  densities = [jnp.broadcast_to(d.astype(compute_dtype), shape) for d in densities]
   log_p, log_q = densities[0], densities[1]
   log_s = densities[2] if log_s_fn is not None else None
 
@@ -838,16 +883,22 @@ def monte_carlo_kl(
   if not pathwise:
     score = log_p if log_s is None else log_s
   results = _estimators.estimate_from_log_ratios(
-      log_q - log_p, estimator=estimator, axes=(0,), log_weights=log_w,
-      self_normalized=self_normalized, groups=2 if antithetic else 1,
-      score_log_prob=score, tail_diagnostic=tail_diagnostic)
+    log_q - log_p,
+    estimator=estimator,
+    axes=(0,),
+    log_weights=log_w,
+    self_normalized=self_normalized,
+    groups=2 if antithetic else 1,
+    score_log_prob=score,
+    tail_diagnostic=tail_diagnostic,
+  )
   value, stderr, ess = results[:3]
   khat = results[3] if tail_diagnostic else jnp.full(value.shape, jnp.nan)
   return KLEstimate(
-      value=value.astype(out_dtype),
-      stderr=stderr.astype(out_dtype),
-      effective_sample_size=ess.astype(out_dtype),
-      num_samples=n,
-      estimator=estimator,
-      pareto_k=khat.astype(out_dtype),
+    value=value.astype(out_dtype),
+    stderr=stderr.astype(out_dtype),
+    effective_sample_size=ess.astype(out_dtype),
+    num_samples=n,
+    estimator=estimator,
+    pareto_k=khat.astype(out_dtype),
   )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +10,7 @@ from jax.typing import ArrayLike
 from jaxkl import _checks
 from jaxkl import _pointwise
 
-Axis = Union[int, tuple[int, ...], None]
+Axis = int | tuple[int, ...] | None
 
 
 def normalize_axis(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
@@ -26,24 +24,24 @@ def normalize_axis(axis: Axis, ndim: int, name: str = "axis") -> tuple[int, ...]
     return tuple(range(ndim))
   axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
   if not isinstance(axes, (tuple, list)) or not all(
-      isinstance(a, (int, np.integer)) and not isinstance(a, bool)
-      for a in axes):
-    raise TypeError(
-        f"`{name}` must be an int, a tuple of ints or None; got {axis!r}.")
+    isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes
+  ):
+    raise TypeError(f"`{name}` must be an int, a tuple of ints or None; got {axis!r}.")
   normalized = []
   for a in axes:
     if not -ndim <= a < ndim:
       raise ValueError(
-          f"`{name}`={axis!r} is out of range for an input with {ndim} "
-          f"dimension(s).")
+        f"`{name}`={axis!r} is out of range for an input with {ndim} dimension(s)."
+      )
     normalized.append(int(a) % ndim if ndim else 0)
   if len(set(normalized)) != len(normalized):
     raise ValueError(f"`{name}`={axis!r} repeats an axis.")
   return tuple(sorted(normalized))
 
 
-def _broadcast_strides(padded: tuple[int, ...],
-                       shape: tuple[int, ...]) -> tuple[int, ...]:
+def _broadcast_strides(
+  padded: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[int, ...]:
   """Which mask element each axis of ``shape`` reads, as strides.
 
   ``padded`` has ``len(shape)`` entries and broadcasts to ``shape``; the
@@ -52,7 +50,7 @@ def _broadcast_strides(padded: tuple[int, ...],
   ``shape`` get stride 0 (only index 0 exists there).
   """
   strides, step = [], 1
-  for size, target in zip(reversed(padded), reversed(shape)):
+  for size, target in zip(reversed(padded), reversed(shape), strict=False):
     strides.append(step if size == target and target != 1 else 0)
     step *= size
   return tuple(reversed(strides))
@@ -62,17 +60,22 @@ def _broadcasts(mask_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
   """Whether NumPy's rules broadcast ``mask_shape`` to ``shape``."""
   if len(mask_shape) > len(shape):
     return False
-  return all(m in (1, s) for m, s in zip(reversed(mask_shape),
-                                         reversed(shape)))
+  return all(
+    m in (1, s) for m, s in zip(reversed(mask_shape), reversed(shape), strict=False)
+  )
 
 
 def _spell(name: str, shape: tuple[int, ...]) -> str:
   return f"`{name}.reshape({', '.join(map(str, shape))}{',' * (len(shape) == 1)})`"
 
 
-def broadcast_mask(where: Optional[ArrayLike], shape: tuple[int, ...],
-                   axes: tuple[int, ...], *,
-                   name: str = "where") -> Optional[jax.Array]:
+def broadcast_mask(
+  where: ArrayLike | None,
+  shape: tuple[int, ...],
+  axes: tuple[int, ...],
+  *,
+  name: str = "where",
+) -> jax.Array | None:
   """Reads a ``where`` mask by jaxkl's one rule and broadcasts it to ``shape``.
 
   Every function of jaxkl that takes ``where`` reads it here. ``shape`` is
@@ -105,46 +108,53 @@ def broadcast_mask(where: Optional[ArrayLike], shape: tuple[int, ...],
     mask = jnp.asarray(where)
   except TypeError as err:
     raise TypeError(
-        f"`{name}` must be a boolean array; got an object of type "
-        f"{type(where).__name__}.") from err
+      f"`{name}` must be a boolean array; got an object of type {type(where).__name__}."
+    ) from err
   _checks.check_mask_dtype(mask, name)
   shape = tuple(shape)
   per_example = tuple(d for i, d in enumerate(shape) if i not in axes)
-  by_example = (bool(axes) and mask.shape == per_example
-                and len(per_example) < len(shape))
+  by_example = (
+    bool(axes) and mask.shape == per_example and len(per_example) < len(shape)
+  )
   by_numpy = _broadcasts(mask.shape, shape)
   if by_example:
     example_shape = tuple(1 if i in axes else d for i, d in enumerate(shape))
     if by_numpy:
       numpy_shape = (1,) * (len(shape) - mask.ndim) + mask.shape
-      if 0 not in shape and (_broadcast_strides(example_shape, shape)
-                             != _broadcast_strides(numpy_shape, shape)):
+      if 0 not in shape and (
+        _broadcast_strides(example_shape, shape)
+        != _broadcast_strides(numpy_shape, shape)
+      ):
         raise ValueError(
-            f"`{name}` has shape {mask.shape}, which can be read two ways "
-            f"against the input shape {shape} (summed over axis "
-            f"{axes[0] if len(axes) == 1 else axes}): as a mask of whole "
-            f"examples (jaxkl's reading of a mask of the per-example shape "
-            f"{per_example}) or, by NumPy's broadcasting rules, as a mask "
-            f"within each example (optax's reading: it masks classes). "
-            f"jaxkl does not guess; say which: {_spell(name, example_shape)}"
-            f" (shape {example_shape}) masks examples (rows), "
-            f"{_spell(name, numpy_shape)} (shape {numpy_shape}) masks "
-            f"classes.")
+          f"`{name}` has shape {mask.shape}, which can be read two ways "
+          f"against the input shape {shape} (summed over axis "
+          f"{axes[0] if len(axes) == 1 else axes}): as a mask of whole "
+          f"examples (jaxkl's reading of a mask of the per-example shape "
+          f"{per_example}) or, by NumPy's broadcasting rules, as a mask "
+          f"within each example (optax's reading: it masks classes). "
+          f"jaxkl does not guess; say which: {_spell(name, example_shape)}"
+          f" (shape {example_shape}) masks examples (rows), "
+          f"{_spell(name, numpy_shape)} (shape {numpy_shape}) masks "
+          f"classes."
+        )
     mask = jnp.reshape(mask, example_shape)
   elif not by_numpy:
     if axes:
       raise ValueError(
-          f"`{name}` has shape {mask.shape}, which is neither the per-example "
-          f"shape {per_example} (masks whole examples) nor broadcastable to "
-          f"the input shape {shape} by NumPy's rules.")
+        f"`{name}` has shape {mask.shape}, which is neither the per-example "
+        f"shape {per_example} (masks whole examples) nor broadcastable to "
+        f"the input shape {shape} by NumPy's rules."
+      )
     raise ValueError(
-        f"`{name}` has shape {mask.shape}, which does not broadcast to the "
-        f"shape {shape} by NumPy's rules.")
+      f"`{name}` has shape {mask.shape}, which does not broadcast to the "
+      f"shape {shape} by NumPy's rules."
+    )
   return jnp.broadcast_to(mask, shape)
 
 
-def per_example_mask(where: ArrayLike, shape: tuple[int, ...],
-                     axes: tuple[int, ...]) -> Optional[jax.Array]:
+def per_example_mask(
+  where: ArrayLike, shape: tuple[int, ...], axes: tuple[int, ...]
+) -> jax.Array | None:
   """The per-example mask when ``where`` masks whole examples, else None.
 
   ``where`` must already have been read by :func:`broadcast_mask` (which
@@ -164,8 +174,9 @@ def per_example_mask(where: ArrayLike, shape: tuple[int, ...],
   return jnp.broadcast_to(jnp.squeeze(mask, axes), per_example)
 
 
-def masked_target(target: jax.Array, mask: Optional[jax.Array],
-                  log_target: bool) -> jax.Array:
+def masked_target(
+  target: jax.Array, mask: jax.Array | None, log_target: bool
+) -> jax.Array:
   """Gives masked-out positions zero target probability (term exactly 0).
 
   Implemented with a multiply (probabilities) or an add of ``-inf``
@@ -181,12 +192,12 @@ def masked_target(target: jax.Array, mask: Optional[jax.Array],
 
 
 def kl_divergence(
-    log_predictions: ArrayLike,
-    targets: ArrayLike,
-    *,
-    axis: Axis = -1,
-    where: Optional[ArrayLike] = None,
-    log_target: bool = False,
+  log_predictions: ArrayLike,
+  targets: ArrayLike,
+  *,
+  axis: Axis = -1,
+  where: ArrayLike | None = None,
+  log_target: bool = False,
 ) -> jax.Array:
   r"""Per-example KL divergence :math:`D_{\mathrm{KL}}(P \,\|\, Q)` over ``axis``.
 

@@ -85,8 +85,9 @@ def _log_floor(dtype: DTypeLike) -> tuple[float, float]:
   return 2.0 * log_tiny, -float(finfo.max) / (-log_tiny - 1.0)
 
 
-def _terms(log_q: jax.Array, p: jax.Array, clamped_log_p: jax.Array,
-           floor: jax.Array) -> jax.Array:
+def _terms(
+  log_q: jax.Array, p: jax.Array, clamped_log_p: jax.Array, floor: jax.Array
+) -> jax.Array:
   """``p * (clamped_log_p - max(log_q, floor))``: three array-array ops."""
   return p * (clamped_log_p - jnp.maximum(log_q, floor))
 
@@ -127,19 +128,21 @@ def _kl_terms_probs_jvp(primals, tangents):
   log_q, p = primals
   d_log_q, d_p = tangents
   out = kl_terms_probs(log_q, p)
-  return out, _linear_combination(out, [
+  return out, _linear_combination(
+    out,
+    [
       # -p, written so that its own derivative at p == 0 is 0: this keeps the
       # Hessian symmetric, matching the zero gradient chosen at p == 0 below.
       (lambda: -jnp.where(p == 0, 0, p), d_log_q),
       (lambda: _kl_terms_dp(log_q, p), d_p),
-  ])
+    ],
+  )
 
 
 kl_terms_probs.defjvp(_kl_terms_probs_jvp, symbolic_zeros=True)
 
 
-def kl_terms(log_q: jax.Array, target: jax.Array, *,
-             log_target: bool) -> jax.Array:
+def kl_terms(log_q: jax.Array, target: jax.Array, *, log_target: bool) -> jax.Array:
   """Elementwise KL terms, ``target`` holding ``p`` or (``log_target``) ``log p``."""
   if log_target:
     return kl_terms_log_target(log_q, target)
@@ -172,10 +175,13 @@ def _kl_terms_log_target_jvp(primals, tangents):
   log_q, log_p = primals
   d_log_q, d_log_p = tangents
   out = kl_terms_log_target(log_q, log_p)
-  return out, _linear_combination(out, [
+  return out, _linear_combination(
+    out,
+    [
       (lambda: -jnp.exp(log_p), d_log_q),
       (lambda: _kl_terms_log_target_dlog_p(log_q, log_p), d_log_p),
-  ])
+    ],
+  )
 
 
 kl_terms_log_target.defjvp(_kl_terms_log_target_jvp, symbolic_zeros=True)

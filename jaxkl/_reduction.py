@@ -8,7 +8,7 @@ values and ``'batchmean'`` divides it by the size of the leading axis.
 from __future__ import annotations
 
 import warnings
-from typing import Literal, Optional
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,25 +26,22 @@ REDUCTIONS: tuple[str, ...] = ("none", "batchmean", "sum", "mean")
 # missing spaces between sentences of the 'mean' warning) so that code which
 # filters warnings by message keeps working after a port.
 MEAN_WARNING = (
-    "reduction: 'mean' divides the total loss by both the batch size and the "
-    "support size.'batchmean' divides only by the batch size, and aligns with "
-    "the KL div math definition.'mean' will be changed to behave the same as "
-    "'batchmean' in the next major release."
+  "reduction: 'mean' divides the total loss by both the batch size and the "
+  "support size.'batchmean' divides only by the batch size, and aligns with "
+  "the KL div math definition.'mean' will be changed to behave the same as "
+  "'batchmean' in the next major release."
 )
 ELEMENTWISE_MEAN_WARNING = (
-    "reduction='elementwise_mean' is deprecated. "
-    "Please use reduction='mean' instead."
+  "reduction='elementwise_mean' is deprecated. Please use reduction='mean' instead."
 )
 LEGACY_WARNING = (
-    "size_average and reduce args will be deprecated, please use "
-    "reduction='{}' instead."
+  "size_average and reduce args will be deprecated, please use reduction='{}' instead."
 )
 
 
 def invalid_reduction_error(reduction: object) -> ValueError:
   return ValueError(
-      f"`reduction` must be one of {', '.join(map(repr, REDUCTIONS))}; got "
-      f"{reduction!r}."
+    f"`reduction` must be one of {', '.join(map(repr, REDUCTIONS))}; got {reduction!r}."
   )
 
 
@@ -56,7 +53,7 @@ def validate_reduction(reduction: object) -> str:
 
 
 def legacy_reduction(
-    size_average: Optional[bool], reduce: Optional[bool], *, stacklevel: int
+  size_average: bool | None, reduce: bool | None, *, stacklevel: int
 ) -> str:
   """Maps PyTorch's deprecated ``size_average``/``reduce`` to a reduction.
 
@@ -72,17 +69,16 @@ def legacy_reduction(
     result = "sum"
   else:
     result = "none"
-  warnings.warn(LEGACY_WARNING.format(result), UserWarning,
-                stacklevel=stacklevel + 1)
+  warnings.warn(LEGACY_WARNING.format(result), UserWarning, stacklevel=stacklevel + 1)
   return result
 
 
 def torch_reduction(
-    size_average: Optional[bool],
-    reduce: Optional[bool],
-    reduction: object,
-    *,
-    stacklevel: int,
+  size_average: bool | None,
+  reduce: bool | None,
+  reduction: object,
+  *,
+  stacklevel: int,
 ) -> tuple[str, bool]:
   """Resolves PyTorch's ``kl_div`` arguments to ``(reduction, batchmean)``.
 
@@ -104,11 +100,11 @@ def torch_reduction(
   """
   divide_by_batch = isinstance(reduction, str) and reduction == "batchmean"
   if size_average is not None or reduce is not None:
-    return legacy_reduction(size_average, reduce,
-                            stacklevel=stacklevel + 1), divide_by_batch
+    return legacy_reduction(
+      size_average, reduce, stacklevel=stacklevel + 1
+    ), divide_by_batch
   if isinstance(reduction, str) and reduction == "elementwise_mean":
-    warnings.warn(ELEMENTWISE_MEAN_WARNING, UserWarning,
-                  stacklevel=stacklevel + 1)
+    warnings.warn(ELEMENTWISE_MEAN_WARNING, UserWarning, stacklevel=stacklevel + 1)
     return "mean", False
   reduction = validate_reduction(reduction)
   if reduction == "mean":
@@ -119,10 +115,10 @@ def torch_reduction(
 
 
 def reduce_loss(
-    values: ArrayLike,
-    reduction: str = "mean",
-    *,
-    where: Optional[ArrayLike] = None,
+  values: ArrayLike,
+  reduction: str = "mean",
+  *,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Reduces per-example (or per-token) losses, optionally under a mask.
 

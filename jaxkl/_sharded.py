@@ -22,7 +22,8 @@ own block of the arrays and collectives are explicit:
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Optional, Union
+from collections.abc import Hashable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ from jaxkl import _pointwise
 
 # pylint: disable=protected-access  (jaxkl's own private helpers)
 
-AxisName = Union[Hashable, tuple[Hashable, ...]]
+AxisName = Hashable | tuple[Hashable, ...]
 
 #: Estimators combined across devices by ``sharded_monte_carlo_kl``.
 SHARDED_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3", "cv")
@@ -47,16 +48,18 @@ def _check_axis_name(axis_name: Any) -> int:
   """Returns the number of devices along ``axis_name`` (inside shard_map)."""
   if axis_name is None or isinstance(axis_name, (list, dict, set)):
     raise TypeError(
-        "`axis_name` must be a mesh axis name (e.g. 'model') or a tuple of "
-        f"names; got {axis_name!r}.")
+      "`axis_name` must be a mesh axis name (e.g. 'model') or a tuple of "
+      f"names; got {axis_name!r}."
+    )
   try:
     return jax.lax.axis_size(axis_name)
   except NameError:
     raise ValueError(
-        f"`axis_name`={axis_name!r} is not a bound mesh axis: call this "
-        "function inside `jax.shard_map` over a mesh with that axis (for "
-        "sharded arrays under plain `jax.jit`, use the ordinary jaxkl "
-        "functions).") from None
+      f"`axis_name`={axis_name!r} is not a bound mesh axis: call this "
+      "function inside `jax.shard_map` over a mesh with that axis (for "
+      "sharded arrays under plain `jax.jit`, use the ordinary jaxkl "
+      "functions)."
+    ) from None
 
 
 def _global_log_softmax(x, y, inverse_t, axis_name):
@@ -66,16 +69,19 @@ def _global_log_softmax(x, y, inverse_t, axis_name):
   on it), ``log Z = log psum(sum exp((x - m) / T))``; the collectives move
   only per-row statistics.
   """
-  local_max = (jnp.max(x, axis=-1, keepdims=True),
-               jnp.max(y, axis=-1, keepdims=True))
+  local_max = (jnp.max(x, axis=-1, keepdims=True), jnp.max(y, axis=-1, keepdims=True))
   m_x, m_y = jax.lax.pmax(jax.lax.stop_gradient(local_max), axis_name)
   # -inf logits (padding, possibly a whole device's slice) get zero
   # probability and, through `_scaled`, finite derivatives of every order.
   shifted_x = _logits._scaled(x - m_x, inverse_t)
   shifted_y = _logits._scaled(y - m_y, inverse_t)
   sum_x, sum_y = jax.lax.psum(
-      (jnp.sum(jnp.exp(shifted_x), axis=-1, keepdims=True),
-       jnp.sum(jnp.exp(shifted_y), axis=-1, keepdims=True)), axis_name)
+    (
+      jnp.sum(jnp.exp(shifted_x), axis=-1, keepdims=True),
+      jnp.sum(jnp.exp(shifted_y), axis=-1, keepdims=True),
+    ),
+    axis_name,
+  )
   return shifted_x - jnp.log(sum_x), shifted_y - jnp.log(sum_y)
 
 
@@ -86,14 +92,14 @@ def _local_sum_kl(log_q, log_p, mask):
 
 
 def vocab_parallel_kl_from_logits(
-    logits: ArrayLike,
-    target_logits: ArrayLike,
-    *,
-    axis_name: AxisName,
-    divergence: _logits.Divergence = "forward",
-    beta: float = 0.5,
-    temperature: ArrayLike = 1.0,
-    where: Optional[ArrayLike] = None,
+  logits: ArrayLike,
+  target_logits: ArrayLike,
+  *,
+  axis_name: AxisName,
+  divergence: _logits.Divergence = "forward",
+  beta: float = 0.5,
+  temperature: ArrayLike = 1.0,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Per-example divergence from logits whose class axis is split on devices.
 
@@ -180,18 +186,19 @@ def vocab_parallel_kl_from_logits(
   """
   divergence, beta = _logits.check_divergence(divergence, beta)
   _check_axis_name(axis_name)
-  logits, target_logits, inverse_t, axes, mask, out_dtype = (
-      _logits._validate_logits(logits, target_logits, temperature, -1, where))
-  log_q, log_p = _global_log_softmax(logits, target_logits, inverse_t,
-                                     axis_name)
+  logits, target_logits, inverse_t, axes, mask, out_dtype = _logits._validate_logits(
+    logits, target_logits, temperature, -1, where
+  )
+  log_q, log_p = _global_log_softmax(logits, target_logits, inverse_t, axis_name)
   if divergence == "forward":
     local = _local_sum_kl(log_q, log_p, mask)
   elif divergence == "reverse":
     local = _local_sum_kl(log_p, log_q, mask)
   else:
     log_m = _logits._log_mixture(log_p, log_q, beta)
-    local = (beta * _local_sum_kl(log_m, log_p, mask)
-             + (1 - beta) * _local_sum_kl(log_m, log_q, mask))
+    local = beta * _local_sum_kl(log_m, log_p, mask) + (1 - beta) * _local_sum_kl(
+      log_m, log_q, mask
+    )
   # Never negative (rounding); the derivatives are the unclamped ones.
   result = _logits._nonnegative(jax.lax.psum(local, axis_name))
   if where is not None:
@@ -210,23 +217,24 @@ def _split_check(num_samples: Any, antithetic: bool, devices: int) -> int:
   per_device = 2 * devices if antithetic else devices
   if n % per_device:
     raise ValueError(
-        f"`num_samples`={n} must be a multiple of the {devices} devices along "
-        f"`axis_name`{' times 2 (antithetic pairs)' if antithetic else ''}, "
-        "so that every device draws the same number of samples.")
+      f"`num_samples`={n} must be a multiple of the {devices} devices along "
+      f"`axis_name`{' times 2 (antithetic pairs)' if antithetic else ''}, "
+      "so that every device draws the same number of samples."
+    )
   return n
 
 
 def sharded_monte_carlo_kl(
-    key: jax.Array,
-    p: Any = _monte_carlo.REQUIRED,
-    q: Any = _monte_carlo.REQUIRED,
-    *,
-    num_samples: int,
-    axis_name: AxisName,
-    estimator: str = "k1",
-    gradient: _monte_carlo.Gradient = "auto",
-    antithetic: bool = False,
-    tail_diagnostic: bool = True,
+  key: jax.Array,
+  p: Any = _monte_carlo.REQUIRED,
+  q: Any = _monte_carlo.REQUIRED,
+  *,
+  num_samples: int,
+  axis_name: AxisName,
+  estimator: str = "k1",
+  gradient: _monte_carlo.Gradient = "auto",
+  antithetic: bool = False,
+  tail_diagnostic: bool = True,
 ) -> _monte_carlo.KLEstimate:
   r""":func:`jaxkl.monte_carlo_kl` with the samples split over devices.
 
@@ -310,8 +318,9 @@ def sharded_monte_carlo_kl(
   tail_diagnostic = _checks.check_bool(tail_diagnostic, "tail_diagnostic")
   if not (isinstance(gradient, str) and gradient in _monte_carlo.GRADIENTS):
     raise ValueError(
-        "`gradient` must be one of "
-        f"{', '.join(map(repr, _monte_carlo.GRADIENTS))}; got {gradient!r}.")
+      "`gradient` must be one of "
+      f"{', '.join(map(repr, _monte_carlo.GRADIENTS))}; got {gradient!r}."
+    )
   antithetic = _checks.check_bool(antithetic, "antithetic")
   devices = _check_axis_name(axis_name)
   n = _split_check(num_samples, antithetic, devices)
@@ -321,8 +330,9 @@ def sharded_monte_carlo_kl(
   log_q_fn = _monte_carlo._log_prob_fn(q, "q")
   pathwise = _monte_carlo._resolve_gradient(gradient, form, p, "p")
   local_key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-  x = _monte_carlo._draw(form, p, "p", local_key, local_n, pathwise=pathwise,
-                         antithetic=antithetic)
+  x = _monte_carlo._draw(
+    form, p, "p", local_key, local_n, pathwise=pathwise, antithetic=antithetic
+  )
   if gradient == "auto" and _monte_carlo._all_integer(x):
     pathwise = False
   if not pathwise:
@@ -333,26 +343,35 @@ def sharded_monte_carlo_kl(
     shape = jnp.broadcast_shapes(log_p.shape, log_q.shape)
   except ValueError:
     raise ValueError(
-        "the log-densities at the samples have shapes "
-        f"{[tuple(log_p.shape), tuple(log_q.shape)]} (p, q), which do not "
-        "broadcast together.") from None
+      "the log-densities at the samples have shapes "
+      f"{[tuple(log_p.shape), tuple(log_q.shape)]} (p, q), which do not "
+      "broadcast together."
+    ) from None
   out_dtype, compute_dtype = _checks.result_dtype(log_p, log_q)
   log_p = jnp.broadcast_to(log_p.astype(compute_dtype), shape)
   log_q = jnp.broadcast_to(log_q.astype(compute_dtype), shape)
   groups = 2 if antithetic else 1
   value, stderr = _combine(
-      log_q - log_p, estimator=estimator, axis_name=axis_name, total=n,
-      groups=groups, score_log_prob=None if pathwise else log_p)
+    log_q - log_p,
+    estimator=estimator,
+    axis_name=axis_name,
+    total=n,
+    groups=groups,
+    score_log_prob=None if pathwise else log_p,
+  )
   ess = jnp.full(value.shape, n, out_dtype)
   if tail_diagnostic:
-    khat = _global_pareto_k(log_q - log_p, estimator, axis_name, n // groups,
-                            groups)
+    khat = _global_pareto_k(log_q - log_p, estimator, axis_name, n // groups, groups)
   else:
     khat = jnp.full(value.shape, jnp.nan)
   return _monte_carlo.KLEstimate(
-      value=value.astype(out_dtype), stderr=stderr.astype(out_dtype),
-      effective_sample_size=ess, num_samples=n, estimator=estimator,
-      pareto_k=khat.astype(out_dtype))
+    value=value.astype(out_dtype),
+    stderr=stderr.astype(out_dtype),
+    effective_sample_size=ess,
+    num_samples=n,
+    estimator=estimator,
+    pareto_k=khat.astype(out_dtype),
+  )
 
 
 def _global_pareto_k(log_r, estimator, axis_name, count, groups):
@@ -371,11 +390,11 @@ def _global_pareto_k(log_r, estimator, axis_name, count, groups):
   # the same on every device (shard_map's out_specs=P() accepts it), and
   # adding zeros leaves every value, inf and NaN included, unchanged.
   devices = jax.lax.axis_size(axis_name)
-  slots = jnp.zeros((devices,) + local.shape, local.dtype)
+  slots = jnp.zeros((devices, *local.shape), local.dtype)
   slots = slots.at[jax.lax.axis_index(axis_name)].set(local)
   gathered = jax.lax.psum(slots, axis_name)  # [D, R, ..., K]
   gathered = jnp.moveaxis(gathered, 0, -2)
-  gathered = jnp.reshape(gathered, gathered.shape[:-2] + (-1,))
+  gathered = jnp.reshape(gathered, (*gathered.shape[:-2], -1))
   return _estimators.pareto_k_from_tops(gathered, tail)
 
 
@@ -399,7 +418,8 @@ def _combine(log_r, *, estimator, axis_name, total, groups, score_log_prob):
 
   def psum_sum(*arrays):
     return jax.lax.psum(
-        tuple(jnp.sum(a, axis=0, keepdims=True) for a in arrays), axis_name)
+      tuple(jnp.sum(a, axis=0, keepdims=True) for a in arrays), axis_name
+    )
 
   if control is None:
     (total_values,) = psum_sum(values)
@@ -411,10 +431,10 @@ def _combine(log_r, *, estimator, axis_name, total, groups, score_log_prob):
     total_values, total_control = psum_sum(values, control)
     mean, control_mean = total_values * weight, total_control * weight
     centred, control_centred = values - mean, control - control_mean
-    cross, control_sq = psum_sum(centred * control_centred,
-                                 control_centred * control_centred)
-    lam = jax.lax.stop_gradient(
-        -_estimators._safe_divide(cross, control_sq))
+    cross, control_sq = psum_sum(
+      centred * control_centred, control_centred * control_centred
+    )
+    lam = jax.lax.stop_gradient(-_estimators._safe_divide(cross, control_sq))
     mean = mean + lam * control_mean
     centred = centred + lam * control_centred
     ddof = 2

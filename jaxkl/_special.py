@@ -42,8 +42,9 @@ def log1p(x: jax.Array) -> jax.Array:
   is used instead.
   """
   near = jnp.abs(x) <= 0.2
-  return jnp.where(near, jnp.log1p(jnp.where(near, x, 0)),
-                   jnp.log(1 + jnp.where(near, 0, x)))
+  return jnp.where(
+    near, jnp.log1p(jnp.where(near, x, 0)), jnp.log(1 + jnp.where(near, 0, x))
+  )
 
 
 def x_minus_log1p(x: jax.Array) -> jax.Array:
@@ -103,8 +104,7 @@ def _regular(x: jax.Array) -> jax.Array:
 def difference(x: jax.Array, y: jax.Array) -> jax.Array:
   """``y - x``, and 0 (not NaN) where ``x == y`` are infinite."""
   both_inf = (x == y) & ~jnp.isfinite(x)
-  return jnp.where(both_inf, 0, jnp.where(both_inf, 0, y)
-                   - jnp.where(both_inf, 0, x))
+  return jnp.where(both_inf, 0, jnp.where(both_inf, 0, y) - jnp.where(both_inf, 0, x))
 
 
 def log_ratio(x: jax.Array, d: jax.Array, y: jax.Array) -> jax.Array:
@@ -156,8 +156,7 @@ def x_phi(x: jax.Array, d: jax.Array, y: jax.Array) -> jax.Array:
   log_t = _safe_log_quotient(xf, yf)
   far = jnp.where(yf == 0, jnp.inf, df - xf * log_t)
   zero = x < jnp.finfo(x.dtype).tiny  # 0, or subnormal (flushed)
-  return jnp.where(zero, y - x, jnp.where(equal, 0, jnp.where(
-      near, small, far)))
+  return jnp.where(zero, y - x, jnp.where(equal, 0, jnp.where(near, small, far)))
 
 
 # ----------------------------------------------------------------------------
@@ -165,11 +164,23 @@ def x_phi(x: jax.Array, d: jax.Array, y: jax.Array) -> jax.Array:
 
 # c_k = B_{2k} / (2k (2k - 1)): Stirling's series for Binet's function
 # mu(x) = lgamma(x) - (x - 1/2) log x + x - log(2 pi) / 2 ~ sum c_k x^(1 - 2k).
-_BERNOULLI_2K = [(1, 6), (-1, 30), (1, 42), (-1, 30), (5, 66), (-691, 2730),
-                 (7, 6), (-3617, 510), (43867, 798), (-174611, 330),
-                 (854513, 138), (-236364091, 2730)]
-_STIRLING = [n / d / ((2 * k + 2) * (2 * k + 1))
-             for k, (n, d) in enumerate(_BERNOULLI_2K)]
+_BERNOULLI_2K = [
+  (1, 6),
+  (-1, 30),
+  (1, 42),
+  (-1, 30),
+  (5, 66),
+  (-691, 2730),
+  (7, 6),
+  (-3617, 510),
+  (43867, 798),
+  (-174611, 330),
+  (854513, 138),
+  (-236364091, 2730),
+]
+_STIRLING = [
+  n / d / ((2 * k + 2) * (2 * k + 1)) for k, (n, d) in enumerate(_BERNOULLI_2K)
+]
 
 
 def _stirling_setup(x: jax.Array) -> tuple[int, int]:
@@ -283,8 +294,7 @@ def bregman_h(x: jax.Array, d: jax.Array) -> jax.Array:
   shifted = shift > 0
   xn = x + shift
   yn = y + shift
-  total = total + jnp.where(
-      shifted, x_phi(yn, -d, xn) - x_phi(y, -d, x), 0)
+  total = total + jnp.where(shifted, x_phi(yn, -d, xn) - x_phi(y, -d, x), 0)
   total = total + 0.5 * phi(xn, d, yn) + _bregman_binet(xn, d, terms)
   return jnp.where(zero, 0, total)
 
@@ -306,8 +316,7 @@ def _split(a: jax.Array) -> tuple[jax.Array, jax.Array]:
     hi = jax.lax.bitcast_convert_type(bits & mask, jnp.float64)
   else:
     bits = jax.lax.bitcast_convert_type(a, jnp.uint32)
-    hi = jax.lax.bitcast_convert_type(bits & np.uint32(0xFFFFF000),
-                                      jnp.float32)
+    hi = jax.lax.bitcast_convert_type(bits & np.uint32(0xFFFFF000), jnp.float32)
   return hi, a - hi
 
 
@@ -319,8 +328,9 @@ def _two_product(u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
   return p, ((uh * vh - p) + uh * vl + ul * vh) + ul * vl
 
 
-def product_difference(a: jax.Array, b: jax.Array, c: jax.Array,
-                       e: jax.Array) -> jax.Array:
+def product_difference(
+  a: jax.Array, b: jax.Array, c: jax.Array, e: jax.Array
+) -> jax.Array:
   r""":math:`a b - c e`, accurate to a few ulps of the *result*.
 
   Both products are split into a rounded product and its rounding error

@@ -59,12 +59,17 @@ class Failures(list):
     bad = ~np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
     if bad.any():
       err = np.max(np.abs(np.where(bad, got - want, 0)))
-      self.append(f"{what}: {bad.sum()} of {bad.size} entries differ "
-                  f"(max abs difference {err:.3g})")
+      self.append(
+        f"{what}: {bad.sum()} of {bad.size} entries differ "
+        f"(max abs difference {err:.3g})"
+      )
 
   def tree_close(self, what, got, want, **kw):
-    for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got),
-                            jax.tree_util.tree_leaves(want)):
+    for (path, g), w in zip(
+      jax.tree_util.tree_leaves_with_path(got),
+      jax.tree_util.tree_leaves(want),
+      strict=False,
+    ):
       self.close(what + jax.tree_util.keystr(path), g, w, **kw)
 
   def check(self, condition, message):
@@ -101,12 +106,16 @@ def all_gathers(hlo):
 
 def check_collectives(fail, hlo, row_size, what):
   """No all-gather as large as one row of logits; some all-reduce present."""
-  fail.check(" all-reduce(" in hlo or "all-reduce-start(" in hlo,
-             f"{what}: no all-reduce in the HLO (was it partitioned?)")
+  fail.check(
+    " all-reduce(" in hlo or "all-reduce-start(" in hlo,
+    f"{what}: no all-reduce in the HLO (was it partitioned?)",
+  )
   for counts in all_gathers(hlo):
-    fail.check(all(c < row_size for c in counts),
-               f"{what}: an all-gather with result sizes {counts} (>= one "
-               f"row of {row_size} classes: logits are gathered)")
+    fail.check(
+      all(c < row_size for c in counts),
+      f"{what}: an all-gather with result sizes {counts} (>= one "
+      f"row of {row_size} classes: logits are gathered)",
+    )
 
 
 def compile_and_run(fn, args):
@@ -156,6 +165,7 @@ def per_example_fns():
 
   def value_and_grads(loss_fn, a, b, *rest):
     """Outputs and d/d(a, b) of sum(w * output) (a scalar: sum(output))."""
+
     def scalar(a, b):
       out = loss_fn(a, b, *rest)
       if out.ndim == 1:
@@ -163,62 +173,72 @@ def per_example_fns():
       if out.ndim == 2:
         return jnp.sum(out * out.shape[1] ** -0.5), out
       return out, out
-    (_, out), grads = jax.value_and_grad(scalar, argnums=(0, 1),
-                                         has_aux=True)(a, b)
+
+    (_, out), grads = jax.value_and_grad(scalar, argnums=(0, 1), has_aux=True)(a, b)
     return {"value": out, "grad": grads}
 
   def kl_div(a, b, mask, labels):
     del mask, labels
-    return {r: value_and_grads(functools.partial(jaxkl.kl_div, reduction=r),
-                               a, b) for r in jaxkl._reduction.REDUCTIONS}
+    return {
+      r: value_and_grads(functools.partial(jaxkl.kl_div, reduction=r), a, b)
+      for r in jaxkl._reduction.REDUCTIONS
+    }
 
   def kl_divergence(a, b, mask, labels):
     del labels
     elementwise = lambda x, y, m: jaxkl.kl_divergence(x, y, where=m)  # noqa
     log_target = lambda x, y, m: jaxkl.kl_divergence(  # noqa
-        x, jnp.log(y), log_target=True, where=m)
-    return {"elementwise_mask": value_and_grads(elementwise, a, b, b > 0.002),
-            "row_mask_log_target": value_and_grads(log_target, a, b, mask)}
+      x, jnp.log(y), log_target=True, where=m
+    )
+    return {
+      "elementwise_mask": value_and_grads(elementwise, a, b, b > 0.002),
+      "row_mask_log_target": value_and_grads(log_target, a, b, mask),
+    }
 
   def from_logits(a, b, mask, labels):
     del labels
     plain = functools.partial(jaxkl.kl_divergence_from_logits, temperature=2.0)
     masked = lambda x, y, m: jaxkl.kl_divergence_from_logits(  # noqa: E731
-        x, y, where=m)
-    return {"T=2": value_and_grads(plain, a, b),
-            "row_mask": value_and_grads(masked, a, b, mask)}
+      x, y, where=m
+    )
+    return {
+      "T=2": value_and_grads(plain, a, b),
+      "row_mask": value_and_grads(masked, a, b, mask),
+    }
 
   def jsd(a, b, mask, labels):
     del mask, labels
-    f = functools.partial(jaxkl.jensen_shannon_from_logits, beta=0.3,
-                          temperature=1.5)
+    f = functools.partial(jaxkl.jensen_shannon_from_logits, beta=0.3, temperature=1.5)
     return {"beta=0.3": value_and_grads(f, a, b)}
 
   def distillation(a, b, mask, labels):
     del mask
     out = {}
-    for d, reduction in (("forward", "mean"), ("reverse", "none"),
-                         ("jsd", "none")):
-      f = functools.partial(jaxkl.distillation_loss, temperature=2.0,
-                            divergence=d, reduction=reduction)
+    for d, reduction in (("forward", "mean"), ("reverse", "none"), ("jsd", "none")):
+      f = functools.partial(
+        jaxkl.distillation_loss, temperature=2.0, divergence=d, reduction=reduction
+      )
       out[f"{d}/{reduction}"] = value_and_grads(
-          lambda x, y, lab, f=f: f(x, y, labels=lab), a, b, labels)
+        lambda x, y, lab, f=f: f(x, y, labels=lab), a, b, labels
+      )
     return out
 
-  return {"kl_div": (kl_div, "probabilities"),
-          "kl_divergence": (kl_divergence, "probabilities"),
-          "kl_divergence_from_logits": (from_logits, "logits"),
-          "jensen_shannon_from_logits": (jsd, "logits"),
-          "distillation_loss": (distillation, "logits")}
+  return {
+    "kl_div": (kl_div, "probabilities"),
+    "kl_divergence": (kl_divergence, "probabilities"),
+    "kl_divergence_from_logits": (from_logits, "logits"),
+    "jensen_shannon_from_logits": (jsd, "logits"),
+    "distillation_loss": (distillation, "logits"),
+  }
 
 
 _REFERENCES = {}  # function name -> its one-device outputs
 
 LAYOUTS = {
-    # name: (mesh shape, mesh axis names, spec of [B, V], spec of [B])
-    "batch": ((8,), ("data",), P("data", None), P("data")),
-    "vocab": ((8,), ("model",), P(None, "model"), P()),
-    "2d": ((2, 4), ("data", "model"), P("data", "model"), P("data")),
+  # name: (mesh shape, mesh axis names, spec of [B, V], spec of [B])
+  "batch": ((8,), ("data",), P("data", None), P("data")),
+  "vocab": ((8,), ("model",), P(None, "model"), P()),
+  "2d": ((2, 4), ("data", "model"), P("data", "model"), P("data")),
 }
 
 
@@ -228,8 +248,12 @@ def gspmd_check(kind, layout, name):
   mesh = make_mesh(mesh_shape, axis_names, kind)
   a, b = logits_data(B, V) if inputs == "logits" else probability_data()
   host = (a, b, ROW_MASK, LABELS)
-  args = (put(a, mesh, spec), put(b, mesh, spec), put(ROW_MASK, mesh, row_spec),
-          put(LABELS, mesh, row_spec))
+  args = (
+    put(a, mesh, spec),
+    put(b, mesh, spec),
+    put(ROW_MASK, mesh, row_spec),
+    put(LABELS, mesh, row_spec),
+  )
   fail = Failures()
   got, hlo = compile_and_run(fn, args)
   if name not in _REFERENCES:  # the same for every layout: compile it once
@@ -240,13 +264,16 @@ def gspmd_check(kind, layout, name):
   for path, leaf in jax.tree_util.tree_leaves_with_path(got):
     where = jax.tree_util.keystr(path)
     if leaf.ndim == 1:  # per-example results follow the batch sharding
-      fail.check(leaf.sharding.is_equivalent_to(row_sharding, 1),
-                 f"{where}: per-example output sharded as {leaf.sharding.spec}"
-                 f", not as the batch {row_spec}")
+      fail.check(
+        leaf.sharding.is_equivalent_to(row_sharding, 1),
+        f"{where}: per-example output sharded as {leaf.sharding.spec}"
+        f", not as the batch {row_spec}",
+      )
     if "grad" in where:  # gradients keep the inputs' sharding
-      fail.check(leaf.sharding.is_equivalent_to(in_sharding, 2),
-                 f"{where}: gradient sharded as {leaf.sharding.spec}, not as "
-                 f"the input {spec}")
+      fail.check(
+        leaf.sharding.is_equivalent_to(in_sharding, 2),
+        f"{where}: gradient sharded as {leaf.sharding.spec}, not as the input {spec}",
+      )
   if "model" in axis_names:
     check_collectives(fail, hlo, V, "HLO")
   return fail
@@ -260,21 +287,23 @@ def long_vocab_check(kind, layout):
 
   def fn(a, b):
     kl, grads = jax.value_and_grad(
-        lambda x, y: jnp.sum(jaxkl.kl_divergence_from_logits(
-            x, y, temperature=2.0)), argnums=(0, 1))(a, b)
+      lambda x, y: jnp.sum(jaxkl.kl_divergence_from_logits(x, y, temperature=2.0)),
+      argnums=(0, 1),
+    )(a, b)
     distill, d_student = jax.value_and_grad(
-        lambda x: jaxkl.distillation_loss(x, b, temperature=2.0))(a)
-    return {"kl": kl, "grads": grads, "distill": distill,
-            "d_student": d_student}
+      lambda x: jaxkl.distillation_loss(x, b, temperature=2.0)
+    )(a)
+    return {"kl": kl, "grads": grads, "distill": distill, "d_student": d_student}
 
   fail = Failures()
   got, hlo = compile_and_run(fn, (put(s, mesh, spec), put(t, mesh, spec)))
   fail.tree_close("", got, one_device(fn, (s, t)))
   for path, leaf in jax.tree_util.tree_leaves_with_path(got):
     if leaf.ndim == 2:
-      fail.check(leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), 2),
-                 f"{jax.tree_util.keystr(path)}: sharded as "
-                 f"{leaf.sharding.spec}, not {spec}")
+      fail.check(
+        leaf.sharding.is_equivalent_to(NamedSharding(mesh, spec), 2),
+        f"{jax.tree_util.keystr(path)}: sharded as {leaf.sharding.spec}, not {spec}",
+      )
   if "model" in axis_names:
     check_collectives(fail, hlo, LONG_V, "HLO")
   return fail
@@ -288,17 +317,23 @@ def gather_detector_check(kind):
   if kind == "Explicit":
     gather = lambda x: jax.sharding.reshard(x, replicated) * 2  # noqa: E731
   else:
-    gather = lambda x: jax.lax.with_sharding_constraint(  # noqa: E731
-        x, replicated) * 2
+
+    def gather(x):
+      return jax.lax.with_sharding_constraint(x, replicated) * 2
+
   _, hlo = compile_and_run(gather, (put(s, mesh, P(None, "model")),))
   fail = Failures()
   gathers = all_gathers(hlo)
-  fail.check(any(c >= B * V for counts in gathers for c in counts),
-             f"no [B, V] all-gather found in {gathers}")
+  fail.check(
+    any(c >= B * V for counts in gathers for c in counts),
+    f"no [B, V] all-gather found in {gathers}",
+  )
   probe = Failures()
   check_collectives(probe, hlo, V, "probe")
-  fail.check(any("all-gather" in m for m in probe),
-             "check_collectives did not flag the gathered logits")
+  fail.check(
+    any("all-gather" in m for m in probe),
+    "check_collectives did not flag the gathered logits",
+  )
   return fail
 
 
@@ -307,12 +342,15 @@ def gspmd_checks(kind):
   for layout in LAYOUTS:
     for name in per_example_fns():
       checks[f"{kind}/{layout}/{name}"] = functools.partial(
-          gspmd_check, kind, layout, name)
+        gspmd_check, kind, layout, name
+      )
   for layout in ("batch", "vocab"):
     checks[f"{kind}/{layout}/V=65536"] = functools.partial(
-        long_vocab_check, kind, layout)
+      long_vocab_check, kind, layout
+    )
   checks[f"{kind}/hlo_parser_finds_gather"] = functools.partial(
-      gather_detector_check, kind)
+    gather_detector_check, kind
+  )
   return checks
 
 
@@ -320,8 +358,7 @@ def gspmd_checks(kind):
 # shard_map: vocab_parallel_kl_from_logits.
 
 
-def vocab_parallel_check(mesh_shape, axis_names, spec, axis_name, out_spec,
-                         with_masks):
+def vocab_parallel_check(mesh_shape, axis_names, spec, axis_name, out_spec, with_masks):
   """All variants in one jitted function per side (one compile each)."""
   mesh = make_mesh(mesh_shape, axis_names, "Explicit")
   s, t = logits_data(B, V, seed=3)
@@ -329,17 +366,19 @@ def vocab_parallel_check(mesh_shape, axis_names, spec, axis_name, out_spec,
   class_mask[:, 10:40] = False
   row_spec = P(spec[0])
   variants = {  # label: (keyword arguments, mask)
-      "forward": (dict(temperature=2.0), None),
-      "reverse": (dict(divergence="reverse", temperature=2.0), None),
-      "jsd": (dict(divergence="jsd", beta=0.3, temperature=2.0), None),
+    "forward": (dict(temperature=2.0), None),
+    "reverse": (dict(divergence="reverse", temperature=2.0), None),
+    "jsd": (dict(divergence="jsd", beta=0.3, temperature=2.0), None),
   }
   if with_masks:
-    variants.update({
+    variants.update(
+      {
         "forward/row_mask": (dict(), "row"),
         "forward/class_mask": (dict(), "class"),
         "reverse/class_mask": (dict(divergence="reverse"), "class"),
         "jsd/row_mask": (dict(divergence="jsd", beta=0.3), "row"),
-    })
+      }
+    )
   w_b = np.linspace(0.5, 1.5, B).astype(np.float32)
 
   def all_variants(per_example_fn, a, b, row, cls, w):
@@ -348,27 +387,36 @@ def vocab_parallel_check(mesh_shape, axis_names, spec, axis_name, out_spec,
     for label, (kw, mask_kind) in variants.items():
       where = {"row": row, "class": cls, None: None}[mask_kind]
       f = functools.partial(per_example_fn, where=where, **kw)
-      out[label] = (f(a, b), jax.grad(lambda x, y, f=f: jnp.sum(f(x, y) * w),
-                                      argnums=(0, 1))(a, b))
+      out[label] = (
+        f(a, b),
+        jax.grad(lambda x, y, f=f: jnp.sum(f(x, y) * w), argnums=(0, 1))(a, b),
+      )
     return out
 
   def sharded(a, b, row, cls, w):
     def local(a, b, row, cls, w):
-      fn = functools.partial(jaxkl.vocab_parallel_kl_from_logits,
-                             axis_name=axis_name)
+      fn = functools.partial(jaxkl.vocab_parallel_kl_from_logits, axis_name=axis_name)
       return all_variants(fn, a, b, row, cls, w)
+
     # Gradients taken per device (inside shard_map) keep the class split.
-    out_specs = {label: (out_spec, (spec, spec)) for label in variants}
-    return jax.shard_map(local, mesh=mesh,
-                         in_specs=(spec, spec, row_spec, spec, row_spec),
-                         out_specs=out_specs)(a, b, row, cls, w)
+    out_specs = dict.fromkeys(variants, (out_spec, (spec, spec)))
+    return jax.shard_map(
+      local,
+      mesh=mesh,
+      in_specs=(spec, spec, row_spec, spec, row_spec),
+      out_specs=out_specs,
+    )(a, b, row, cls, w)
 
   def reference(a, b, row, cls, w):
     return all_variants(jaxkl.divergence_from_logits, a, b, row, cls, w)
 
-  args = (put(s, mesh, spec), put(t, mesh, spec),
-          put(ROW_MASK, mesh, row_spec), put(class_mask, mesh, spec),
-          put(w_b, mesh, row_spec))
+  args = (
+    put(s, mesh, spec),
+    put(t, mesh, spec),
+    put(ROW_MASK, mesh, row_spec),
+    put(class_mask, mesh, spec),
+    put(w_b, mesh, row_spec),
+  )
   fail = Failures()
   got, hlo = compile_and_run(sharded, args)
   want = one_device(reference, (s, t, ROW_MASK, class_mask, w_b))
@@ -386,15 +434,24 @@ def vocab_parallel_grad_through_shard_map_check():
   s, t = logits_data(B, V, seed=4)
   spec = P(None, "model")
   per_device = jax.shard_map(
-      functools.partial(jaxkl.vocab_parallel_kl_from_logits,
-                        axis_name="model", temperature=3.0),
-      mesh=mesh, in_specs=(spec, spec), out_specs=P())
+    functools.partial(
+      jaxkl.vocab_parallel_kl_from_logits, axis_name="model", temperature=3.0
+    ),
+    mesh=mesh,
+    in_specs=(spec, spec),
+    out_specs=P(),
+  )
   loss = lambda a, b: jnp.mean(per_device(a, b))  # noqa: E731
   got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(
-      put(s, mesh, spec), put(t, mesh, spec))
-  want = one_device(jax.value_and_grad(
-      lambda a, b: jnp.mean(jaxkl.kl_divergence_from_logits(
-          a, b, temperature=3.0)), argnums=(0, 1)), (s, t))
+    put(s, mesh, spec), put(t, mesh, spec)
+  )
+  want = one_device(
+    jax.value_and_grad(
+      lambda a, b: jnp.mean(jaxkl.kl_divergence_from_logits(a, b, temperature=3.0)),
+      argnums=(0, 1),
+    ),
+    (s, t),
+  )
   fail = Failures()
   fail.tree_close("", got, want)
   return fail
@@ -416,17 +473,17 @@ def vocab_parallel_padding_shard_check():
   s = (2 * rng.standard_normal((B, V))).astype(np.float32)
   t = (2 * rng.standard_normal((B, V))).astype(np.float32)
   padded = np.zeros(V, bool)
-  padded[V - V // DEVICES:] = True  # the last device's whole slice
+  padded[V - V // DEVICES :] = True  # the last device's whole slice
   padded[[3, 50, 101]] = True
   s[:, padded], t[:, padded] = -np.inf, -np.inf
   v_s = rng.standard_normal((B, V)).astype(np.float32)  # HVP directions
   v_t = rng.standard_normal((B, V)).astype(np.float32)
   w = np.linspace(0.5, 1.5, B).astype(np.float32)
   variants = {
-      "forward": dict(temperature=2.0),
-      "reverse": dict(divergence="reverse", temperature=0.7),
-      "jsd": dict(divergence="jsd", beta=0.3, temperature=2.0),
-      "jsd/half": dict(divergence="jsd", temperature=1.0),
+    "forward": dict(temperature=2.0),
+    "reverse": dict(divergence="reverse", temperature=0.7),
+    "jsd": dict(divergence="jsd", beta=0.3, temperature=2.0),
+    "jsd/half": dict(divergence="jsd", temperature=1.0),
   }
 
   def all_variants(per_example_fn, a, b, da, db):
@@ -441,41 +498,43 @@ def vocab_parallel_padding_shard_check():
 
   def sharded(a, b, da, db):
     def local(a, b, da, db):
-      fn = functools.partial(jaxkl.vocab_parallel_kl_from_logits,
-                             axis_name="model")
+      fn = functools.partial(jaxkl.vocab_parallel_kl_from_logits, axis_name="model")
       return all_variants(fn, a, b, da, db)
-    out_specs = {label: (P(), (spec, spec), (spec, spec))
-                 for label in variants}
-    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4,
-                         out_specs=out_specs)(a, b, da, db)
+
+    out_specs = {label: (P(), (spec, spec), (spec, spec)) for label in variants}
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 4, out_specs=out_specs)(
+      a, b, da, db
+    )
 
   keep = ~padded
-  got, _ = compile_and_run(sharded, tuple(put(x, mesh, spec)
-                                          for x in (s, t, v_s, v_t)))
+  got, _ = compile_and_run(sharded, tuple(put(x, mesh, spec) for x in (s, t, v_s, v_t)))
   want = one_device(
-      lambda a, b, da, db: all_variants(jaxkl.divergence_from_logits, a, b,
-                                        da, db),
-      (s[:, keep], t[:, keep], v_s[:, keep], v_t[:, keep]))
+    lambda a, b, da, db: all_variants(jaxkl.divergence_from_logits, a, b, da, db),
+    (s[:, keep], t[:, keep], v_s[:, keep], v_t[:, keep]),
+  )
   fail = Failures()
   for label in variants:
     value, grads, hvps = got[label]
     want_value, want_grads, want_hvps = want[label]
     fail.close(f"{label}: value", value, want_value)
     for what, g, wg in (("grad", grads, want_grads), ("hvp", hvps, want_hvps)):
-      for name, x, wx in zip(("student", "teacher"), g, wg):
+      for name, x, wx in zip(("student", "teacher"), g, wg, strict=False):
         x = np.asarray(x)
         fail.close(f"{label}: {what} {name}", x[:, keep], wx)
-        fail.check(np.all(x[:, padded] == 0),
-                   f"{label}: {what} {name} not 0 on the padding: "
-                   f"{x[:, padded][x[:, padded] != 0][:4]}")
+        fail.check(
+          np.all(x[:, padded] == 0),
+          f"{label}: {what} {name} not 0 on the padding: "
+          f"{x[:, padded][x[:, padded] != 0][:4]}",
+        )
   return fail
 
 
 def vocab_parallel_errors_check():
   fail = Failures()
   try:
-    jaxkl.vocab_parallel_kl_from_logits(jnp.zeros((2, 3)), jnp.zeros((2, 3)),
-                                        axis_name="model")
+    jaxkl.vocab_parallel_kl_from_logits(
+      jnp.zeros((2, 3)), jnp.zeros((2, 3)), axis_name="model"
+    )
     fail.append("no error outside shard_map")
   except ValueError as err:
     fail.check("shard_map" in str(err), f"unhelpful message: {err}")
@@ -488,18 +547,22 @@ def vocab_parallel_errors_check():
 
 def normal_pair(mu, sigma, shape=()):
   def sample(key, n):
-    return mu + sigma * jax.random.normal(key, (n,) + shape)
+    return mu + sigma * jax.random.normal(key, (n, *shape))
+
   def log_prob(x):
     return jax.scipy.stats.norm.logpdf(x, mu, sigma)
+
   return sample, log_prob
 
 
 def concatenated_sampler(sample, devices):
   """One device: the concatenation of what each device draws."""
+
   def draw(key, n):
     return jnp.concatenate(
-        [sample(jax.random.fold_in(key, d), n // devices)
-         for d in range(devices)], axis=0)
+      [sample(jax.random.fold_in(key, d), n // devices) for d in range(devices)], axis=0
+    )
+
   return draw
 
 
@@ -512,21 +575,33 @@ def monte_carlo_check(estimator, gradient, shape):
   def sharded(mu, key):
     def local(mu, key):
       return jaxkl.sharded_monte_carlo_kl(
-          key, normal_pair(mu, 0.8, shape), q_log_prob, num_samples=n,
-          axis_name="samples", estimator=estimator, gradient=gradient)
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P()),
-                         out_specs=P())(mu, key)
+        key,
+        normal_pair(mu, 0.8, shape),
+        q_log_prob,
+        num_samples=n,
+        axis_name="samples",
+        estimator=estimator,
+        gradient=gradient,
+      )
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=P())(mu, key)
 
   def reference(mu, key):
     sample, log_prob = normal_pair(mu, 0.8, shape)
     return jaxkl.monte_carlo_kl(
-        key, (concatenated_sampler(sample, DEVICES), log_prob), q_log_prob,
-        num_samples=n, estimator=estimator, gradient=gradient)
+      key,
+      (concatenated_sampler(sample, DEVICES), log_prob),
+      q_log_prob,
+      num_samples=n,
+      estimator=estimator,
+      gradient=gradient,
+    )
 
   def estimate_and_gradient(f):
     def value(mu):
       est = f(mu, key)
       return jnp.sum(est.value), est
+
     return jax.jit(jax.grad(value, has_aux=True))
 
   mu = jnp.float32(0.3)
@@ -537,14 +612,16 @@ def monte_carlo_check(estimator, gradient, shape):
   fail.close("stderr", got.stderr, want.stderr)
   fail.close("gradient", d_got, d_want)
   fail.check(got.num_samples == n, f"num_samples {got.num_samples}")
-  fail.close("effective_sample_size", got.effective_sample_size,
-             want.effective_sample_size)
+  fail.close(
+    "effective_sample_size", got.effective_sample_size, want.effective_sample_size
+  )
   fail.close("pareto_k", got.pareto_k, want.pareto_k)  # gathered global tail
   # The estimate is right too (5 standard errors): KL(N(.3,.8) || N(1,1.3)).
   true = np.log(1.3 / 0.8) + (0.8**2 + 0.7**2) / (2 * 1.3**2) - 0.5
-  fail.check(np.all(np.abs(np.asarray(got.value) - true)
-                    < 5 * np.asarray(got.stderr)),
-             f"estimate {got.value} +- {got.stderr} far from {true}")
+  fail.check(
+    np.all(np.abs(np.asarray(got.value) - true) < 5 * np.asarray(got.stderr)),
+    f"estimate {got.value} +- {got.stderr} far from {true}",
+  )
   return fail
 
 
@@ -552,24 +629,28 @@ def antithetic_check():
   mesh = make_mesh((DEVICES,), ("samples",), "Explicit")
   n, key = 2048, jax.random.key(3)
   p = jaxkl.StandardNormalPushforward(
-      transform=lambda z: 0.5 + 2.0 * z,
-      log_prob=lambda x: jax.scipy.stats.norm.logpdf(x, 0.5, 2.0))
+    transform=lambda z: 0.5 + 2.0 * z,
+    log_prob=lambda x: jax.scipy.stats.norm.logpdf(x, 0.5, 2.0),
+  )
   q = lambda x: jax.scipy.stats.norm.logpdf(x, 0.0, 1.5)  # noqa: E731
 
   def local(key):
-    return jaxkl.sharded_monte_carlo_kl(key, p, q, num_samples=n,
-                                        axis_name="samples", antithetic=True,
-                                        estimator="k3")
-  got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(),
-                              out_specs=P()))(key)
+    return jaxkl.sharded_monte_carlo_kl(
+      key, p, q, num_samples=n, axis_name="samples", antithetic=True, estimator="k3"
+    )
+
+  got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P()))(key)
   # One device: device d's pairs are (z_d, -z_d), z_d drawn with its key;
   # stack all first halves, then all second halves, so that sample i and
   # sample i + n/2 are a pair, as estimate_from_log_ratios(groups=2) expects.
-  zs = [jax.random.normal(jax.random.fold_in(key, d), (n // DEVICES // 2,))
-        for d in range(DEVICES)]
+  zs = [
+    jax.random.normal(jax.random.fold_in(key, d), (n // DEVICES // 2,))
+    for d in range(DEVICES)
+  ]
   x = p.transform(jnp.concatenate(zs + [-z for z in zs]))
   want_value, want_stderr, _ = _estimators.estimate_from_log_ratios(
-      q(x) - p.log_prob(x), estimator="k3", axes=(0,), groups=2)
+    q(x) - p.log_prob(x), estimator="k3", axes=(0,), groups=2
+  )
   fail = Failures()
   fail.close("value", got.value, want_value)
   fail.close("stderr", got.stderr, want_stderr)
@@ -580,19 +661,23 @@ def monte_carlo_errors_check():
   """Static arguments are checked at trace time, with the argument named."""
   mesh = make_mesh((DEVICES,), ("samples",), "Explicit")
   fail = Failures()
-  for kw, error, words in ((dict(num_samples=100), ValueError, "multiple"),
-                           (dict(num_samples=8, antithetic=True), ValueError,
-                            "antithetic"),
-                           (dict(estimator="cv_crossfit"), ValueError,
-                            "estimator"),
-                           (dict(axis_name="nope"), ValueError, "shard_map")):
+  for kw, error, words in (
+    (dict(num_samples=100), ValueError, "multiple"),
+    (dict(num_samples=8, antithetic=True), ValueError, "antithetic"),
+    (dict(estimator="cv_crossfit"), ValueError, "estimator"),
+    (dict(axis_name="nope"), ValueError, "shard_map"),
+  ):
     kw = {"num_samples": 64, "axis_name": "samples", **kw}
-    local = functools.partial(jaxkl.sharded_monte_carlo_kl,
-                              p=normal_pair(0.0, 1.0),
-                              q=jax.scipy.stats.norm.logpdf, **kw)
+    local = functools.partial(
+      jaxkl.sharded_monte_carlo_kl,
+      p=normal_pair(0.0, 1.0),
+      q=jax.scipy.stats.norm.logpdf,
+      **kw,
+    )
     try:
-      jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(),
-                            out_specs=P()))(jax.random.key(0))
+      jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(), out_specs=P()))(
+        jax.random.key(0)
+      )
       fail.append(f"{kw}: no error")
     except error as err:
       fail.check(words in str(err), f"{kw}: unhelpful message {err}")
@@ -612,7 +697,8 @@ def kl_from_samples_check():
     out = {}
     for est in ("k1", "k3", "cv"):
       f = lambda a, est=est: jaxkl.kl_from_samples(  # noqa
-          lp, a, estimator=est, axis=0, where=m, return_stderr=True)
+        lp, a, estimator=est, axis=0, where=m, return_stderr=True
+      )
       (value, stderr), vjp = jax.vjp(f, lq)
       out[est] = (value, stderr, vjp((jnp.ones(3), jnp.zeros(3)))[0])
     return out
@@ -627,58 +713,80 @@ def kl_from_samples_check():
 
 def readme_example_check():
   """The example of README.md's "Many devices" section runs and is right."""
-  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text(
-      encoding="utf-8")
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
   section = readme.split("## Many devices", 1)[1].split("\n## ", 1)[0]
   code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
   names = {}
   exec(code, names)  # pylint: disable=exec-used
   fail = Failures()
   student, teacher = names["student_logits"], names["teacher_logits"]
-  want_loss, want_grad = one_device(jax.value_and_grad(
-      lambda s, t: jaxkl.distillation_loss(s, t, temperature=2.0)),
-                                    (student, teacher))
+  want_loss, want_grad = one_device(
+    jax.value_and_grad(lambda s, t: jaxkl.distillation_loss(s, t, temperature=2.0)),
+    (student, teacher),
+  )
   want = one_device(jaxkl.kl_divergence_from_logits, (student, teacher))
   fail.close("loss", names["loss"], want_loss)
   fail.close("grad", names["grad"], want_grad)
   fail.close("per_example", names["per_example"], want)
   fail.close("same", names["same"], want)
   mesh = names["mesh"]
-  fail.check(names["grad"].sharding.spec == P("data", "model"),
-             f"grad sharded as {names['grad'].sharding.spec}")
-  fail.check(names["per_example"].sharding.is_equivalent_to(
-      NamedSharding(mesh, P("data")), 1), "per_example not batch-sharded")
+  fail.check(
+    names["grad"].sharding.spec == P("data", "model"),
+    f"grad sharded as {names['grad'].sharding.spec}",
+  )
+  fail.check(
+    names["per_example"].sharding.is_equivalent_to(NamedSharding(mesh, P("data")), 1),
+    "per_example not batch-sharded",
+  )
   est = names["estimate"]
-  fail.check(abs(float(est.value) - 0.5) < 4 * float(est.stderr),
-             f"estimate {est.value} +- {est.stderr}, KL is 0.5")
+  fail.check(
+    abs(float(est.value) - 0.5) < 4 * float(est.stderr),
+    f"estimate {est.value} +- {est.stderr}, KL is 0.5",
+  )
   return fail
 
 
 def spmd_checks():
   checks = {
-      "vocab_parallel/1d": functools.partial(
-          vocab_parallel_check, (8,), ("model",), P(None, "model"), "model",
-          P(), True),
-      "vocab_parallel/2d_batch_and_vocab": functools.partial(
-          vocab_parallel_check, (2, 4), ("data", "model"), P("data", "model"),
-          "model", P("data"), False),
-      "vocab_parallel/vocab_over_two_axes": functools.partial(
-          vocab_parallel_check, (2, 4), ("data", "model"),
-          P(None, ("data", "model")), ("data", "model"), P(), False),
-      "vocab_parallel/grad_through_shard_map": (
-          vocab_parallel_grad_through_shard_map_check),
-      "vocab_parallel/error_outside_shard_map": vocab_parallel_errors_check,
-      "vocab_parallel/padding_shard": vocab_parallel_padding_shard_check,
-      "sharded_monte_carlo/antithetic": antithetic_check,
-      "sharded_monte_carlo/errors": monte_carlo_errors_check,
-      "kl_from_samples/sample_sharded": kl_from_samples_check,
-      "readme_example": readme_example_check,
+    "vocab_parallel/1d": functools.partial(
+      vocab_parallel_check, (8,), ("model",), P(None, "model"), "model", P(), True
+    ),
+    "vocab_parallel/2d_batch_and_vocab": functools.partial(
+      vocab_parallel_check,
+      (2, 4),
+      ("data", "model"),
+      P("data", "model"),
+      "model",
+      P("data"),
+      False,
+    ),
+    "vocab_parallel/vocab_over_two_axes": functools.partial(
+      vocab_parallel_check,
+      (2, 4),
+      ("data", "model"),
+      P(None, ("data", "model")),
+      ("data", "model"),
+      P(),
+      False,
+    ),
+    "vocab_parallel/grad_through_shard_map": (
+      vocab_parallel_grad_through_shard_map_check
+    ),
+    "vocab_parallel/error_outside_shard_map": vocab_parallel_errors_check,
+    "vocab_parallel/padding_shard": vocab_parallel_padding_shard_check,
+    "sharded_monte_carlo/antithetic": antithetic_check,
+    "sharded_monte_carlo/errors": monte_carlo_errors_check,
+    "kl_from_samples/sample_sharded": kl_from_samples_check,
+    "readme_example": readme_example_check,
   }
-  for estimator, gradient, shape in (("k1", "pathwise", ()),
-                                     ("k3", "pathwise", (3,)),
-                                     ("cv", "score_function", (3,))):
-    checks[f"sharded_monte_carlo/{estimator}/{gradient}/{shape}"] = (
-        functools.partial(monte_carlo_check, estimator, gradient, shape))
+  for estimator, gradient, shape in (
+    ("k1", "pathwise", ()),
+    ("k3", "pathwise", (3,)),
+    ("cv", "score_function", (3,)),
+  ):
+    checks[f"sharded_monte_carlo/{estimator}/{gradient}/{shape}"] = functools.partial(
+      monte_carlo_check, estimator, gradient, shape
+    )
   return checks
 
 
@@ -694,25 +802,36 @@ def weighted_sum(out):
   return jnp.sum(out * w)
 
 
-def api_check(kind, mesh_shape, axis_names, fn, host_args, specs, *,
-              row_spec=None, rtol=RTOL, atol=None):
+def api_check(
+  kind,
+  mesh_shape,
+  axis_names,
+  fn,
+  host_args,
+  specs,
+  *,
+  row_spec=None,
+  rtol=RTOL,
+  atol=None,
+):
   """fn on NamedSharding-placed inputs equals fn on one device.
 
   With ``row_spec``, outputs of rank 1 must be sharded as ``row_spec``.
   Returns the failures, the multi-device outputs and the compiled HLO text.
   """
   mesh = make_mesh(mesh_shape, axis_names, kind)
-  args = [put(a, mesh, s) for a, s in zip(host_args, specs)]
+  args = [put(a, mesh, s) for a, s in zip(host_args, specs, strict=False)]
   got, hlo = compile_and_run(fn, args)
   fail = Failures()
   fail.tree_close("", got, one_device(fn, host_args), rtol=rtol, atol=atol)
   if row_spec is not None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(got):
       if leaf.ndim == 1:
-        fail.check(leaf.sharding.is_equivalent_to(
-            NamedSharding(mesh, row_spec), 1),
-                   f"{jax.tree_util.keystr(path)}: sharded as "
-                   f"{leaf.sharding.spec}, not as the batch {row_spec}")
+        fail.check(
+          leaf.sharding.is_equivalent_to(NamedSharding(mesh, row_spec), 1),
+          f"{jax.tree_util.keystr(path)}: sharded as "
+          f"{leaf.sharding.spec}, not as the batch {row_spec}",
+        )
   return fail, got, hlo
 
 
@@ -727,22 +846,34 @@ def losses_check(kind):
       if r in ("batchmean", "none"):  # kl_div has every reduction
         loss = jaxkl.KLDivLoss(reduction=r)
         out[f"KLDivLoss/{r}"] = jax.value_and_grad(
-            lambda a, b, loss=loss: weighted_sum(loss(a, b)),
-            argnums=(0, 1))(log_q, p)
+          lambda a, b, loss=loss: weighted_sum(loss(a, b)), argnums=(0, 1)
+        )(log_q, p)
       f = lambda v, r=r: jaxkl.reduce_loss(v, r, where=mask[:, None])  # noqa
-      out[f"reduce_loss/{r}"] = (
-          f(p), jax.grad(lambda v, f=f: weighted_sum(f(v)))(p))
+      out[f"reduce_loss/{r}"] = (f(p), jax.grad(lambda v, f=f: weighted_sum(f(v)))(p))
     # The other divergences: distillation_loss, in gspmd_checks.
-    g = functools.partial(jaxkl.divergence_from_logits, divergence="jsd",
-                          beta=0.3, temperature=2.0, where=mask)
+    g = functools.partial(
+      jaxkl.divergence_from_logits,
+      divergence="jsd",
+      beta=0.3,
+      temperature=2.0,
+      where=mask,
+    )
     out["divergence_from_logits/jsd"] = (
-        g(s, t), jax.grad(lambda a, b: weighted_sum(g(a, b)),
-                          argnums=(0, 1))(s, t))
+      g(s, t),
+      jax.grad(lambda a, b: weighted_sum(g(a, b)), argnums=(0, 1))(s, t),
+    )
     return out
 
   spec = P("data", None)
-  fail, _, _ = api_check(kind, (8,), ("data",), fn, (log_q, p, s, t, ROW_MASK),
-                      (spec, spec, spec, spec, P("data")), row_spec=P("data"))
+  fail, _, _ = api_check(
+    kind,
+    (8,),
+    ("data",),
+    fn,
+    (log_q, p, s, t, ROW_MASK),
+    (spec, spec, spec, spec, P("data")),
+    row_spec=P("data"),
+  )
   return fail
 
 
@@ -752,22 +883,29 @@ N, H, H_T = 64, 16, 24
 
 def fused_data(seed=8):
   rng = np.random.default_rng(seed)
+
   def normal(*shape, scale=1.0):
     return (scale * rng.standard_normal(shape)).astype(np.float32)
+
   labels = rng.integers(0, V, N)
   labels[::5] = -100
-  return (normal(N, H), normal(H, V, scale=0.5), normal(N, H_T),
-          normal(H_T, V, scale=0.5), labels)
+  return (
+    normal(N, H),
+    normal(H, V, scale=0.5),
+    normal(N, H_T),
+    normal(H_T, V, scale=0.5),
+    labels,
+  )
 
 
 FUSED_LAYOUTS = {
-    # name: (mesh shape, axis names, spec of hidden [N, H], of weights [H, V])
-    "tokens": ((8,), ("data",), P("data", None), P()),
-    "vocab": ((8,), ("model",), P(), P(None, "model")),
+  # name: (mesh shape, axis names, spec of hidden [N, H], of weights [H, V])
+  "tokens": ((8,), ("data",), P("data", None), P()),
+  "vocab": ((8,), ("model",), P(), P(None, "model")),
 }
 FUSED_VARIANTS = (  # (divergence, reduction, chunk_size)
-    ("forward", "mean", 24),  # 24 does not divide N = 64: chunks overlap
-    ("jsd", "none", 16),
+  ("forward", "mean", 24),  # 24 does not divide N = 64: chunks overlap
+  ("jsd", "none", 16),
 )
 
 
@@ -775,13 +913,20 @@ def fused_grads(h_s, w_s, h_t, w_t, labels):
   """{variant: (value, (d student_hidden, d student_weight))}."""
   out = {}
   for d, reduction, chunk in FUSED_VARIANTS:
-    f = functools.partial(jaxkl.fused_linear_distillation_loss,
-                          teacher_hidden=h_t, teacher_weight=w_t,
-                          temperature=2.0, divergence=d, beta=0.3,
-                          labels=labels, reduction=reduction,
-                          chunk_size=chunk)
+    f = functools.partial(
+      jaxkl.fused_linear_distillation_loss,
+      teacher_hidden=h_t,
+      teacher_weight=w_t,
+      temperature=2.0,
+      divergence=d,
+      beta=0.3,
+      labels=labels,
+      reduction=reduction,
+      chunk_size=chunk,
+    )
     out[f"{d}/{reduction}/chunk={chunk}"] = jax.value_and_grad(
-        lambda a, b, f=f: weighted_sum(f(a, b)), argnums=(0, 1))(h_s, w_s)
+      lambda a, b, f=f: weighted_sum(f(a, b)), argnums=(0, 1)
+    )(h_s, w_s)
   return out
 
 
@@ -796,13 +941,21 @@ def fused_check(kind, layout):
   mesh_shape, axis_names, h_spec, w_spec = FUSED_LAYOUTS[layout]
   host = fused_data()
   label_spec = P(h_spec[0]) if h_spec else P()
-  fail, got, hlo = api_check(kind, mesh_shape, axis_names, fused_grads, host,
-                             (h_spec, w_spec, h_spec, w_spec, label_spec))
+  fail, got, hlo = api_check(
+    kind,
+    mesh_shape,
+    axis_names,
+    fused_grads,
+    host,
+    (h_spec, w_spec, h_spec, w_spec, label_spec),
+  )
   if layout == "vocab":
     check_collectives(fail, hlo, V, "HLO")
     for name, (_, (_, d_w)) in got.items():
-      fail.check(d_w.sharding.spec == w_spec,
-                 f"{name}: d student_weight sharded as {d_w.sharding.spec}")
+      fail.check(
+        d_w.sharding.spec == w_spec,
+        f"{name}: d student_weight sharded as {d_w.sharding.spec}",
+      )
   return fail
 
 
@@ -815,16 +968,28 @@ def fused_shard_map_check():
   def mean_loss(h_s, w_s, h_t, w_t, labels):
     def local(h_s, w_s, h_t, w_t, labels):
       total = jaxkl.fused_linear_distillation_loss(
-          h_s, w_s, h_t, w_t, temperature=2.0, labels=labels,
-          reduction="sum", chunk_size=3)
+        h_s,
+        w_s,
+        h_t,
+        w_t,
+        temperature=2.0,
+        labels=labels,
+        reduction="sum",
+        chunk_size=3,
+      )
       count = jnp.sum(labels != -100).astype(total.dtype)
       return jax.lax.psum(total, "data"), jax.lax.psum(count, "data")
+
     # check_vma=False: the loss' zero-initialized loop carries and cotangent
     # seeds are not typed as varying over 'data' (see the fused loss'
     # docstring, "Many devices").
     total, count = jax.shard_map(
-        local, mesh=mesh, in_specs=(rows, P(), rows, P(), P("data")),
-        out_specs=(P(), P()), check_vma=False)(h_s, w_s, h_t, w_t, labels)
+      local,
+      mesh=mesh,
+      in_specs=(rows, P(), rows, P(), P("data")),
+      out_specs=(P(), P()),
+      check_vma=False,
+    )(h_s, w_s, h_t, w_t, labels)
     return total / count
 
   def sharded(*args):
@@ -832,17 +997,25 @@ def fused_shard_map_check():
 
   def reference(h_s, w_s, h_t, w_t, labels):
     return jax.value_and_grad(
-        lambda a, b: jaxkl.fused_linear_distillation_loss(
-            a, b, h_t, w_t, temperature=2.0, labels=labels, chunk_size=24),
-        argnums=(0, 1))(h_s, w_s)
+      lambda a, b: jaxkl.fused_linear_distillation_loss(
+        a, b, h_t, w_t, temperature=2.0, labels=labels, chunk_size=24
+      ),
+      argnums=(0, 1),
+    )(h_s, w_s)
 
-  args = [put(a, mesh, s) for a, s in zip(
-      (h_s, w_s, h_t, w_t, labels), (rows, P(), rows, P(), P("data")))]
+  args = [
+    put(a, mesh, s)
+    for a, s in zip(
+      (h_s, w_s, h_t, w_t, labels), (rows, P(), rows, P(), P("data")), strict=False
+    )
+  ]
   got, hlo = compile_and_run(sharded, args)
   fail = Failures()
   fail.tree_close("", got, one_device(reference, (h_s, w_s, h_t, w_t, labels)))
-  fail.check(got[1][0].sharding.is_equivalent_to(NamedSharding(mesh, rows), 2),
-             f"d student_hidden sharded as {got[1][0].sharding.spec}")
+  fail.check(
+    got[1][0].sharding.is_equivalent_to(NamedSharding(mesh, rows), 2),
+    f"d student_hidden sharded as {got[1][0].sharding.spec}",
+  )
   fail.check(not all_gathers(hlo), f"all-gathers {all_gathers(hlo)}")
   return fail
 
@@ -850,37 +1023,43 @@ def fused_shard_map_check():
 def closed_forms_check(kind):
   """Closed forms on batch-sharded parameters, values and gradients."""
   rng = np.random.default_rng(9)
+
   def positive(*shape):
-    return rng.uniform(0.5, 2.0, (B,) + shape).astype(np.float32)
+    return rng.uniform(0.5, 2.0, (B, *shape)).astype(np.float32)
+
   def normal(*shape):
-    return rng.standard_normal((B,) + shape).astype(np.float32)
+    return rng.standard_normal((B, *shape)).astype(np.float32)
+
   def tril():
     m = np.tril(0.3 * rng.standard_normal((B, 3, 3)), -1)
-    return (m + np.eye(3) * rng.uniform(0.5, 1.5, (B, 1, 3))).astype(
-        np.float32)
+    return (m + np.eye(3) * rng.uniform(0.5, 1.5, (B, 1, 3))).astype(np.float32)
+
   cases = {  # name: (function, parameters, each [B, ...])
-      "kl_normal": (jaxkl.kl_normal, (normal(3), positive(3), normal(3),
-                                      positive(3))),
-      "kl_multivariate_normal": (jaxkl.kl_multivariate_normal,
-                                 (normal(3), tril(), normal(3), tril())),
-      "kl_categorical": (jaxkl.kl_categorical, (normal(5), normal(5))),
-      "kl_dirichlet": (jaxkl.kl_dirichlet, (positive(4), positive(4))),
-      "kl_laplace": (jaxkl.kl_laplace, (normal(), positive(), normal(),
-                                        positive())),
+    "kl_normal": (jaxkl.kl_normal, (normal(3), positive(3), normal(3), positive(3))),
+    "kl_multivariate_normal": (
+      jaxkl.kl_multivariate_normal,
+      (normal(3), tril(), normal(3), tril()),
+    ),
+    "kl_categorical": (jaxkl.kl_categorical, (normal(5), normal(5))),
+    "kl_dirichlet": (jaxkl.kl_dirichlet, (positive(4), positive(4))),
+    "kl_laplace": (jaxkl.kl_laplace, (normal(), positive(), normal(), positive())),
   }
   host = [a for _, args in cases.values() for a in args]  # flat: one_device
 
   def fn(*flat):
     out, flat = {}, list(flat)
     for name, (f, params) in cases.items():
-      args, flat = flat[:len(params)], flat[len(params):]
-      out[name] = (f(*args), jax.grad(lambda *a, f=f: weighted_sum(f(*a)),
-                                      argnums=tuple(range(len(args))))(*args))
+      args, flat = flat[: len(params)], flat[len(params) :]
+      out[name] = (
+        f(*args),
+        jax.grad(lambda *a, f=f: weighted_sum(f(*a)), argnums=tuple(range(len(args))))(
+          *args
+        ),
+      )
     return out
 
   specs = [P("data", *(None,) * (a.ndim - 1)) for a in host]
-  fail, _, _ = api_check(kind, (8,), ("data",), fn, host, specs,
-                      row_spec=P("data"))
+  fail, _, _ = api_check(kind, (8,), ("data",), fn, host, specs, row_spec=P("data"))
   return fail
 
 
@@ -895,14 +1074,15 @@ def estimator_terms_check(kind):
     out = {}
     for est in ("k1", "k2", "k3"):
       f = functools.partial(jaxkl.kl_estimator_terms, estimator=est)
-      out[est] = (f(lp, lq), jnp.mean(f(lp, lq), axis=0),
-                  jax.grad(lambda a, b, f=f: weighted_sum(f(a, b)),
-                           argnums=(0, 1))(lp, lq))
+      out[est] = (
+        f(lp, lq),
+        jnp.mean(f(lp, lq), axis=0),
+        jax.grad(lambda a, b, f=f: weighted_sum(f(a, b)), argnums=(0, 1))(lp, lq),
+      )
     return out
 
   spec = P("samples", None)
-  fail, _, _ = api_check(kind, (8,), ("samples",), fn, (log_p, log_q),
-                      (spec, spec))
+  fail, _, _ = api_check(kind, (8,), ("samples",), fn, (log_p, log_q), (spec, spec))
   return fail
 
 
@@ -925,32 +1105,33 @@ def api_checks():
   # sharded) and the fused loss raise ShardingTypeError there, so they run on
   # Auto axes (see the fused loss' docstring, "Many devices").
   checks = {
-      "Explicit/losses": functools.partial(losses_check, "Explicit"),
-      "Explicit/closed_forms": functools.partial(closed_forms_check,
-                                                 "Explicit"),
-      "Explicit/kl_estimator_terms": functools.partial(estimator_terms_check,
-                                                       "Explicit"),
-      "Auto/knn_kl": functools.partial(knn_check, "Auto"),
+    "Explicit/losses": functools.partial(losses_check, "Explicit"),
+    "Explicit/closed_forms": functools.partial(closed_forms_check, "Explicit"),
+    "Explicit/kl_estimator_terms": functools.partial(estimator_terms_check, "Explicit"),
+    "Auto/knn_kl": functools.partial(knn_check, "Auto"),
   }
   for layout in FUSED_LAYOUTS:
     checks[f"Auto/fused_linear/{layout}"] = functools.partial(
-        fused_check, "Auto", layout)
+      fused_check, "Auto", layout
+    )
   checks["fused_linear/tokens_shard_map"] = fused_shard_map_check
   return checks
 
 
 GROUPS = {
-    "gspmd_explicit": lambda: gspmd_checks("Explicit"),
-    "gspmd_auto": lambda: gspmd_checks("Auto"),
-    "shard_map": spmd_checks,
-    "api": api_checks,
+  "gspmd_explicit": lambda: gspmd_checks("Explicit"),
+  "gspmd_auto": lambda: gspmd_checks("Auto"),
+  "shard_map": spmd_checks,
+  "api": api_checks,
 }
 
 
 def main(argv):
   if jax.device_count() != DEVICES:
-    raise SystemExit(f"needs {DEVICES} devices; got {jax.device_count()} "
-                     "(set XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+    raise SystemExit(
+      f"needs {DEVICES} devices; got {jax.device_count()} "
+      "(set XLA_FLAGS=--xla_force_host_platform_device_count=8)"
+    )
   jax.config.update("jax_numpy_dtype_promotion", "strict")
   jax.config.update("jax_numpy_rank_promotion", "raise")
   warnings.simplefilter("ignore", UserWarning)  # kl_div's 'mean' warning

@@ -17,7 +17,6 @@ and every value is finite and non-negative (exactly 0 for P = Q).
 """
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +57,11 @@ def _mpf(x):
 
 def _ref_normal(mu_p, s_p, mu_q, s_q):
   mu_p, s_p, mu_q, s_q = map(_mpf, (mu_p, s_p, mu_q, s_q))
-  return (mpmath.log(s_q / s_p) + (s_p**2 + (mu_p - mu_q)**2) / (2 * s_q**2)
-          - mpmath.mpf(1) / 2)
+  return (
+    mpmath.log(s_q / s_p)
+    + (s_p**2 + (mu_p - mu_q) ** 2) / (2 * s_q**2)
+    - mpmath.mpf(1) / 2
+  )
 
 
 def _ref_exponential(r_p, r_q):
@@ -75,15 +77,18 @@ def _ref_poisson(r_p, r_q):
 def _ref_laplace(mu_p, b_p, mu_q, b_q):
   mu_p, b_p, mu_q, b_q = map(_mpf, (mu_p, b_p, mu_q, b_q))
   delta = abs(mu_p - mu_q)
-  return (mpmath.log(b_q / b_p) + delta / b_q
-          + b_p / b_q * mpmath.exp(-delta / b_p) - 1)
+  return mpmath.log(b_q / b_p) + delta / b_q + b_p / b_q * mpmath.exp(-delta / b_p) - 1
 
 
 def _ref_gamma(a_p, r_p, a_q, r_q):
   a_p, r_p, a_q, r_q = map(_mpf, (a_p, r_p, a_q, r_q))
-  return ((a_p - a_q) * mpmath.digamma(a_p) - mpmath.loggamma(a_p)
-          + mpmath.loggamma(a_q) + a_q * (mpmath.log(r_p) - mpmath.log(r_q))
-          + a_p * (r_q - r_p) / r_p)
+  return (
+    (a_p - a_q) * mpmath.digamma(a_p)
+    - mpmath.loggamma(a_p)
+    + mpmath.loggamma(a_q)
+    + a_q * (mpmath.log(r_p) - mpmath.log(r_q))
+    + a_p * (r_q - r_p) / r_p
+  )
 
 
 def _ref_dirichlet(alpha_p, alpha_q):
@@ -91,9 +96,12 @@ def _ref_dirichlet(alpha_p, alpha_q):
   b = [_mpf(x) for x in alpha_q]
   a0, b0 = sum(a), sum(b)
   value = mpmath.loggamma(a0) - mpmath.loggamma(b0)
-  for ak, bk in zip(a, b):
-    value += (mpmath.loggamma(bk) - mpmath.loggamma(ak)
-              + (ak - bk) * (mpmath.digamma(ak) - mpmath.digamma(a0)))
+  for ak, bk in zip(a, b, strict=False):
+    value += (
+      mpmath.loggamma(bk)
+      - mpmath.loggamma(ak)
+      + (ak - bk) * (mpmath.digamma(ak) - mpmath.digamma(a0))
+    )
   return value
 
 
@@ -107,8 +115,9 @@ def _ref_categorical(logits_p, logits_q):
     top = max(xs)
     lse = top + mpmath.log(sum(mpmath.exp(x - top) for x in xs))
     return [x - lse for x in xs]
+
   lp, lq = log_softmax(logits_p), log_softmax(logits_q)
-  return sum(mpmath.exp(a) * (a - b) for a, b in zip(lp, lq))
+  return sum(mpmath.exp(a) * (a - b) for a, b in zip(lp, lq, strict=False))
 
 
 def _ref_bernoulli(a, b):
@@ -129,12 +138,13 @@ def _ref_mvn(loc_p, cov_p, loc_q, cov_q):
   """From covariances (mpmath matrices of the rounded entries)."""
   d = len(loc_p)
   sp, sq = mpmath.matrix(cov_p), mpmath.matrix(cov_q)
-  delta = mpmath.matrix([_mpf(a) - _mpf(b) for a, b in zip(loc_p, loc_q)])
+  delta = mpmath.matrix([_mpf(a) - _mpf(b) for a, b in zip(loc_p, loc_q, strict=False)])
   sq_inv = sq**-1
   trace = sum((sq_inv * sp)[i, i] for i in range(d))
   maha = (delta.T * sq_inv * delta)[0, 0]
-  return (trace + maha - d + mpmath.log(mpmath.det(sq))
-          - mpmath.log(mpmath.det(sp))) / 2
+  return (
+    trace + maha - d + mpmath.log(mpmath.det(sq)) - mpmath.log(mpmath.det(sp))
+  ) / 2
 
 
 def _mp_cov_from_tril(tril):
@@ -143,17 +153,18 @@ def _mp_cov_from_tril(tril):
 
 
 def _ref_mvn_tril(loc_p, tril_p, loc_q, tril_q):
-  return _ref_mvn(loc_p, _mp_cov_from_tril(tril_p), loc_q,
-                  _mp_cov_from_tril(tril_q))
+  return _ref_mvn(loc_p, _mp_cov_from_tril(tril_p), loc_q, _mp_cov_from_tril(tril_q))
 
 
 def _ref_mvn_cov(loc_p, cov_p, loc_q, cov_q):
-  as_mp = lambda c: mpmath.matrix([[_mpf(x) for x in row] for row in c])
+  def as_mp(c):
+    return mpmath.matrix([[_mpf(x) for x in row] for row in c])
+
   return _ref_mvn(loc_p, as_mp(cov_p), loc_q, as_mp(cov_q))
 
 
 def _ref_mvn_diag(loc_p, s_p, loc_q, s_q):
-  return sum(_ref_normal(*args) for args in zip(loc_p, s_p, loc_q, s_q))
+  return sum(_ref_normal(*args) for args in zip(loc_p, s_p, loc_q, s_q, strict=False))
 
 
 # ----------------------------------------------------------------------------
@@ -197,8 +208,13 @@ def _grid_beta():
 
 def _grid_dirichlet():
   out = []
-  bases = [[1.0, 1.0, 1.0], [1e-3, 0.5, 30.0], [1e6] * 3, [1e8, 1e-3, 7.0],
-           [1e4, 1e4, 2e4]]
+  bases = [
+    [1.0, 1.0, 1.0],
+    [1e-3, 0.5, 30.0],
+    [1e6] * 3,
+    [1e8, 1e-3, 7.0],
+    [1e4, 1e4, 2e4],
+  ]
   for base in bases:
     base = np.array(base)
     for rel in RELATIVE:
@@ -240,12 +256,14 @@ def _grid_categorical():
   for scale in [1e-3, 1.0, 10.0]:
     for rel in [0.0, 1e-7, 1e-4, 1e-2, 0.3]:
       out.append((base * scale, base * scale + rel * np.array([1, -2, 0, 3])))
-  out.append((np.array([30.0, 0.0, -30.0, 1.0]),
-              np.array([30.0, 1e-5, -30.0, 1.0])))
-  out.append((np.array([1e3, 1e3 + 1, 1e3 - 2, 1e3]),
-              np.array([1e3, 1e3 + 1, 1e3 - 2 + 1e-3, 1e3])))
-  out.append((np.array([0.0, 5.0, -1.0, 0.0]),
-              np.array([40.0, -40.0, 0.0, 3.0])))
+  out.append((np.array([30.0, 0.0, -30.0, 1.0]), np.array([30.0, 1e-5, -30.0, 1.0])))
+  out.append(
+    (
+      np.array([1e3, 1e3 + 1, 1e3 - 2, 1e3]),
+      np.array([1e3, 1e3 + 1, 1e3 - 2 + 1e-3, 1e3]),
+    )
+  )
+  out.append((np.array([0.0, 5.0, -1.0, 0.0]), np.array([40.0, -40.0, 0.0, 3.0])))
   return out
 
 
@@ -271,38 +289,43 @@ def _grid_mvn(kind):
 
 
 FAMILIES = {
-    "normal": (jaxkl.kl_normal, _ref_normal, _grid_normal),
-    "exponential": (jaxkl.kl_exponential, _ref_exponential, _grid_two),
-    "poisson": (jaxkl.kl_poisson, _ref_poisson, _grid_two),
-    "gamma": (jaxkl.kl_gamma, _ref_gamma, _grid_gamma),
-    "beta": (jaxkl.kl_beta, _ref_beta, _grid_beta),
-    "dirichlet": (jaxkl.kl_dirichlet, _ref_dirichlet, _grid_dirichlet),
-    "laplace": (jaxkl.kl_laplace, _ref_laplace, _grid_laplace),
-    "bernoulli": (jaxkl.kl_bernoulli, _ref_bernoulli, _grid_logits),
-    "bernoulli_probs": (jaxkl.kl_bernoulli_probs, _ref_bernoulli_probs,
-                        _grid_probs),
-    "categorical": (jaxkl.kl_categorical, _ref_categorical,
-                    _grid_categorical),
-    "mvn_diag": (jaxkl.kl_multivariate_normal_diag, _ref_mvn_diag,
-                 lambda: _grid_mvn("diag")),
-    "mvn_tril": (jaxkl.kl_multivariate_normal, _ref_mvn_tril,
-                 lambda: _grid_mvn("tril")),
-    "mvn_cov": (jaxkl.kl_multivariate_normal_from_covariance, _ref_mvn_cov,
-                lambda: _grid_mvn("cov")),
+  "normal": (jaxkl.kl_normal, _ref_normal, _grid_normal),
+  "exponential": (jaxkl.kl_exponential, _ref_exponential, _grid_two),
+  "poisson": (jaxkl.kl_poisson, _ref_poisson, _grid_two),
+  "gamma": (jaxkl.kl_gamma, _ref_gamma, _grid_gamma),
+  "beta": (jaxkl.kl_beta, _ref_beta, _grid_beta),
+  "dirichlet": (jaxkl.kl_dirichlet, _ref_dirichlet, _grid_dirichlet),
+  "laplace": (jaxkl.kl_laplace, _ref_laplace, _grid_laplace),
+  "bernoulli": (jaxkl.kl_bernoulli, _ref_bernoulli, _grid_logits),
+  "bernoulli_probs": (jaxkl.kl_bernoulli_probs, _ref_bernoulli_probs, _grid_probs),
+  "categorical": (jaxkl.kl_categorical, _ref_categorical, _grid_categorical),
+  "mvn_diag": (
+    jaxkl.kl_multivariate_normal_diag,
+    _ref_mvn_diag,
+    lambda: _grid_mvn("diag"),
+  ),
+  "mvn_tril": (jaxkl.kl_multivariate_normal, _ref_mvn_tril, lambda: _grid_mvn("tril")),
+  "mvn_cov": (
+    jaxkl.kl_multivariate_normal_from_covariance,
+    _ref_mvn_cov,
+    lambda: _grid_mvn("cov"),
+  ),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cases(family, dtype):
   """(stacked rounded parameters, mpmath reference values as float64)."""
   _, ref, grid = FAMILIES[family]
   rows = grid()
-  columns = list(zip(*rows))
-  stacked = [np.stack([np.asarray(x, np.float64) for x in col]).astype(dtype)
-             for col in columns]
+  columns = list(zip(*rows, strict=False))
+  stacked = [
+    np.stack([np.asarray(x, np.float64) for x in col]).astype(dtype) for col in columns
+  ]
   with mpmath.workdps(DPS):
-    want = np.array([float(ref(*[col[i] for col in stacked]))
-                     for i in range(len(rows))])
+    want = np.array(
+      [float(ref(*[col[i] for col in stacked])) for i in range(len(rows))]
+    )
   return stacked, want
 
 
@@ -315,8 +338,13 @@ def _check(family, dtype, got, want):
   assert np.all(got >= 0), (family, got[got < 0])
   err = np.abs(got - want)
   bad = err > rtol * want
-  assert not np.any(bad), (family, np.flatnonzero(bad), got[bad], want[bad],
-                           (err / np.maximum(want, 1e-300))[bad])
+  assert not np.any(bad), (
+    family,
+    np.flatnonzero(bad),
+    got[bad],
+    want[bad],
+    (err / np.maximum(want, 1e-300))[bad],
+  )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])

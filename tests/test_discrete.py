@@ -24,8 +24,10 @@ def torch_kl_div(x, t, **kwargs):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     return torch.nn.functional.kl_div(
-        torch.as_tensor(np.asarray(x, np.float64)),
-        torch.as_tensor(np.asarray(t, np.float64)), **kwargs).numpy()
+      torch.as_tensor(np.asarray(x, np.float64)),
+      torch.as_tensor(np.asarray(t, np.float64)),
+      **kwargs,
+    ).numpy()
 
 
 def quiet_kl_div(*args, **kwargs):
@@ -53,22 +55,25 @@ def test_hand_worked_example():
   log_q = jnp.log(jnp.array([0.25, 0.75]))
   p = jnp.array([0.5, 0.5])
   np.testing.assert_allclose(
-      jaxkl.kl_div(log_q, p, reduction="sum"), 0.5 * math.log(4 / 3),
-      rtol=1e-6)
+    jaxkl.kl_div(log_q, p, reduction="sum"), 0.5 * math.log(4 / 3), rtol=1e-6
+  )
   np.testing.assert_allclose(
-      jaxkl.kl_div(log_q, p, reduction="none"),
-      [0.5 * math.log(2), 0.5 * math.log(2 / 3)], rtol=1e-6)
+    jaxkl.kl_div(log_q, p, reduction="none"),
+    [0.5 * math.log(2), 0.5 * math.log(2 / 3)],
+    rtol=1e-6,
+  )
   # batchmean over a 1-d input divides by shape[0] = 2, mean by size = 2.
   np.testing.assert_allclose(
-      jaxkl.kl_div(log_q, p, reduction="batchmean"), 0.25 * math.log(4 / 3),
-      rtol=1e-6)
+    jaxkl.kl_div(log_q, p, reduction="batchmean"), 0.25 * math.log(4 / 3), rtol=1e-6
+  )
 
 
 def test_bernoulli_closed_form(x64):
   a, b = 0.3, 0.8
   expected = a * math.log(a / b) + (1 - a) * math.log((1 - a) / (1 - b))
-  got = jaxkl.kl_div(jnp.log(jnp.array([b, 1 - b])), jnp.array([a, 1 - a]),
-                     reduction="sum")
+  got = jaxkl.kl_div(
+    jnp.log(jnp.array([b, 1 - b])), jnp.array([a, 1 - a]), reduction="sum"
+  )
   np.testing.assert_allclose(got, expected, rtol=1e-14)
 
 
@@ -79,14 +84,17 @@ def test_agrees_with_scipy_rel_entr(x64):
   p[:, :5] = 0.0
   expected = scipy.special.rel_entr(p, q)
   np.testing.assert_allclose(
-      jaxkl.kl_div(jnp.log(q), p, reduction="none"), expected, rtol=1e-13,
-      atol=0)
+    jaxkl.kl_div(jnp.log(q), p, reduction="none"), expected, rtol=1e-13, atol=0
+  )
   np.testing.assert_allclose(
-      jaxkl.kl_div(jnp.log(q), jnp.log(p), reduction="none", log_target=True),
-      expected, rtol=1e-13, atol=0)
+    jaxkl.kl_div(jnp.log(q), jnp.log(p), reduction="none", log_target=True),
+    expected,
+    rtol=1e-13,
+    atol=0,
+  )
   np.testing.assert_allclose(
-      jaxkl.kl_div(jnp.log(q), p, reduction="batchmean"),
-      expected.sum() / 8, rtol=1e-13)
+    jaxkl.kl_div(jnp.log(q), p, reduction="batchmean"), expected.sum() / 8, rtol=1e-13
+  )
 
 
 @hypothesis.given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40))
@@ -112,25 +120,26 @@ legacy = st.sampled_from([None, True, False])
 
 
 @hypothesis.given(
-    shape=shapes,
-    seed=st.integers(0, 2**32 - 1),
-    reduction=st.sampled_from(REDUCTIONS),
-    log_target=st.booleans(),
-    size_average=legacy,
-    reduce=legacy,
-    zero_fraction=st.sampled_from([0.0, 0.3, 1.0]),
+  shape=shapes,
+  seed=st.integers(0, 2**32 - 1),
+  reduction=st.sampled_from(REDUCTIONS),
+  log_target=st.booleans(),
+  size_average=legacy,
+  reduce=legacy,
+  zero_fraction=st.sampled_from([0.0, 0.3, 1.0]),
 )
 @hypothesis.settings(max_examples=150, deadline=None)
-def test_matches_torch_values_and_gradients(shape, seed, reduction, log_target,
-                                            size_average, reduce,
-                                            zero_fraction):
+def test_matches_torch_values_and_gradients(
+  shape, seed, reduction, log_target, size_average, reduce, zero_fraction
+):
   rng = np.random.default_rng(seed)
   log_q, target, p = random_problem(rng, shape, zero_fraction, log_target)
   if log_target:
     # torch's value is NaN at log p = -inf; compare only where torch is finite.
     hypothesis.assume(np.all(p > 0))
-  kwargs = dict(size_average=size_average, reduce=reduce, reduction=reduction,
-                log_target=log_target)
+  kwargs = dict(
+    size_average=size_average, reduce=reduce, reduction=reduction, log_target=log_target
+  )
 
   x_t = torch.tensor(log_q, dtype=torch.float64, requires_grad=True)
   t_t = torch.tensor(target, dtype=torch.float64, requires_grad=True)
@@ -141,20 +150,21 @@ def test_matches_torch_values_and_gradients(shape, seed, reduction, log_target,
   (out_t * torch.as_tensor(cotangent)).sum().backward()
 
   with jax.enable_x64(True):
+
     def f(x, t):
       return quiet_kl_div(x, t, **kwargs)
+
     out, vjp = jax.vjp(f, jnp.asarray(log_q), jnp.asarray(target))
     grad_x, grad_t = vjp(jnp.asarray(cotangent))
 
   assert out.shape == tuple(out_t.shape)
-  np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-12,
-                             atol=1e-14)
-  np.testing.assert_allclose(grad_x, x_t.grad.numpy(), rtol=1e-12,
-                             atol=1e-14)
+  np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(grad_x, x_t.grad.numpy(), rtol=1e-12, atol=1e-14)
   torch_grad_t = t_t.grad.numpy()
   finite = np.isfinite(torch_grad_t)
-  np.testing.assert_allclose(np.asarray(grad_t)[finite], torch_grad_t[finite],
-                             rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(
+    np.asarray(grad_t)[finite], torch_grad_t[finite], rtol=1e-12, atol=1e-14
+  )
   # Where torch's target gradient is not finite (zero targets), ours is 0.
   np.testing.assert_array_equal(np.asarray(grad_t)[~finite], 0.0)
 
@@ -173,12 +183,14 @@ def test_kldivloss_matches_torch_module(reduction, log_target, x64):
   np.testing.assert_allclose(got, expected, rtol=1e-13)
 
 
-@pytest.mark.parametrize("size_average, reduce",
-                         [(None, False), (True, None), (False, True),
-                          (False, None), (True, False)])
+@pytest.mark.parametrize(
+  "size_average, reduce",
+  [(None, False), (True, None), (False, True), (False, None), (True, False)],
+)
 @pytest.mark.parametrize("reduction", ["batchmean", "mean", "sum", "none"])
-def test_kldivloss_legacy_conversion_matches_torch(size_average, reduce,
-                                                   reduction, x64):
+def test_kldivloss_legacy_conversion_matches_torch(
+  size_average, reduce, reduction, x64
+):
   rng = np.random.default_rng(2)
   log_q, target, _ = random_problem(rng, (4, 3), 0.2, False)
   with warnings.catch_warnings(record=True) as ours_w:
@@ -203,8 +215,9 @@ def test_legacy_batchmean_quirk_divides_unreduced(x64):
   expected = torch_kl_div(log_q, p, reduce=False, reduction="batchmean")
   assert got.shape == (4, 3)
   np.testing.assert_allclose(got, expected, rtol=1e-13)
-  np.testing.assert_allclose(got, scipy.special.rel_entr(p, np.exp(log_q)) / 4,
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    got, scipy.special.rel_entr(p, np.exp(log_q)) / 4, rtol=1e-12
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -269,16 +282,16 @@ def test_log_target_minus_inf_contributes_zero(dtype, x64):
   got = jaxkl.kl_div(log_q, log_p, reduction="none", log_target=True)
   p = math.exp(-0.5)
   np.testing.assert_allclose(got, [0, 0, inf, p * 0.5], rtol=1e-6)
-  assert np.isnan(torch_kl_div(log_q, log_p, reduction="none",
-                               log_target=True)[:2]).all()
+  assert np.isnan(
+    torch_kl_div(log_q, log_p, reduction="none", log_target=True)[:2]
+  ).all()
 
 
 @pytest.mark.parametrize("log_target", [False, True])
 def test_zero_rows_value_gradient_hessian_are_finite(log_target, x64):
   # A row whose target is entirely zero (e.g. a padded example) with -inf
   # log-probabilities (e.g. masked vocabulary).
-  log_q = jnp.array([[-inf, -inf, 0.0], [math.log(0.2), math.log(0.3),
-                                         math.log(0.5)]])
+  log_q = jnp.array([[-inf, -inf, 0.0], [math.log(0.2), math.log(0.3), math.log(0.5)]])
   p = jnp.array([[0.0, 0.0, 0.0], [0.3, 0.3, 0.4]])
   target = jnp.log(p) if log_target else p
 
@@ -293,7 +306,8 @@ def test_zero_rows_value_gradient_hessian_are_finite(log_target, x64):
   np.testing.assert_allclose(grad_x[1], -p[1] / 2, rtol=1e-14)
   assert np.isfinite(grad_t).all()
   for block in jax.tree_util.tree_leaves(
-      jax.hessian(loss, argnums=(0, 1))(log_q, target)):
+    jax.hessian(loss, argnums=(0, 1))(log_q, target)
+  ):
     assert np.isfinite(block).all()
 
 
@@ -301,18 +315,17 @@ def test_gradient_wrt_zero_target_is_zero_like_rel_entr(x64):
   x = jnp.array([-1.0, -2.0])
   t = jnp.array([0.0, 0.25])
   ours = jax.grad(lambda t: jaxkl.kl_div(x, t, reduction="sum"))(t)
-  rel_entr = jax.grad(
-      lambda t: jnp.sum(jax.scipy.special.rel_entr(t, jnp.exp(x))))(t)
+  rel_entr = jax.grad(lambda t: jnp.sum(jax.scipy.special.rel_entr(t, jnp.exp(x))))(t)
   np.testing.assert_array_equal(ours[0], 0.0)
   np.testing.assert_allclose(ours, rel_entr, rtol=1e-14)
 
 
 def test_positive_target_against_minus_inf_is_inf():
   for log_target in (False, True):
-    target = jnp.array([0.0, 0.5]) if not log_target else jnp.log(
-        jnp.array([0.0, 0.5]))
-    got = jaxkl.kl_div(jnp.array([-inf, -inf]), target, reduction="sum",
-                       log_target=log_target)
+    target = jnp.array([0.0, 0.5]) if not log_target else jnp.log(jnp.array([0.0, 0.5]))
+    got = jaxkl.kl_div(
+      jnp.array([-inf, -inf]), target, reduction="sum", log_target=log_target
+    )
     assert got == inf
 
 
@@ -334,12 +347,12 @@ def test_issue_examples_huge_finite_inputs_match_torch(dtype, x64):
   finfo = np.finfo(dtype)
   big = np.asarray(-0.3 * float(finfo.max), dtype)  # -1e38 in float32
   cases = [
-      (np.array([big, big], dtype), np.ones(2, dtype), "sum"),
-      (np.array([-0.9 * float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
-      (np.array([0.9 * float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
-      (np.array([-float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
-      (np.array([inf, 0.0], dtype), np.array([1.0, 0.5], dtype), "sum"),
-      (np.array([big, big], dtype), np.ones(2, dtype), "batchmean"),
+    (np.array([big, big], dtype), np.ones(2, dtype), "sum"),
+    (np.array([-0.9 * float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
+    (np.array([0.9 * float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
+    (np.array([-float(finfo.max)], dtype), np.ones(1, dtype), "sum"),
+    (np.array([inf, 0.0], dtype), np.array([1.0, 0.5], dtype), "sum"),
+    (np.array([big, big], dtype), np.ones(2, dtype), "batchmean"),
   ]
   for x, t, reduction in cases:
     got = float(jaxkl.kl_div(x, t, reduction=reduction))
@@ -348,26 +361,31 @@ def test_issue_examples_huge_finite_inputs_match_torch(dtype, x64):
   # The issue's float32 examples, literally.
   if dtype == jnp.float32:
     ones = jnp.ones(2, jnp.float32)
-    assert float(jaxkl.kl_div(jnp.array([-1e38, -1e38], jnp.float32), ones,
-                              reduction="sum")) == np.float32(2e38)
-    assert float(jaxkl.kl_div(jnp.array([3e38], jnp.float32), ones[:1],
-                              reduction="sum")) == np.float32(-3e38)
-    assert float(jaxkl.kl_div(jnp.array([inf], jnp.float32), ones[:1],
-                              reduction="sum")) == -inf
+    assert float(
+      jaxkl.kl_div(jnp.array([-1e38, -1e38], jnp.float32), ones, reduction="sum")
+    ) == np.float32(2e38)
+    assert float(
+      jaxkl.kl_div(jnp.array([3e38], jnp.float32), ones[:1], reduction="sum")
+    ) == np.float32(-3e38)
+    assert (
+      float(jaxkl.kl_div(jnp.array([inf], jnp.float32), ones[:1], reduction="sum"))
+      == -inf
+    )
   # A sum beyond finfo.max overflows, as the exact value is not
   # representable; a zero target still contributes 0 against anything.
-  x = np.array([-0.6 * float(finfo.max)] * 2 + [-inf, 0.9 * float(finfo.max)],
-               dtype)
+  x = np.array([-0.6 * float(finfo.max)] * 2 + [-inf, 0.9 * float(finfo.max)], dtype)
   t = np.array([1, 1, 0, 0], dtype)
   assert float(jaxkl.kl_div(x, t, reduction="sum")) == inf
-  np.testing.assert_array_equal(
-      jaxkl.kl_div(x, t, reduction="none")[2:], [0, 0])
+  np.testing.assert_array_equal(jaxkl.kl_div(x, t, reduction="none")[2:], [0, 0])
   # log q = +inf is no log-probability: with p = 0 the term is NaN, as in
   # torch (the one input outside the zero-mass rule; see _pointwise.py).
   for log_target in (False, True):
     target = np.array([-inf if log_target else 0.0], dtype)
-    assert np.isnan(jaxkl.kl_div(np.array([inf], dtype), target,
-                                 reduction="sum", log_target=log_target))
+    assert np.isnan(
+      jaxkl.kl_div(
+        np.array([inf], dtype), target, reduction="sum", log_target=log_target
+      )
+    )
 
 
 # Property test over the whole class of huge / infinite / zero inputs: every
@@ -382,25 +400,38 @@ def _input_values(dtype):
   """Log-probabilities `input`: specials, huge magnitudes, ordinary values."""
   big = float(jnp.finfo(dtype).max)
   return st.one_of(
-      st.sampled_from([0.0, -0.0, inf, -inf, big, -big, 0.3 * big,
-                       -0.3 * big, -0.6 * big, 0.6 * big, -1e4, -1.0]),
-      st.floats(-1.0, 1.0).map(lambda u: u * big),
-      st.floats(-60.0, 5.0),
+    st.sampled_from(
+      [
+        0.0,
+        -0.0,
+        inf,
+        -inf,
+        big,
+        -big,
+        0.3 * big,
+        -0.3 * big,
+        -0.6 * big,
+        0.6 * big,
+        -1e4,
+        -1.0,
+      ]
+    ),
+    st.floats(-1.0, 1.0).map(lambda u: u * big),
+    st.floats(-60.0, 5.0),
   )
 
 
 _PROBABILITIES = st.one_of(
-    # 1e-40 and 1e-310 are subnormal in float32 / float64: zero mass.
-    st.sampled_from([0.0, 0.0, 1.0, 0.5, 2.5, 1e-30, 1.2e-38, 1e-40,
-                     1e-310]),
-    st.floats(0.0, 1.0),
+  # 1e-40 and 1e-310 are subnormal in float32 / float64: zero mass.
+  st.sampled_from([0.0, 0.0, 1.0, 0.5, 2.5, 1e-30, 1.2e-38, 1e-40, 1e-310]),
+  st.floats(0.0, 1.0),
 )
 _LOG_PROBABILITIES = st.one_of(
-    # exp(-300) is 0 in float32 (zero mass) but positive in float64. (Above
-    # 0, p > 1 is no probability, and the target gradient's factor p may
-    # overflow before the cotangent scales it down.)
-    st.sampled_from([-inf, -inf, -1e4, -1000.0, -300.0, -50.0, 0.0]),
-    st.floats(-60.0, 0.0),
+  # exp(-300) is 0 in float32 (zero mass) but positive in float64. (Above
+  # 0, p > 1 is no probability, and the target gradient's factor p may
+  # overflow before the cotangent scales it down.)
+  st.sampled_from([-inf, -inf, -1e4, -1000.0, -300.0, -50.0, 0.0]),
+  st.floats(-60.0, 0.0),
 )
 
 
@@ -417,8 +448,9 @@ def _exact_reference(x, t, log_target, reduction, cotangent, compute):
   eps, tiny = mpmath.mpf(float(cfinfo.eps)), mpmath.mpf(float(cfinfo.tiny))
   n = x.size
   terms, bounds, gx, bx, gt, bt = [], [], [], [], [], []
-  for xi, ti, ci in zip(x.ravel().tolist(), t.ravel().tolist(),
-                        cotangent.ravel().tolist()):
+  for xi, ti, ci in zip(
+    x.ravel().tolist(), t.ravel().tolist(), cotangent.ravel().tolist(), strict=False
+  ):
     ci = mpmath.mpf(ci)
     if log_target:
       log_p = mpmath.mpf(ti) if ti > -inf else mpmath.ninf
@@ -451,14 +483,13 @@ def _exact_reference(x, t, log_target, reduction, cotangent, compute):
       bounds.append(8 * eps * scale + tiny)
       d_t = (p * (log_p - xm + 1)) if log_target else (log_p + 1 - xm)
       gt.append(ci * d_t)
-      bt.append(8 * eps * abs(ci) * (scale if log_target else
-                                     abs(log_p) + abs(xm) + 1) + tiny)
+      bt.append(
+        8 * eps * abs(ci) * (scale if log_target else abs(log_p) + abs(xm) + 1) + tiny
+      )
     gx.append(-p * ci)
     bx.append(4 * eps * abs(p * ci) + tiny)
-  positive = sum((v for v in terms if mpmath.isfinite(v) and v > 0),
-                 mpmath.mpf(0))
-  negative = sum((v for v in terms if mpmath.isfinite(v) and v < 0),
-                 mpmath.mpf(0))
+  positive = sum((v for v in terms if mpmath.isfinite(v) and v > 0), mpmath.mpf(0))
+  negative = sum((v for v in terms if mpmath.isfinite(v) and v < 0), mpmath.mpf(0))
   if reduction == "none":
     return terms, bounds, gx, bx, gt, bt, positive, negative
   infinities = {v for v in terms if mpmath.isinf(v)}
@@ -470,8 +501,7 @@ def _exact_reference(x, t, log_target, reduction, cotangent, compute):
     value = sum(terms, mpmath.mpf(0))
   bound = (n + 8) * sum(bounds, mpmath.mpf(0))
   divisor = {"sum": 1, "mean": n, "batchmean": x.shape[0]}[reduction]
-  return (value / divisor, bound / divisor, gx, bx, gt, bt, positive,
-          negative)
+  return (value / divisor, bound / divisor, gx, bx, gt, bt, positive, negative)
 
 
 def _round_to(value, dtype):
@@ -483,8 +513,7 @@ def _round_to(value, dtype):
     return float(np.asarray(float(value), np.float64).astype(dtype))
 
 
-def _check_close(got, exact, bound, dtype, what,
-                 may_overflow=(False, False)):
+def _check_close(got, exact, bound, dtype, what, may_overflow=(False, False)):
   """Asserts that ``got`` is ``exact`` rounded to ``dtype``, within ``bound``.
 
   ``exact`` is an mpmath number (possibly infinite or NaN), ``bound`` the
@@ -502,8 +531,8 @@ def _check_close(got, exact, bound, dtype, what,
   if mpmath.isinf(exact):
     # NaN only if a finite term of the other sign overflowed to infinity.
     assert got == float(exact) or (
-        math.isnan(got) and may_overflow[1 if exact > 0 else 0]), (
-            what, got, float(exact))
+      math.isnan(got) and may_overflow[1 if exact > 0 else 0]
+    ), (what, got, float(exact))
     return
   if math.isnan(got):
     assert may_overflow[0] and may_overflow[1], (what, got, float(exact))
@@ -523,8 +552,7 @@ def _check_close(got, exact, bound, dtype, what,
   magnitude = max(abs(got), abs(float(exact)), float(finfo.tiny))
   ulp = 2.0 ** (math.floor(math.log2(magnitude)) - finfo.nmant)
   err = abs(mpmath.mpf(got) - exact)
-  assert err <= bound + ulp, (what, got, float(exact), float(err),
-                              float(bound))
+  assert err <= bound + ulp, (what, got, float(exact), float(err), float(bound))
 
 
 @pytest.mark.parametrize("log_target", [False, True])
@@ -532,36 +560,47 @@ def _check_close(got, exact, bound, dtype, what,
 @hypothesis.settings(max_examples=25, deadline=None)
 @hypothesis.given(data=st.data())
 def test_huge_infinite_and_zero_inputs_equal_exact_values_and_gradients(
-    data, dtype, log_target):
+  data, dtype, log_target
+):
   hypothesis.note(f"dtype={dtype.__name__}, log_target={log_target}")
   with jax.enable_x64(dtype == jnp.float64):
     _, compute = _checks_result_dtype(dtype)
     size = math.prod(_SHAPE)
-    xs = data.draw(st.lists(_input_values(dtype), min_size=size,
-                            max_size=size), label="input")
-    ts = data.draw(st.lists(
+    xs = data.draw(
+      st.lists(_input_values(dtype), min_size=size, max_size=size), label="input"
+    )
+    ts = data.draw(
+      st.lists(
         _LOG_PROBABILITIES if log_target else _PROBABILITIES,
-        min_size=size, max_size=size), label="target")
+        min_size=size,
+        max_size=size,
+      ),
+      label="target",
+    )
     reduction = data.draw(st.sampled_from(REDUCTIONS), label="reduction")
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       x = np.asarray(xs, np.float64).astype(dtype).reshape(_SHAPE)
       t = np.asarray(ts, np.float64).astype(dtype).reshape(_SHAPE)
-    weights = np.asarray(data.draw(st.lists(
-        st.sampled_from([1.0, -2.0, 0.5]), min_size=size, max_size=size),
-        label="cotangent"), np.float64).reshape(_SHAPE)
+    weights = np.asarray(
+      data.draw(
+        st.lists(st.sampled_from([1.0, -2.0, 0.5]), min_size=size, max_size=size),
+        label="cotangent",
+      ),
+      np.float64,
+    ).reshape(_SHAPE)
     if reduction == "none":
       cotangent = weights
     else:
-      cotangent = np.ones(_SHAPE) / {"sum": 1, "mean": size,
-                                     "batchmean": _SHAPE[0]}[reduction]
+      cotangent = (
+        np.ones(_SHAPE) / {"sum": 1, "mean": size, "batchmean": _SHAPE[0]}[reduction]
+      )
     x64, t64 = x.astype(np.float64), t.astype(np.float64)
-    (value, bound, gx, bx, gt, bt, positive,
-     negative) = _exact_reference(x64, t64, log_target, reduction,
-                                  cotangent, compute)
+    (value, bound, gx, bx, gt, bt, positive, negative) = _exact_reference(
+      x64, t64, log_target, reduction, cotangent, compute
+    )
     cmax = float(jnp.finfo(compute).max)
-    may_overflow = (positive > cmax * (1 - 2.0 ** -8),
-                    negative < -cmax * (1 - 2.0 ** -8))
+    may_overflow = (positive > cmax * (1 - 2.0**-8), negative < -cmax * (1 - 2.0**-8))
 
     def loss(a, b):
       out = quiet_kl_div(a, b, reduction=reduction, log_target=log_target)
@@ -570,43 +609,45 @@ def test_huge_infinite_and_zero_inputs_equal_exact_values_and_gradients(
       return out
 
     xj, tj = jnp.asarray(x), jnp.asarray(t)
-    for name, fn in (("eager", quiet_kl_div),
-                     ("jit", jax.jit(quiet_kl_div,
-                                     static_argnames=("reduction",
-                                                      "log_target")))):
-      out = np.asarray(fn(xj, tj, reduction=reduction,
-                          log_target=log_target)).astype(np.float64)
-      assert out.dtype == np.float64 and fn(
-          xj, tj, reduction=reduction, log_target=log_target).dtype == dtype
+    for name, fn in (
+      ("eager", quiet_kl_div),
+      ("jit", jax.jit(quiet_kl_div, static_argnames=("reduction", "log_target"))),
+    ):
+      out = np.asarray(fn(xj, tj, reduction=reduction, log_target=log_target)).astype(
+        np.float64
+      )
+      assert (
+        out.dtype == np.float64
+        and fn(xj, tj, reduction=reduction, log_target=log_target).dtype == dtype
+      )
       if reduction == "none":
-        for i, (v, b) in enumerate(zip(value, bound)):
-          _check_close(float(out.ravel()[i]), v, b, dtype,
-                       f"{name} value[{i}]")
+        for i, (v, b) in enumerate(zip(value, bound, strict=False)):
+          _check_close(float(out.ravel()[i]), v, b, dtype, f"{name} value[{i}]")
       else:
-        _check_close(float(out), value, bound, dtype, f"{name} value",
-                     may_overflow)
+        _check_close(float(out), value, bound, dtype, f"{name} value", may_overflow)
     grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(xj, tj)
-    for label, grad, exact, bounds in (("d/dinput", grads[0], gx, bx),
-                                       ("d/dtarget", grads[1], gt, bt)):
+    for label, grad, exact, bounds in (
+      ("d/dinput", grads[0], gx, bx),
+      ("d/dtarget", grads[1], gt, bt),
+    ):
       assert grad.dtype == dtype
       flat = np.asarray(grad).astype(np.float64).ravel()
-      for i, (v, b) in enumerate(zip(exact, bounds)):
+      for i, (v, b) in enumerate(zip(exact, bounds, strict=False)):
         _check_close(float(flat[i]), v, b, dtype, f"{label}[{i}]")
     if dtype == jnp.float64 and reduction == "none":
       # torch (float64) agrees wherever its value is not NaN, except at
       # subnormal probabilities: XLA flushes them to zero (zero mass).
       theirs = torch_kl_div(x, t, reduction="none", log_target=log_target)
-      ours = np.asarray(quiet_kl_div(xj, tj, reduction="none",
-                                     log_target=log_target))
+      ours = np.asarray(quiet_kl_div(xj, tj, reduction="none", log_target=log_target))
       with np.errstate(under="ignore"):
         p = np.exp(t) if log_target else t
       finite = ~np.isnan(theirs) & ~((p > 0) & (p < jnp.finfo(dtype).tiny))
-      np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-13,
-                                 atol=1e-300)
+      np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-13, atol=1e-300)
 
 
 def _checks_result_dtype(dtype):
   from jaxkl import _checks  # pylint: disable=import-outside-toplevel
+
   return _checks.result_dtype(jnp.zeros((), dtype))
 
 
@@ -629,8 +670,9 @@ def test_half_precision_accumulates_in_float32(dtype, x64):
   assert got.dtype == dtype
   # float64 value of the same (rounded) inputs.
   p64 = np.asarray(p, np.float64)
-  expected = float(np.sum(scipy.special.xlogy(p64, p64)
-                          - p64 * np.asarray(log_q, np.float64)))
+  expected = float(
+    np.sum(scipy.special.xlogy(p64, p64) - p64 * np.asarray(log_q, np.float64))
+  )
   ulp = 2.0 ** (math.floor(math.log2(abs(expected))) - jnp.finfo(dtype).nmant)
   # float32 accumulation leaves only the final rounding to `dtype`.
   assert abs(float(got) - expected) <= ulp, (float(got), expected, ulp)
@@ -644,8 +686,10 @@ def test_mixed_float_dtypes_promote_like_jnp(standard_promotion, x64):
   a64 = jnp.full(3, 1 / 3, jnp.float64)
   assert jaxkl.kl_div(a16, a32, reduction="sum").dtype == jnp.float32
   assert jaxkl.kl_div(a32, a64, reduction="none").dtype == jnp.float64
-  assert jaxkl.kl_div(a32, 0.5 * jnp.ones(3, jnp.float32),
-                      reduction="sum").dtype == jnp.float32
+  assert (
+    jaxkl.kl_div(a32, 0.5 * jnp.ones(3, jnp.float32), reduction="sum").dtype
+    == jnp.float32
+  )
 
 
 def test_strict_promotion_is_respected():
@@ -661,8 +705,9 @@ def test_strict_promotion_is_respected():
 def test_non_floating_dtype_raises_type_error(dtype):
   bad = jnp.zeros(3, dtype)
   good = jnp.zeros(3)
-  with pytest.raises(TypeError, match=f"`input` must have a real floating.*"
-                     f"{jnp.dtype(dtype).name}"):
+  with pytest.raises(
+    TypeError, match=f"`input` must have a real floating.*{jnp.dtype(dtype).name}"
+  ):
     jaxkl.kl_div(bad, good, reduction="sum")
   with pytest.raises(TypeError, match="`target` must have a real floating"):
     jaxkl.kl_div(good, bad, reduction="sum")
@@ -691,8 +736,9 @@ def test_invalid_reduction_raises_value_error(bad):
 
 def test_non_bool_log_target_raises_type_error():
   with pytest.raises(TypeError, match="`log_target` must be a Python bool"):
-    jaxkl.kl_div(jnp.zeros(3), jnp.zeros(3), reduction="sum",
-                 log_target=jnp.array(True))
+    jaxkl.kl_div(
+      jnp.zeros(3), jnp.zeros(3), reduction="sum", log_target=jnp.array(True)
+    )
 
 
 def test_kldivloss_is_immutable_hashable_and_jit_static():
@@ -704,5 +750,4 @@ def test_kldivloss_is_immutable_hashable_and_jit_static():
   assert "sum" in repr(loss)
   f = jax.jit(lambda fn, x, t: fn(x, t), static_argnums=0)
   x = jnp.log(jnp.array([0.5, 0.5]))
-  np.testing.assert_allclose(f(loss, x, jnp.array([1.0, 0.0])), math.log(2),
-                             rtol=1e-6)
+  np.testing.assert_allclose(f(loss, x, jnp.array([1.0, 0.0])), math.log(2), rtol=1e-6)

@@ -30,8 +30,10 @@ DOCS = ROOT / "docs"
 # or MyST (```{autofunction} jaxkl.kl_div`` or ``:::{autoclass} ...``).
 _AUTO = r"auto(?:function|class|data|exception|decorator|method|attribute)"
 _DIRECTIVE = re.compile(
-    rf"^[ \t]*(?:\.\.[ \t]+{_AUTO}::|(?:`{{3,}}|:{{3,}})\{{{_AUTO}\}})"
-    r"[ \t]*(\S+)", re.MULTILINE)
+  rf"^[ \t]*(?:\.\.[ \t]+{_AUTO}::|(?:`{{3,}}|:{{3,}})\{{{_AUTO}\}})"
+  r"[ \t]*(\S+)",
+  re.MULTILINE,
+)
 
 
 def documented_targets(text: str) -> list[str]:
@@ -44,8 +46,9 @@ def docs_sources() -> list[pathlib.Path]:
   sources = []
   for directory, subdirs, files in os.walk(DOCS):  # links are not followed
     subdirs[:] = [d for d in subdirs if not d.startswith(("_", "."))]
-    sources += [pathlib.Path(directory, f) for f in files
-                if f.endswith((".rst", ".md"))]
+    sources += [
+      pathlib.Path(directory, f) for f in files if f.endswith((".rst", ".md"))
+    ]
   return sorted(sources)
 
 
@@ -85,11 +88,15 @@ Title
 :::
 """
   assert documented_targets(text) == [
-      "jaxkl.kl_div", "jaxkl.KLDivLoss", "jaxkl.kl_normal",
-      "jaxkl._monte_carlo.KLEstimate"]
+    "jaxkl.kl_div",
+    "jaxkl.KLDivLoss",
+    "jaxkl.kl_normal",
+    "jaxkl._monte_carlo.KLEstimate",
+  ]
   assert public_name("jaxkl.kl_div") == "kl_div"
   assert public_name("jaxkl._monte_carlo.KLEstimate") == (
-      "jaxkl._monte_carlo.KLEstimate")
+    "jaxkl._monte_carlo.KLEstimate"
+  )
 
 
 def test_the_reference_is_found():
@@ -103,16 +110,18 @@ def test_the_reference_is_found():
 def test_public_name_is_in_the_api_reference(name):
   entries = reference_entries()
   assert entries[name] >= 1, (
-      f"jaxkl.{name} is in jaxkl.__all__ but has no autodoc entry under "
-      f"docs/ (add `.. autofunction:: jaxkl.{name}` to the docs/api/ page of "
-      "its concept)")
+    f"jaxkl.{name} is in jaxkl.__all__ but has no autodoc entry under "
+    f"docs/ (add `.. autofunction:: jaxkl.{name}` to the docs/api/ page of "
+    "its concept)"
+  )
 
 
 def test_every_entry_names_a_public_object_once():
   entries = reference_entries()
   not_public = sorted(set(entries) - set(PUBLIC))
   assert not not_public, (
-      f"documented but not in jaxkl.__all__ (as `jaxkl.<name>`): {not_public}")
+    f"documented but not in jaxkl.__all__ (as `jaxkl.<name>`): {not_public}"
+  )
   twice = sorted(name for name, count in entries.items() if count > 1)
   assert not twice, f"documented more than once: {twice}"
 
@@ -135,8 +144,7 @@ def test_notebooks_are_the_repository_notebooks():
 def documented_command(path: pathlib.Path) -> str:
   """The sphinx-build command in the code block after `<!-- docs-command -->`."""
   text = path.read_text(encoding="utf-8")
-  block = re.search(r"<!-- docs-command -->\s*```bash\n(.+?)\n```", text,
-                    re.DOTALL)
+  block = re.search(r"<!-- docs-command -->\s*```bash\n(.+?)\n```", text, re.DOTALL)
   assert block, f"{path.name} has no command after <!-- docs-command -->"
   command = re.search(r"sphinx-build [^\n&;|]+", block.group(1))
   assert command, f"{path.name}'s docs command does not run sphinx-build"
@@ -147,8 +155,10 @@ def test_ci_builds_the_docs_with_the_documented_strict_command():
   command = documented_command(DOCS / "README.md")
   assert command.split()[:3] == ["sphinx-build", "-W", "--keep-going"]
   assert command == documented_command(ROOT / "README.md")
-  ci_lines = [line.strip() for line in
-              (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+  ci_lines = [
+    line.strip()
+    for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+  ]
   assert command in ci_lines, f"{command!r} is not a command of .ci/run"
   assert "set -euo pipefail" in ci_lines  # a failed build fails CI
 
@@ -183,7 +193,8 @@ def test_mention_parser_on_a_worked_example():
   assert mentioned_name("jaxkl.kl_div") == "kl_div"
   assert mentioned_name("kl_div(input, target)") == "kl_div"
   assert mentioned_name("monte_carlo_kl(...).confidence_interval()") == (
-      "monte_carlo_kl")
+    "monte_carlo_kl"
+  )
   assert mentioned_name("KLEstimate.value") == "KLEstimate"
   assert mentioned_name("torch.nn.functional.kl_div") is None
   assert mentioned_name("kl_divergences") is None
@@ -194,20 +205,37 @@ def test_mention_parser_on_a_worked_example():
 def site(tmp_path_factory):
   """{page path relative to the site root: parsed HTML} of a fresh build."""
   import bs4  # pylint: disable=import-outside-toplevel  # furo's dependency
+
   out = tmp_path_factory.mktemp("site")
   env = dict(os.environ, NB_EXECUTION_MODE="off")
   result = subprocess.run(
-      [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-       "-d", str(out / "doctrees"), str(DOCS), str(out / "html")],
-      capture_output=True, text=True, env=env, timeout=900, check=False)
+    [
+      sys.executable,
+      "-m",
+      "sphinx",
+      "-W",
+      "--keep-going",
+      "-q",
+      "-b",
+      "html",
+      "-d",
+      str(out / "doctrees"),
+      str(DOCS),
+      str(out / "html"),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=900,
+    check=False,
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   pages = {}
   for page in (out / "html").rglob("*.html"):
     relative = page.relative_to(out / "html").as_posix()
     if relative.startswith(("_", "genindex", "search", "py-modindex")):
       continue
-    pages[relative] = bs4.BeautifulSoup(page.read_text(encoding="utf-8"),
-                                        "html.parser")
+    pages[relative] = bs4.BeautifulSoup(page.read_text(encoding="utf-8"), "html.parser")
   return pages
 
 
@@ -217,9 +245,11 @@ def article(page):
 
 
 def narrative_pages(site):
-  return {name: page for name, page in site.items()
-          if name in ("index.html", "guide.html") or name.startswith(
-              "notebooks/")}
+  return {
+    name: page
+    for name, page in site.items()
+    if name in ("index.html", "guide.html") or name.startswith("notebooks/")
+  }
 
 
 def test_the_site_has_its_pages(site):
@@ -262,8 +292,10 @@ def test_no_returns_section_renders_a_fake_type(site):
       first = first.find(True) if first and first.name == "p" else first
       text = body.get_text(" ", strip=True)
       if label.get_text(strip=True).startswith("Return type") or (
-          first is not None and first.name in ("em", "strong") and
-          text.startswith(first.get_text(" ", strip=True))):
+        first is not None
+        and first.name in ("em", "strong")
+        and text.startswith(first.get_text(" ", strip=True))
+      ):
         fake.append(f"{name}: {text[:80]!r}")
   assert not fake, "Returns sections rendered with a type:\n" + "\n".join(fake)
   assert returns >= len(PUBLIC) - 2, returns  # classes have no Returns
@@ -271,12 +303,18 @@ def test_no_returns_section_renders_a_fake_type(site):
 
 def test_private_notes_the_docstrings_point_to_are_on_the_site(site):
   notes = article(site["api/notes.html"]).get_text(" ")
-  for needed in ("Accepted distributions", "StandardNormalPushforward",
-                 "sample(seed=key", "Gradients with the samples held fixed",
-                 "Squared distances by direct differences"):
+  for needed in (
+    "Accepted distributions",
+    "StandardNormalPushforward",
+    "sample(seed=key",
+    "Gradients with the samples held fixed",
+    "Squared distances by direct differences",
+  ):
     assert needed in notes, needed
-  pointers = {"api/monte_carlo.html": "#monte-carlo-distributions",
-              "api/knn.html": "#knn-notes"}
+  pointers = {
+    "api/monte_carlo.html": "#monte-carlo-distributions",
+    "api/knn.html": "#knn-notes",
+  }
   for name, anchor in pointers.items():
     hrefs = [a.get("href", "") for a in article(site[name]).find_all("a")]
     assert any(h.endswith(f"notes.html{anchor}") for h in hrefs), name

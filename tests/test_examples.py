@@ -38,8 +38,7 @@ def test_distill_flax_reduces_heldout_kl(capsys):
   and 9.1x. The assertion asks for 5x, a margin of over 1.5x on the worst.
   """
   example = load_example("distill_flax")
-  metrics = example.main(["--steps", "300", "--temperature", "2.0",
-                          "--seed", "0"])
+  metrics = example.main(["--steps", "300", "--temperature", "2.0", "--seed", "0"])
 
   losses = metrics["losses"]
   assert losses.shape == (300,)

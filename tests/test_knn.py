@@ -35,8 +35,9 @@ def reference_knn_kl(x, y, k=1, estimator="wkv", dtype=np.float32):
   y = np.asarray(y, np.float64)
   (n, d), m = x.shape, y.shape[0]
   info = jnp.finfo(dtype)
-  floor = np.maximum(float(info.eps) / 4 * np.abs(x).max(axis=1),
-                     math.sqrt(float(info.tiny)))
+  floor = np.maximum(
+    float(info.eps) / 4 * np.abs(x).max(axis=1), math.sqrt(float(info.tiny))
+  )
   tree_x, tree_y = cKDTree(x), cKDTree(y)
   rho = np.maximum(tree_x.query(x, k=[k + 1])[0][:, 0], floor)
   nu = np.maximum(tree_y.query(x, k=[k])[0][:, 0], floor)
@@ -47,15 +48,17 @@ def reference_knn_kl(x, y, k=1, estimator="wkv", dtype=np.float32):
     radius = max(rho[i], nu[i])  # floor[i] or more
     # query_ball_point compares squared distances to a rounded radius**2:
     # widen the radius a little, then keep the distances <= radius.
-    near_x = [j for j in tree_x.query_ball_point(x[i], radius * (1 + 1e-9))
-              if j != i]
+    near_x = [j for j in tree_x.query_ball_point(x[i], radius * (1 + 1e-9)) if j != i]
     near_y = tree_y.query_ball_point(x[i], radius * (1 + 1e-9))
     dist_x = np.linalg.norm(x[near_x] - x[i], axis=1)
     dist_y = np.linalg.norm(y[near_y] - x[i], axis=1)
     dist_x = np.maximum(dist_x[dist_x <= radius], floor[i])
     dist_y = np.maximum(dist_y[dist_y <= radius], floor[i])
-    terms.append(d * math.log(dist_y.max() / dist_x.max())
-                 + digamma(dist_x.size) - digamma(dist_y.size))
+    terms.append(
+      d * math.log(dist_y.max() / dist_x.max())
+      + digamma(dist_x.size)
+      - digamma(dist_y.size)
+    )
   return np.mean(terms) + math.log(m / (n - 1))
 
 
@@ -68,11 +71,11 @@ def samples_with_duplicates(d, seed, n=240, m=190):
   rng = np.random.default_rng([d, seed])
   x = rng.normal(size=(n, d)).astype(np.float32)
   y = (0.5 + 1.3 * rng.normal(size=(m, d))).astype(np.float32)
-  x[[3, 4, 7]] = x[2]         # x_2 has three duplicates in x
-  y[[10, 11, 12]] = x[1]      # x_1 appears three times in y
-  x[9] = x[8]                 # x_8: once more in x ...
-  y[[20, 21]] = x[8]          # ... and twice in y
-  y[[30, 31]] = y[29]         # repeats inside y only
+  x[[3, 4, 7]] = x[2]  # x_2 has three duplicates in x
+  y[[10, 11, 12]] = x[1]  # x_1 appears three times in y
+  x[9] = x[8]  # x_8: once more in x ...
+  y[[20, 21]] = x[8]  # ... and twice in y
+  y[[30, 31]] = y[29]  # repeats inside y only
   return x, y
 
 
@@ -80,8 +83,7 @@ def gaussian_kl(mean, cov):
   """KL(N(0, I) || N(mean, cov))."""
   d = len(mean)
   inv = np.linalg.inv(cov)
-  return 0.5 * (np.trace(inv) + mean @ inv @ mean - d
-                + np.log(np.linalg.det(cov)))
+  return 0.5 * (np.trace(inv) + mean @ inv @ mean - d + np.log(np.linalg.det(cov)))
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -99,16 +101,16 @@ def test_matches_ckdtree_reference(d, k, estimator):
     got = jaxkl.knn_kl(x, y, k=k, estimator=estimator)
     assert got.dtype == jnp.float32
     assert np.isfinite(expected)
-    np.testing.assert_allclose(float(got), expected, rtol=0,
-                               atol=8 * d * F32_EPS + 1e-6 * abs(expected))
+    np.testing.assert_allclose(
+      float(got), expected, rtol=0, atol=8 * d * F32_EPS + 1e-6 * abs(expected)
+    )
 
 
 def test_matches_ckdtree_reference_float64(x64, k=3, estimator="adaptive"):
   """Under x64, float64 inputs give float64 estimates equal to ~1e-13 (the
   adaptive estimator runs every step of "wkv" and more)."""
   x, y = samples_with_duplicates(3, seed=5)
-  x = x.astype(np.float64) + 1e-3 * np.random.default_rng(1).normal(
-      size=x.shape)
+  x = x.astype(np.float64) + 1e-3 * np.random.default_rng(1).normal(size=x.shape)
   y = y.astype(np.float64)
   y[[10, 11, 12]] = x[1]  # keep exact duplicates after the perturbation
   x[[3, 4, 7]] = x[2]
@@ -166,8 +168,7 @@ def test_error_shrinks_with_sample_size_2d():
       y = (mean + rng.normal(size=(n, 2)) @ chol.T).astype(np.float32)
       errors.append(float(jaxkl.knn_kl(x, y, estimator=estimator)) - true_kl)
     mean_abs_error.append(np.mean(np.abs(errors)))
-  assert mean_abs_error[0] > mean_abs_error[1] > mean_abs_error[2], (
-      mean_abs_error)
+  assert mean_abs_error[0] > mean_abs_error[1] > mean_abs_error[2], mean_abs_error
   assert mean_abs_error[2] < 0.6 * mean_abs_error[0], mean_abs_error
 
 
@@ -178,12 +179,16 @@ def test_chunk_size_does_not_change_the_estimate(estimator, k=3):
   the last bit of the squared distances (XLA may contract multiply-adds into
   FMAs differently for different loop shapes)."""
   x, y = samples_with_duplicates(1, seed=0)
-  values = [float(jaxkl.knn_kl(x, y, k=k, estimator=estimator,
-                               chunk_size=size)) for size in (None, 48)]
+  values = [
+    float(jaxkl.knn_kl(x, y, k=k, estimator=estimator, chunk_size=size))
+    for size in (None, 48)
+  ]
   assert values[0] == values[1], values
   x, y = samples_with_duplicates(3, seed=0)
-  values = [float(jaxkl.knn_kl(x, y, k=k, estimator=estimator,
-                               chunk_size=size)) for size in (None, 100)]
+  values = [
+    float(jaxkl.knn_kl(x, y, k=k, estimator=estimator, chunk_size=size))
+    for size in (None, 100)
+  ]
   np.testing.assert_allclose(values[1], values[0], rtol=0, atol=12 * F32_EPS)
 
 
@@ -197,8 +202,7 @@ def test_duplicates_rule_exact_value():
   x = np.array([[1.0], [1.0], [4.0]], np.float32)
   y = np.array([[2.0], [3.0]], np.float32)
   floor = F32_EPS / 4
-  expected = (2 * math.log(1.0 / floor) + math.log(1.0 / 3.0)) / 3 + math.log(
-      2 / 2)
+  expected = (2 * math.log(1.0 / floor) + math.log(1.0 / 3.0)) / 3 + math.log(2 / 2)
   np.testing.assert_allclose(float(jaxkl.knn_kl(x, y)), expected, rtol=1e-6)
   np.testing.assert_allclose(reference_knn_kl(x, y), expected, rtol=1e-12)
 
@@ -212,10 +216,12 @@ def test_floor_does_not_touch_distinct_points_1d():
   got = float(jaxkl.knn_kl(x, y))
   np.testing.assert_allclose(got, reference_knn_kl(x, y), rtol=1e-6)
   rho = abs(float(x[1, 0]) - float(x[0, 0]))
-  terms = [math.log(abs(0.5 - float(x[0, 0])) / rho),
-           math.log(abs(0.5 - float(x[1, 0])) / rho),
-           math.log(1.0 / (2.0 + float(x[0, 0]))),
-           math.log(2.0 / (5.0 - float(x[1, 0])))]
+  terms = [
+    math.log(abs(0.5 - float(x[0, 0])) / rho),
+    math.log(abs(0.5 - float(x[1, 0])) / rho),
+    math.log(1.0 / (2.0 + float(x[0, 0]))),
+    math.log(2.0 / (5.0 - float(x[1, 0]))),
+  ]
   np.testing.assert_allclose(got, np.mean(terms) + math.log(3 / 3), rtol=1e-5)
 
 
@@ -232,8 +238,8 @@ def test_all_points_identical_is_finite(estimator):
   if estimator == "adaptive":
     expected += float(digamma(4) - digamma(3))
   np.testing.assert_allclose(
-      float(jaxkl.knn_kl(x, y, k=2, estimator=estimator)), expected,
-      rtol=0, atol=1e-6)
+    float(jaxkl.knn_kl(x, y, k=2, estimator=estimator)), expected, rtol=0, atol=1e-6
+  )
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -263,13 +269,11 @@ def test_jit_and_vmap(k=3, estimator="adaptive"):
   """Under jit (static k, estimator, chunk_size) and vmap over pairs."""
   x, y = samples_with_duplicates(3, seed=3)
   eager = float(jaxkl.knn_kl(x, y, k=k, estimator=estimator))
-  jitted = jax.jit(jaxkl.knn_kl,
-                   static_argnames=("k", "estimator", "chunk_size"))
+  jitted = jax.jit(jaxkl.knn_kl, static_argnames=("k", "estimator", "chunk_size"))
   got = jitted(x, y, k=k, estimator=estimator, chunk_size=50)
   np.testing.assert_allclose(float(got), eager, rtol=0, atol=1e-6)
   xs, ys = np.stack([x, 2 * x]), np.stack([y, 2 * y])
-  batched = jax.vmap(
-      lambda a, b: jaxkl.knn_kl(a, b, k=k, estimator=estimator))(xs, ys)
+  batched = jax.vmap(lambda a, b: jaxkl.knn_kl(a, b, k=k, estimator=estimator))(xs, ys)
   assert batched.shape == (2,)
   np.testing.assert_allclose(batched, eager, rtol=0, atol=1e-5)
 
@@ -279,14 +283,13 @@ def test_dtypes(x64):
   (computed in float32 with bfloat16's resolution for the floor)."""
   x, y = samples_with_duplicates(3, seed=0)
   assert jaxkl.knn_kl(x, y).dtype == jnp.float32
-  got = jaxkl.knn_kl(x.astype(np.float64), y.astype(np.float64), k=3,
-                     estimator="adaptive")
+  got = jaxkl.knn_kl(
+    x.astype(np.float64), y.astype(np.float64), k=3, estimator="adaptive"
+  )
   assert got.dtype == jnp.float64
-  half = jaxkl.knn_kl(jnp.asarray(x, jnp.bfloat16),
-                      jnp.asarray(y, jnp.bfloat16))
+  half = jaxkl.knn_kl(jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16))
   assert half.dtype == jnp.bfloat16
-  x16, y16 = (np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64)
-              for v in (x, y))
+  x16, y16 = (np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for v in (x, y))
   expected = reference_knn_kl(x16, y16, dtype=jnp.bfloat16)
   np.testing.assert_allclose(float(half), expected, rtol=1e-2)
 
@@ -302,26 +305,30 @@ Y = np.zeros((4, 2), np.float32)
 
 
 @pytest.mark.parametrize(
-    "args, kwargs, error, match",
-    [
-        ((X.astype(np.int32), Y), {}, TypeError, "`x` must have a real"),
-        ((X, Y > 0), {}, TypeError, "`y` must have a real"),
-        ((X[:, 0], Y), {}, ValueError, r"`x` must be a 2-D.*\(6,\)"),
-        ((X, Y[None]), {}, ValueError, r"`y` must be a 2-D.*\(1, 4, 2\)"),
-        ((X, Y[:, :1]), {}, ValueError, r"same dimension.*\(6, 2\).*\(4, 1\)"),
-        ((X[:, :0], Y[:, :0]), {}, ValueError, "at least one coordinate"),
-        ((X[:3], Y), {"k": 3}, ValueError,
-         r"k \+ 1 = 4 samples .*; got 3 \(shape \(3, 2\)\)"),
-        ((X, Y[:2]), {"k": 3}, ValueError, "at least k = 3 samples; got 2"),
-        ((X, Y), {"k": 0}, ValueError, "`k` must be a positive int; got 0"),
-        ((X, Y), {"k": 1.0}, TypeError, "`k` must be a positive int"),
-        ((X, Y), {"k": True}, TypeError, "`k` must be a positive int"),
-        ((X, Y), {"k": jnp.array(1)}, TypeError, "`k` must be a positive int"),
-        ((X, Y), {"estimator": "kl"}, ValueError, r"`estimator` must be one"),
-        ((X, Y), {"estimator": None}, TypeError, r"`estimator` must be a str"),
-        ((X, Y), {"chunk_size": 0}, ValueError, "`chunk_size` must be a pos"),
-        ((X, Y), {"chunk_size": 2.5}, TypeError, "`chunk_size` must be a pos"),
-    ],
+  "args, kwargs, error, match",
+  [
+    ((X.astype(np.int32), Y), {}, TypeError, "`x` must have a real"),
+    ((X, Y > 0), {}, TypeError, "`y` must have a real"),
+    ((X[:, 0], Y), {}, ValueError, r"`x` must be a 2-D.*\(6,\)"),
+    ((X, Y[None]), {}, ValueError, r"`y` must be a 2-D.*\(1, 4, 2\)"),
+    ((X, Y[:, :1]), {}, ValueError, r"same dimension.*\(6, 2\).*\(4, 1\)"),
+    ((X[:, :0], Y[:, :0]), {}, ValueError, "at least one coordinate"),
+    (
+      (X[:3], Y),
+      {"k": 3},
+      ValueError,
+      r"k \+ 1 = 4 samples .*; got 3 \(shape \(3, 2\)\)",
+    ),
+    ((X, Y[:2]), {"k": 3}, ValueError, "at least k = 3 samples; got 2"),
+    ((X, Y), {"k": 0}, ValueError, "`k` must be a positive int; got 0"),
+    ((X, Y), {"k": 1.0}, TypeError, "`k` must be a positive int"),
+    ((X, Y), {"k": True}, TypeError, "`k` must be a positive int"),
+    ((X, Y), {"k": jnp.array(1)}, TypeError, "`k` must be a positive int"),
+    ((X, Y), {"estimator": "kl"}, ValueError, r"`estimator` must be one"),
+    ((X, Y), {"estimator": None}, TypeError, r"`estimator` must be a str"),
+    ((X, Y), {"chunk_size": 0}, ValueError, "`chunk_size` must be a pos"),
+    ((X, Y), {"chunk_size": 2.5}, TypeError, "`chunk_size` must be a pos"),
+  ],
 )
 def test_errors(args, kwargs, error, match):
   with pytest.raises(error, match=match):

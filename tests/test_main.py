@@ -30,14 +30,17 @@ NUMBER = r"-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?|nan|-?inf"
 def run_demo(*args, hide_torch=False):
   """Runs ``python -m jaxkl args`` (PyTorch made unimportable if asked)."""
   if hide_torch:  # `import torch` raises ImportError when sys.modules has None
-    code = ("import runpy, sys; sys.modules['torch'] = None; "
-            f"sys.argv = ['jaxkl', *{list(args)!r}]; "
-            "runpy.run_module('jaxkl', run_name='__main__')")
+    code = (
+      "import runpy, sys; sys.modules['torch'] = None; "
+      f"sys.argv = ['jaxkl', *{list(args)!r}]; "
+      "runpy.run_module('jaxkl', run_name='__main__')"
+    )
     command = [sys.executable, "-c", code]
   else:
     command = [sys.executable, "-m", "jaxkl", *args]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          check=False, cwd=ROOT)
+  result = subprocess.run(
+    command, capture_output=True, text=True, timeout=300, check=False, cwd=ROOT
+  )
   assert result.returncode == 0, result.stdout + result.stderr
   return result.stdout
 
@@ -52,8 +55,7 @@ def table(out):
   for label in ("jaxkl", "reference", "torch"):
     line = re.search(rf"^  {label}\s+\[(.*)\]$", out, re.MULTILINE)
     if line:
-      rows["none", label] = [float(x) for x in re.findall(NUMBER,
-                                                          line.group(1))]
+      rows["none", label] = [float(x) for x in re.findall(NUMBER, line.group(1))]
   return rows
 
 
@@ -61,8 +63,7 @@ def expected_reference():
   """The exact values in float64, from scipy's rel_entr (0 where p = 0)."""
   pointwise = scipy.special.rel_entr(P, Q)
   total = pointwise.sum()
-  return pointwise.ravel(), {"sum": total, "batchmean": total / 2,
-                             "mean": total / 6}
+  return pointwise.ravel(), {"sum": total, "batchmean": total / 2, "mean": total / 6}
 
 
 def torch_values(dtype, log_target):
@@ -74,15 +75,19 @@ def torch_values(dtype, log_target):
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     for reduction in ("none", "sum", "batchmean", "mean"):
-      values[reduction] = F.kl_div(log_q, target, reduction=reduction,
-                                   log_target=log_target).numpy()
+      values[reduction] = F.kl_div(
+        log_q, target, reduction=reduction, log_target=log_target
+      ).numpy()
   return values
 
 
-@pytest.mark.parametrize("args, dtype", [
+@pytest.mark.parametrize(
+  "args, dtype",
+  [
     ([], torch.float32),
     (["--x64", "--log-target"], torch.float64),
-])
+  ],
+)
 def test_demo_columns_hold_what_their_labels_say(args, dtype):
   out = run_demo(*args)
   assert "backend: cpu" in out
@@ -109,23 +114,29 @@ def test_demo_columns_hold_what_their_labels_say(args, dtype):
     else:
       assert torch_column == pytest.approx(want, abs=6e-9)
   np.testing.assert_allclose(rows["none", "reference"], pointwise, atol=6e-9)
-  np.testing.assert_allclose(rows["none", "torch"], theirs["none"].ravel(),
-                             atol=6e-9)
-  np.testing.assert_allclose(rows["none", "jaxkl"], pointwise,
-                             atol=tolerance + 6e-9)
+  np.testing.assert_allclose(rows["none", "torch"], theirs["none"].ravel(), atol=6e-9)
+  np.testing.assert_allclose(rows["none", "jaxkl"], pointwise, atol=tolerance + 6e-9)
   # sum of the worked example: 0.2 log(2/3) + 0.5 log(5/4) + 0.5 log(5/2)
   # + 0.5 log(5/6) = 0.3974633...
   assert "0.397463" in out
   # The summary lines say what is compared with what, and nothing claims
   # that the hand-computed float64 value is PyTorch's.
   assert "agree with torch" not in out
-  line = re.search(rf"^jaxkl \({dtype_name}\) against the float64 reference: "
-                   rf"largest difference ({NUMBER})", out, re.MULTILINE)
+  line = re.search(
+    rf"^jaxkl \({dtype_name}\) against the float64 reference: "
+    rf"largest difference ({NUMBER})",
+    out,
+    re.MULTILINE,
+  )
   assert line, out
   assert float(line.group(1)) <= tolerance
-  line = re.search(rf"^jaxkl \({dtype_name}\) against torch \({dtype_name}, "
-                   rf"same inputs\): largest difference ({NUMBER}) where "
-                   r"torch is not nan(.*)$", out, re.MULTILINE)
+  line = re.search(
+    rf"^jaxkl \({dtype_name}\) against torch \({dtype_name}, "
+    rf"same inputs\): largest difference ({NUMBER}) where "
+    r"torch is not nan(.*)$",
+    out,
+    re.MULTILINE,
+  )
   assert line, out
   assert float(line.group(1)) <= tolerance
   if log_target:
@@ -153,16 +164,19 @@ def test_demo_without_torch_has_no_torch_column():
 
 
 def test_demo_help():
-  result = subprocess.run([sys.executable, "-m", "jaxkl", "--help"],
-                          capture_output=True, text=True, timeout=120,
-                          check=True)
+  result = subprocess.run(
+    [sys.executable, "-m", "jaxkl", "--help"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  )
   assert "--x64" in result.stdout and "--log-target" in result.stdout
 
 
 def quickstart_block():
   readme = (ROOT / "README.md").read_text(encoding="utf-8")
-  section = re.search(r"^## Quickstart\n(.*?)^## ", readme,
-                      re.DOTALL | re.MULTILINE)
+  section = re.search(r"^## Quickstart\n(.*?)^## ", readme, re.DOTALL | re.MULTILINE)
   assert section, "README.md has no `## Quickstart` section"
   block = re.search(r"```python\n(.*?)```", section.group(1), re.DOTALL)
   assert block, "README's quickstart has no python block"
@@ -183,18 +197,20 @@ def documented_outputs(code):
       continue
     column = line.index("# ")
     output = [match.group(2)]
-    for following in lines[i + 1:]:
-      if following[:column].strip() or following[column:column + 2] != "# ":
+    for following in lines[i + 1 :]:
+      if following[:column].strip() or following[column : column + 2] != "# ":
         break
-      output.append(following[column + 2:])
+      output.append(following[column + 2 :])
     outputs.append("\n".join(output))
   return outputs
 
 
 def test_documented_outputs_parser_on_a_worked_example():
-  code = ("x = 1\nprint(x)    # 1\n"
-          "print(y)    # [[1 2]\n            #  [3 4]]\n# not output\n"
-          "print(z)\n")
+  code = (
+    "x = 1\nprint(x)    # 1\n"
+    "print(y)    # [[1 2]\n            #  [3 4]]\n# not output\n"
+    "print(z)\n"
+  )
   assert documented_outputs(code) == ["1", "[[1 2]\n [3 4]]"]
 
 
@@ -203,20 +219,24 @@ def test_readme_quickstart_prints_what_its_comments_say():
   documented = documented_outputs(code)
   prints = re.findall(r"^print\(", code, re.MULTILINE)
   assert documented and len(documented) == len(prints), (
-      "every print(...) of the quickstart shows its output in a comment")
+    "every print(...) of the quickstart shows its output in a comment"
+  )
   stdout = io.StringIO()
   namespace = {}
   with contextlib.redirect_stdout(stdout):
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    exec(compile(code, "README.md", "exec"), namespace)
   printed = stdout.getvalue()
   # Numbers compared with a tolerance (another backend may differ in the
   # last digit), everything else literally.
   assert re.sub(NUMBER, "#", printed) == re.sub(
-      NUMBER, "#", "\n".join(documented) + "\n")
+    NUMBER, "#", "\n".join(documented) + "\n"
+  )
   np.testing.assert_allclose(
-      [float(x) for x in re.findall(NUMBER, printed)],
-      [float(x) for x in re.findall(NUMBER, "\n".join(documented))],
-      rtol=1e-5, atol=1e-7)
+    [float(x) for x in re.findall(NUMBER, printed)],
+    [float(x) for x in re.findall(NUMBER, "\n".join(documented))],
+    rtol=1e-5,
+    atol=1e-7,
+  )
   # The printed values are right: the loss is the batch mean of the
   # per-example KL divergences (scipy), in both spellings, and the gradient
   # of the batch mean with respect to log q is -p / batch size.
@@ -228,9 +248,11 @@ def test_readme_quickstart_prints_what_its_comments_say():
   np.testing.assert_allclose(namespace["same"], per_example.mean(), rtol=1e-5)
   np.testing.assert_allclose(namespace["grads"], -p / p.shape[0], atol=1e-7)
   with torch.no_grad():
-    torch_loss = F.kl_div(torch.tensor(np.asarray(namespace["log_q"])),
-                          torch.tensor(np.asarray(namespace["p"])),
-                          reduction="batchmean")
+    torch_loss = F.kl_div(
+      torch.tensor(np.asarray(namespace["log_q"])),
+      torch.tensor(np.asarray(namespace["p"])),
+      reduction="batchmean",
+    )
   np.testing.assert_allclose(namespace["loss"], torch_loss.numpy(), rtol=1e-6)
 
 

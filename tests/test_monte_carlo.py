@@ -57,14 +57,23 @@ def kl_mvn(m1, c1, m2, c2):
   k = m1.shape[-1]
   c2_inv = np.linalg.inv(c2)
   d = m2 - m1
-  return 0.5 * (np.trace(c2_inv @ c1) + d @ c2_inv @ d - k
-                + np.linalg.slogdet(c2)[1] - np.linalg.slogdet(c1)[1])
+  return 0.5 * (
+    np.trace(c2_inv @ c1)
+    + d @ c2_inv @ d
+    - k
+    + np.linalg.slogdet(c2)[1]
+    - np.linalg.slogdet(c1)[1]
+  )
 
 
 def kl_gamma(a1, b1, a2, b2):  # shape a, rate b
-  return ((a1 - a2) * scipy.special.digamma(a1) - scipy.special.gammaln(a1)
-          + scipy.special.gammaln(a2) + a2 * (np.log(b1) - np.log(b2))
-          + a1 * (b2 - b1) / b1)
+  return (
+    (a1 - a2) * scipy.special.digamma(a1)
+    - scipy.special.gammaln(a1)
+    + scipy.special.gammaln(a2)
+    + a2 * (np.log(b1) - np.log(b2))
+    + a1 * (b2 - b1) / b1
+  )
 
 
 def within(estimate, truth, k=4.0):
@@ -85,14 +94,17 @@ def mc(key, p, q, **kwargs):
 
 def mc_each(key, p, q, estimators, **kwargs):
   """``mc`` for several estimators in one program (same key, same samples)."""
-  return jax.jit(lambda k: [jaxkl.monte_carlo_kl(k, p, q, estimator=e, **kwargs)
-                            for e in estimators])(key)
+  return jax.jit(
+    lambda k: [jaxkl.monte_carlo_kl(k, p, q, estimator=e, **kwargs) for e in estimators]
+  )(key)
 
 
 def gaussian_pair(loc, scale):
   """P = N(loc, scale^2) as a (sampler, log_prob) pair of callables."""
-  return (lambda key, n: loc + scale * jax.random.normal(key, (n,) + jnp.shape(loc)),
-          lambda x: norm_logpdf(x, loc, scale))
+  return (
+    lambda key, n: loc + scale * jax.random.normal(key, (n, *jnp.shape(loc))),
+    lambda x: norm_logpdf(x, loc, scale),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -116,11 +128,11 @@ def test_k3_is_accurate_where_expm1_minus_d_cancels(dtype):
   mags = np.logspace(-8, math.log10(30), 60)
   d = np.concatenate([mags, -mags]).astype(dtype)
   with jax.enable_x64(dtype == np.float64):
-    got = np.asarray(jaxkl.kl_estimator_terms(np.zeros_like(d), d,
-                                              estimator="k3"))
+    got = np.asarray(jaxkl.kl_estimator_terms(np.zeros_like(d), d, estimator="k3"))
   mpmath.mp.dps = 50
-  want = np.array([float(mpmath.expm1(mpmath.mpf(float(v))) - mpmath.mpf(float(v)))
-                   for v in d])
+  want = np.array(
+    [float(mpmath.expm1(mpmath.mpf(float(v))) - mpmath.mpf(float(v))) for v in d]
+  )
   eps = np.finfo(dtype).eps
   np.testing.assert_array_less(np.abs(got - want) / want, 8 * eps)
 
@@ -131,13 +143,13 @@ def test_k3_extremes_and_gradient():
   # q = 0 at a sample of P: infinite KL; float32 overflow above 88.7 is the
   # correctly rounded +inf; log r = 0 gives exactly 0.
   np.testing.assert_array_equal(
-      k3, np.array([np.inf, 1e30, np.inf, np.inf, 0.0], np.float32))
+    k3, np.array([np.inf, 1e30, np.inf, np.inf, 0.0], np.float32)
+  )
   x = jnp.array([-3.0, -1e-4, 0.0, 1e-4, 2.0])
   k3 = lambda v: jaxkl.kl_estimator_terms(0.0 * v, v, estimator="k3")  # noqa: E731
   grad = jax.jit(jax.vmap(jax.grad(k3)))(x)
   np.testing.assert_allclose(grad, np.expm1(np.asarray(x)), rtol=1e-6)
-  np.testing.assert_allclose(jax.jit(jax.hessian(k3))(0.3), np.exp(0.3),
-                             rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.hessian(k3))(0.3), np.exp(0.3), rtol=1e-6)
 
 
 def test_bfloat16_inputs_are_computed_in_float32():
@@ -160,23 +172,29 @@ def test_from_samples_mean_axis_mask_and_stderr(x64):
   poisoned_q = np.where(mask, log_q, np.nan)  # masked entries never matter
   for name in ("k1", "k2", "k3"):
     terms = np.asarray(jaxkl.kl_estimator_terms(log_p, log_q, estimator=name))
-    value, se = jaxkl.kl_from_samples(log_p, poisoned_q, estimator=name,
-                                      axis=1, where=mask, return_stderr=True)
+    value, se = jaxkl.kl_from_samples(
+      log_p, poisoned_q, estimator=name, axis=1, where=mask, return_stderr=True
+    )
     for row in range(4):
       kept = terms[row][mask[row]]
       np.testing.assert_allclose(value[row], kept.mean(), rtol=1e-12)
       np.testing.assert_allclose(
-          se[row], kept.std(ddof=1) / np.sqrt(kept.size), rtol=1e-12)
+        se[row], kept.std(ddof=1) / np.sqrt(kept.size), rtol=1e-12
+      )
   # Row mask of the result's shape; a fully masked row gives 0.
   row_mask = np.array([True, False, True, True])
   got = jaxkl.kl_from_samples(log_p, log_q, axis=-1, where=row_mask)
   assert got.shape == (4,) and got[1] == 0
   # axis=None averages everything.
-  np.testing.assert_allclose(jaxkl.kl_from_samples(log_p, log_q),
-                             np.mean(log_p - log_q), rtol=1e-12)
+  np.testing.assert_allclose(
+    jaxkl.kl_from_samples(log_p, log_q), np.mean(log_p - log_q), rtol=1e-12
+  )
   # Gradients never see the masked NaNs.
-  grad = jax.grad(lambda lq: jaxkl.kl_from_samples(
-      log_p, lq, estimator="k3", axis=1, where=mask).sum())(poisoned_q)
+  grad = jax.grad(
+    lambda lq: jaxkl.kl_from_samples(
+      log_p, lq, estimator="k3", axis=1, where=mask
+    ).sum()
+  )(poisoned_q)
   assert np.all(np.isfinite(grad)) and np.all(grad[~mask] == 0)
 
 
@@ -188,15 +206,18 @@ def test_control_variate_is_least_squares_and_k3_is_lambda_one(x64):
   k1, c = log_p - log_q, np.expm1(log_q - log_p)
   slope = np.polyfit(c, k1, 1)[0]  # k1 ~ a + slope * c  =>  lambda = -slope
   residual = k1 - slope * c
-  value, se = jaxkl.kl_from_samples(log_p, log_q, estimator="cv",
-                                    return_stderr=True)
+  value, se = jaxkl.kl_from_samples(log_p, log_q, estimator="cv", return_stderr=True)
   np.testing.assert_allclose(value, k1.mean() - slope * c.mean(), rtol=1e-10)
   np.testing.assert_allclose(
-      se, np.sqrt(np.sum((residual - residual.mean())**2) / (x.size - 2)
-                  / x.size), rtol=1e-10)
+    se,
+    np.sqrt(np.sum((residual - residual.mean()) ** 2) / (x.size - 2) / x.size),
+    rtol=1e-10,
+  )
   np.testing.assert_allclose(
-      jaxkl.kl_from_samples(log_p, log_q, estimator="k3"),
-      k1.mean() + c.mean(), rtol=1e-10)
+    jaxkl.kl_from_samples(log_p, log_q, estimator="k3"),
+    k1.mean() + c.mean(),
+    rtol=1e-10,
+  )
   # Near P = Q the optimal coefficient is close to k3's lambda = 1.
   assert 0.5 < -slope < 1.5
 
@@ -208,11 +229,13 @@ def crossfit_reference(k, c, a):
   estimator weights them); ``a``: weights summing to 1. Returns the estimate
   and the standard error sqrt(n/(n-1) sum a^2 (y - D)^2 + (D_cv - D)^2).
   """
+
   def fit(idx):
     w = a[idx] / a[idx].sum()
     v, cc = k[idx] - w @ k[idx], c[idx] - w @ c[idx]
     b = a[idx] ** 2
     return -np.sum(b * v * cc) / np.sum(b * cc * cc)
+
   n = k.size
   lam = np.array([fit(np.arange(n) != i) for i in range(n)])
   y = k + lam * c
@@ -235,25 +258,28 @@ def test_cv_crossfit_matches_a_brute_force_reference(x64):
   for weights in ("none", "plain", "self_normalized"):
     kwargs = {}
     if weights != "none":
-      kwargs = dict(log_weights=log_w,
-                    self_normalized=weights == "self_normalized")
+      kwargs = dict(log_weights=log_w, self_normalized=weights == "self_normalized")
     value, se = jaxkl.kl_from_samples(
-        log_p, poisoned, estimator="cv_crossfit", axis=1, where=mask,
-        return_stderr=True, **kwargs)
+      log_p,
+      poisoned,
+      estimator="cv_crossfit",
+      axis=1,
+      where=mask,
+      return_stderr=True,
+      **kwargs,
+    )
     for row in range(3):
       m = mask[row]
       k, cc, w = k1[row][m], c[row][m], np.exp(log_w[row][m])
       if weights == "plain":
         k, cc = w * k, w * cc
-      a = (w / w.sum() if weights == "self_normalized"
-           else np.full(k.size, 1 / k.size))
+      a = w / w.sum() if weights == "self_normalized" else np.full(k.size, 1 / k.size)
       want, want_se = crossfit_reference(k, cc, a)
       np.testing.assert_allclose(value[row], want, rtol=1e-10)
       np.testing.assert_allclose(se[row], want_se, rtol=1e-10)
   # Two sample axes, no mask: the same as flattening them.
   flat = jaxkl.kl_from_samples(log_p[:2], log_q[:2], estimator="cv_crossfit")
-  want = crossfit_reference(k1[:2].ravel(), c[:2].ravel(),
-                            np.full(50, 1 / 50))[0]
+  want = crossfit_reference(k1[:2].ravel(), c[:2].ravel(), np.full(50, 1 / 50))[0]
   np.testing.assert_allclose(flat, want, rtol=1e-10)
 
 
@@ -269,10 +295,12 @@ def test_cv_crossfit_is_accurate_with_a_dominant_sample():
   log_r[37] = 12.0
   a = np.full(200, 1 / 200)
   want, want_se = crossfit_reference(-log_r, np.expm1(log_r), a)
-  value, se = jaxkl.kl_from_samples(np.zeros(200, np.float32),
-                                    log_r.astype(np.float32),
-                                    estimator="cv_crossfit",
-                                    return_stderr=True)
+  value, se = jaxkl.kl_from_samples(
+    np.zeros(200, np.float32),
+    log_r.astype(np.float32),
+    estimator="cv_crossfit",
+    return_stderr=True,
+  )
   assert value.dtype == jnp.float32
   np.testing.assert_allclose(value, want, rtol=2e-5)
   np.testing.assert_allclose(se, want_se, rtol=2e-5)
@@ -283,20 +311,25 @@ def test_importance_weights(x64):
   log_p, log_q, log_w = rng.normal(size=(3, 40))
   k3 = np.asarray(jaxkl.kl_estimator_terms(log_p, log_q, estimator="k3"))
   w = np.exp(log_w)
-  plain = jaxkl.kl_from_samples(log_p, log_q, estimator="k3",
-                                log_weights=log_w)
+  plain = jaxkl.kl_from_samples(log_p, log_q, estimator="k3", log_weights=log_w)
   np.testing.assert_allclose(plain, np.mean(w * k3), rtol=1e-12)
-  snis, se = jaxkl.kl_from_samples(log_p, log_q, estimator="k3",
-                                   log_weights=log_w, self_normalized=True,
-                                   return_stderr=True)
+  snis, se = jaxkl.kl_from_samples(
+    log_p,
+    log_q,
+    estimator="k3",
+    log_weights=log_w,
+    self_normalized=True,
+    return_stderr=True,
+  )
   mu = np.sum(w * k3) / np.sum(w)
   np.testing.assert_allclose(snis, mu, rtol=1e-12)
   a = w / w.sum()
   np.testing.assert_allclose(
-      se, np.sqrt(np.sum(a**2 * (k3 - mu) ** 2) * 40 / 39), rtol=1e-12)
-  shifted = jaxkl.kl_from_samples(log_p, log_q, estimator="k3",
-                                  log_weights=log_w + 700.0,
-                                  self_normalized=True)
+    se, np.sqrt(np.sum(a**2 * (k3 - mu) ** 2) * 40 / 39), rtol=1e-12
+  )
+  shifted = jaxkl.kl_from_samples(
+    log_p, log_q, estimator="k3", log_weights=log_w + 700.0, self_normalized=True
+  )
   np.testing.assert_allclose(shifted, mu, rtol=1e-12)
 
 
@@ -329,8 +362,9 @@ def test_fixed_sample_gradients_follow_tang_and_munos(x64):
   """
   theta = jnp.array([0.5, math.log(0.8)])
   phi = jnp.array([0.0, 0.0])
-  x = theta[0] + jnp.exp(theta[1]) * jax.random.normal(jax.random.key(0),
-                                                       (200_000,), jnp.float64)
+  x = theta[0] + jnp.exp(theta[1]) * jax.random.normal(
+    jax.random.key(0), (200_000,), jnp.float64
+  )
 
   def terms(th, ph, est):
     log_p = norm_logpdf(x, th[0], jnp.exp(th[1]))
@@ -340,12 +374,17 @@ def test_fixed_sample_gradients_follow_tang_and_munos(x64):
   def kl(a, b):
     return kl_normal(a[0], jnp.exp(a[1]), b[0], jnp.exp(b[1]))
 
-  forward = jax.grad(kl)(theta, phi)                     # d/dtheta KL(P||Q)
-  reverse = jax.grad(lambda t: kl(phi, t))(theta)        # d/dtheta KL(Q||P)
-  wrt_q = jax.grad(kl, argnums=1)(theta, phi)            # d/dphi KL(P||Q)
+  forward = jax.grad(kl)(theta, phi)  # d/dtheta KL(P||Q)
+  reverse = jax.grad(lambda t: kl(phi, t))(theta)  # d/dtheta KL(Q||P)
+  wrt_q = jax.grad(kl, argnums=1)(theta, phi)  # d/dphi KL(P||Q)
   expectations = [
-      ("k1", 0, np.zeros(2)), ("k2", 0, forward), ("k3", 0, reverse),
-      ("k1", 1, wrt_q), ("k3", 1, wrt_q)]
+    ("k1", 0, np.zeros(2)),
+    ("k2", 0, forward),
+    ("k3", 0, reverse),
+    ("k1", 1, wrt_q),
+    ("k3", 1, wrt_q),
+  ]
+
   @jax.jit
   def moments(th, ph):
     out = []
@@ -354,10 +393,10 @@ def test_fixed_sample_gradients_follow_tang_and_munos(x64):
       out.append((per_sample.mean(0), per_sample.std(0) / np.sqrt(x.size)))
     return out
 
-  for (est, argnum, want), (mean, se) in zip(expectations,
-                                             moments(theta, phi)):
-    assert np.all(np.abs(mean - want) <= 4 * se + 1e-12), (est, argnum, mean,
-                                                            want, se)
+  for (est, argnum, want), (mean, se) in zip(
+    expectations, moments(theta, phi), strict=False
+  ):
+    assert np.all(np.abs(mean - want) <= 4 * se + 1e-12), (est, argnum, mean, want, se)
   assert np.all(np.abs(forward - reverse) > 0.1)
 
 
@@ -370,19 +409,27 @@ def test_one_and_ten_dimensional_gaussians_callables():
   estimators = ("k1", "k3", "cv")
   p = gaussian_pair(0.3, 1.2)
   q = lambda x: norm_logpdf(x, -0.4, 1.0)  # noqa: E731
-  for name, est in zip(estimators, mc_each(jax.random.key(1), p, q, estimators,
-                                           num_samples=50_000)):
+  for name, est in zip(
+    estimators,
+    mc_each(jax.random.key(1), p, q, estimators, num_samples=50_000),
+    strict=False,
+  ):
     assert est.num_samples == 50_000 and est.estimator == name
     assert within(est, kl_normal(0.3, 1.2, -0.4, 1.0)), name
   rng = np.random.default_rng(4)
   m1, m2 = rng.normal(0, 0.3, size=(2, 10))
   s1, s2 = rng.uniform(0.8, 1.2, size=(2, 10))
   m1, m2, s1, s2 = (np.float32(a)[None, :] for a in (m1, m2, s1, s2))
-  p10 = (lambda key, n: m1 + s1 * jax.random.normal(key, (n * 10,)).reshape(n, 10),
-         lambda x: norm_logpdf(x, m1, s1).sum(-1))
+  p10 = (
+    lambda key, n: m1 + s1 * jax.random.normal(key, (n * 10,)).reshape(n, 10),
+    lambda x: norm_logpdf(x, m1, s1).sum(-1),
+  )
   q10 = lambda x: norm_logpdf(x, m2, s2).sum(-1)  # noqa: E731
-  for name, est in zip(estimators, mc_each(jax.random.key(2), p10, q10,
-                                           estimators, num_samples=50_000)):
+  for name, est in zip(
+    estimators,
+    mc_each(jax.random.key(2), p10, q10, estimators, num_samples=50_000),
+    strict=False,
+  ):
     assert within(est, np.sum(kl_normal(m1, s1, m2, s2))), name
 
 
@@ -404,8 +451,7 @@ def test_numpyro_gaussians_batched_and_full_covariance():
   m1, m2 = rng.normal(0, 0.3, size=(2, 10))
   p = dist.MultivariateNormal(m1.astype(np.float32), c1.astype(np.float32))
   q = dist.MultivariateNormal(m2.astype(np.float32), c2.astype(np.float32))
-  est = mc(jax.random.key(4), p, q, num_samples=50_000, estimator="cv",
-           antithetic=True)
+  est = mc(jax.random.key(4), p, q, num_samples=50_000, estimator="cv", antithetic=True)
   assert within(est, kl_mvn(m1, c1, m2, c2))
 
 
@@ -415,46 +461,56 @@ def test_gamma_and_exponential():
   conc, rate = np.array([2.0, 3.0]), np.array([3.0, 2.0])
   conc_q, rate_q = np.array([1.5, 1.0]), np.array([2.0, 1.0])
   p = dist.Gamma(jnp.asarray(conc, jnp.float32), jnp.asarray(rate, jnp.float32))
-  q = dist.Gamma(jnp.asarray(conc_q, jnp.float32),
-                 jnp.asarray(rate_q, jnp.float32))
+  q = dist.Gamma(jnp.asarray(conc_q, jnp.float32), jnp.asarray(rate_q, jnp.float32))
   truth = kl_gamma(conc, rate, conc_q, rate_q)
-  for name, est in zip(("k1", "k3"), mc_each(jax.random.key(10), p, q,
-                                             ("k1", "k3"), num_samples=40_000)):
+  for name, est in zip(
+    ("k1", "k3"),
+    mc_each(jax.random.key(10), p, q, ("k1", "k3"), num_samples=40_000),
+    strict=False,
+  ):
     assert within(est, truth), (name, est, truth)
-  est = mc(jax.random.key(11), dist.Exponential(2.0), dist.Exponential(1.5),
-           num_samples=40_000, estimator="cv")
+  est = mc(
+    jax.random.key(11),
+    dist.Exponential(2.0),
+    dist.Exponential(1.5),
+    num_samples=40_000,
+    estimator="cv",
+  )
   assert within(est, np.log(2.0 / 1.5) + 1.5 / 2.0 - 1)
 
 
 def test_gaussian_mixture_against_quadrature():
   """No closed form: the reference is adaptive quadrature (error < 1e-9)."""
   weights, locs, scales = [0.3, 0.7], [-1.0, 1.5], [0.5, 0.8]
-  p = dist.MixtureSameFamily(dist.Categorical(probs=jnp.array(weights)),
-                             dist.Normal(jnp.array(locs), jnp.array(scales)))
+  p = dist.MixtureSameFamily(
+    dist.Categorical(probs=jnp.array(weights)),
+    dist.Normal(jnp.array(locs), jnp.array(scales)),
+  )
   q = dist.Normal(0.5, 1.5)
 
   def integrand(x):
-    px = sum(w * scipy.stats.norm.pdf(x, m, s)
-             for w, m, s in zip(weights, locs, scales))
+    px = sum(
+      w * scipy.stats.norm.pdf(x, m, s)
+      for w, m, s in zip(weights, locs, scales, strict=False)
+    )
     return px * (np.log(px) - scipy.stats.norm.logpdf(x, 0.5, 1.5))
 
-  truth, error = scipy.integrate.quad(integrand, -12, 14, epsabs=1e-12,
-                                      limit=200)
+  truth, error = scipy.integrate.quad(integrand, -12, 14, epsabs=1e-12, limit=200)
   assert error < 1e-9
   # No rsample for a mixture: gradient='auto' samples without it.
   est = mc(jax.random.key(20), p, q, num_samples=50_000)
   assert within(est, truth)
   with pytest.raises(ValueError, match="pathwise"):
-    jaxkl.monte_carlo_kl(jax.random.key(20), p, q, num_samples=10,
-                         gradient="pathwise")
+    jaxkl.monte_carlo_kl(jax.random.key(20), p, q, num_samples=10, gradient="pathwise")
 
 
 def test_k3_is_biased_when_q_has_mass_outside_p():
   """P = Exp(1), Q = N(0, 1): E[k3] = KL - Q(x < 0) = log(2 pi)/2 - 1/2."""
   kl = 0.5 * math.log(2 * math.pi)
   q = dist.Normal(0.0, 1.0)
-  k1, k3 = mc_each(jax.random.key(30), dist.Exponential(1.0), q, ("k1", "k3"),
-                   num_samples=50_000)
+  k1, k3 = mc_each(
+    jax.random.key(30), dist.Exponential(1.0), q, ("k1", "k3"), num_samples=50_000
+  )
   assert within(k1, kl) and within(k3, kl - 0.5)
 
 
@@ -462,11 +518,16 @@ def test_k3_is_biased_when_q_has_mass_outside_p():
 # Statistical properties over many independent runs (vmap over keys).
 
 
-@pytest.mark.parametrize("config", [
-    dict(estimator="k1"), dict(estimator="k3"),
-    dict(estimator="cv", antithetic=True), dict(estimator="cv_crossfit"),
+@pytest.mark.parametrize(
+  "config",
+  [
+    dict(estimator="k1"),
+    dict(estimator="k3"),
+    dict(estimator="cv", antithetic=True),
+    dict(estimator="cv_crossfit"),
     dict(estimator="k1", proposal="wide", self_normalized=True),
-])
+  ],
+)
 def test_confidence_interval_coverage(config):
   """The 95% interval covers the truth in 93-97% of 2000 runs (n = 1000).
 
@@ -476,11 +537,13 @@ def test_confidence_interval_coverage(config):
   """
   config = dict(config)
   truth = float(kl_normal(0.3, 1.2, -0.2, 1.0))
-  p = jaxkl.StandardNormalPushforward(lambda z: 0.3 + 1.2 * z,
-                                      lambda x: norm_logpdf(x, 0.3, 1.2))
+  p = jaxkl.StandardNormalPushforward(
+    lambda z: 0.3 + 1.2 * z, lambda x: norm_logpdf(x, 0.3, 1.2)
+  )
   if config.pop("proposal", None):
     config["proposal"] = jaxkl.StandardNormalPushforward(
-        lambda z: 0.0 + 1.6 * z, lambda x: norm_logpdf(x, 0.0, 1.6))
+      lambda z: 0.0 + 1.6 * z, lambda x: norm_logpdf(x, 0.0, 1.6)
+    )
   q = lambda x: norm_logpdf(x, -0.2, 1.0)  # noqa: E731
 
   @jax.jit
@@ -489,6 +552,7 @@ def test_confidence_interval_coverage(config):
       est = jaxkl.monte_carlo_kl(key, p, q, num_samples=1000, **config)
       low, high = est.confidence_interval(0.95)
       return (low <= truth) & (truth <= high)
+
     return jax.vmap(one)(keys)
 
   coverage = float(jnp.mean(covered(jax.random.split(jax.random.key(40), 2000))))
@@ -509,9 +573,12 @@ def test_k1_k3_unbiased_and_k2_bias_matches_theory():
 
   @jax.jit
   def runs(keys):
-    return {e: jax.vmap(lambda k: jaxkl.monte_carlo_kl(
-        k, p, q, num_samples=8, estimator=e).value)(keys)
-            for e in ("k1", "k2", "k3")}
+    return {
+      e: jax.vmap(
+        lambda k, e=e: jaxkl.monte_carlo_kl(k, p, q, num_samples=8, estimator=e).value
+      )(keys)
+      for e in ("k1", "k2", "k3")
+    }
 
   values = runs(jax.random.split(jax.random.key(50), 4000))
   expected = {"k1": mu**2 / 2, "k2": (mu**2 + mu**4 / 4) / 2, "k3": mu**2 / 2}
@@ -542,9 +609,12 @@ def test_cv_crossfit_removes_the_small_sample_bias_of_cv():
 
   @functools.partial(jax.jit, static_argnums=1)
   def runs(keys, n):
-    return {e: jax.vmap(lambda k: jaxkl.monte_carlo_kl(
-        k, p, q, num_samples=n, estimator=e))(keys)
-            for e in ("k1", "cv", "cv_crossfit")}
+    return {
+      e: jax.vmap(
+        lambda k, e=e: jaxkl.monte_carlo_kl(k, p, q, num_samples=n, estimator=e)
+      )(keys)
+      for e in ("k1", "cv", "cv_crossfit")
+    }
 
   small = runs(jax.random.split(jax.random.key(52), 4000), 20)
   mean_se = {}
@@ -556,25 +626,33 @@ def test_cv_crossfit_removes_the_small_sample_bias_of_cv():
   value, se = mean_se["cv"]
   assert value - 0.5 < -10 * se, (value, se)
   crossfit = small["cv_crossfit"]
-  ratio = (np.mean(np.asarray(crossfit.stderr, np.float64) ** 2)
-           / np.var(np.asarray(crossfit.value, np.float64), ddof=1))
+  ratio = np.mean(np.asarray(crossfit.stderr, np.float64) ** 2) / np.var(
+    np.asarray(crossfit.value, np.float64), ddof=1
+  )
   assert 0.95 < ratio < 1.5, ratio
 
   moderate = runs(jax.random.split(jax.random.key(53), 1000), 100)
-  variance = {e: np.var(np.asarray(est.value, np.float64))
-              for e, est in moderate.items()}
+  variance = {
+    e: np.var(np.asarray(est.value, np.float64)) for e, est in moderate.items()
+  }
   assert variance["cv_crossfit"] < 0.8 * variance["k1"], variance
 
 
 def test_k2_mean_matches_quadrature_with_unequal_scales(x64):
   """E_P[k2] for P = N(0.3, 1.2^2), Q = N(-0.5, 0.8^2) by quadrature."""
+
   def integrand(x):
     d = scipy.stats.norm.logpdf(x, -0.5, 0.8) - scipy.stats.norm.logpdf(x, 0.3, 1.2)
     return scipy.stats.norm.pdf(x, 0.3, 1.2) * 0.5 * d * d
+
   truth = scipy.integrate.quad(integrand, -20, 20, epsabs=1e-12)[0]
-  est = mc(jax.random.key(51), gaussian_pair(0.3, 1.2),
-           lambda x: norm_logpdf(x, -0.5, 0.8), num_samples=100_000,
-           estimator="k2")
+  est = mc(
+    jax.random.key(51),
+    gaussian_pair(0.3, 1.2),
+    lambda x: norm_logpdf(x, -0.5, 0.8),
+    num_samples=100_000,
+    estimator="k2",
+  )
   assert within(est, truth)
   assert est.value.dtype == jnp.float64
   assert abs(truth - float(kl_normal(0.3, 1.2, -0.5, 0.8))) > 0.1
@@ -589,7 +667,9 @@ def _gaussian_kl_closed(params):
   return kl_normal(m, jnp.exp(ls), mq, jnp.exp(lsq))
 
 
-@pytest.mark.parametrize("gradient,estimator,extra", [
+@pytest.mark.parametrize(
+  "gradient,estimator,extra",
+  [
     ("pathwise", "k1", {}),
     ("pathwise", "k3", {}),
     ("pathwise", "cv", {"antithetic": True}),
@@ -598,7 +678,8 @@ def _gaussian_kl_closed(params):
     ("score_function", "cv", {"proposal": True}),
     ("pathwise", "cv_crossfit", {}),
     ("score_function", "cv_crossfit", {"antithetic": True}),
-])
+  ],
+)
 def test_gradient_matches_closed_form(gradient, estimator, extra):
   """Mean over 256 runs (n = 512) of grad(value) within 4 SE of the truth.
 
@@ -619,12 +700,13 @@ def test_gradient_matches_closed_form(gradient, estimator, extra):
   def value(prm, key):
     p = dist.Normal(prm[0], jnp.exp(prm[1]))
     q = dist.Normal(prm[2], jnp.exp(prm[3]))
-    return jaxkl.monte_carlo_kl(key, p, q, num_samples=512,
-                                estimator=estimator, gradient=gradient,
-                                **extra).value
+    return jaxkl.monte_carlo_kl(
+      key, p, q, num_samples=512, estimator=estimator, gradient=gradient, **extra
+    ).value
 
   grads = jax.jit(jax.vmap(jax.grad(value), in_axes=(None, 0)))(
-      params, jax.random.split(jax.random.key(60), 256))
+    params, jax.random.split(jax.random.key(60), 256)
+  )
   grads = np.asarray(grads, np.float64)
   mean, se = grads.mean(0), grads.std(0, ddof=1) / np.sqrt(grads.shape[0])
   # 1e-5: float32 rounding, visible where antithetic pairs make SE ~ 1e-8.
@@ -649,17 +731,27 @@ def test_score_function_gradient_for_a_categorical():
   q = dist.Categorical(probs=q_probs)
 
   def value(lg, key):
-    return jaxkl.monte_carlo_kl(key, dist.Categorical(logits=lg), q,
-                                num_samples=256).value  # 'auto'
+    return jaxkl.monte_carlo_kl(
+      key, dist.Categorical(logits=lg), q, num_samples=256
+    ).value  # 'auto'
 
-  grads = np.asarray(jax.jit(jax.vmap(jax.grad(value), in_axes=(None, 0)))(
-      logits, jax.random.split(jax.random.key(70), 256)), np.float64)
+  grads = np.asarray(
+    jax.jit(jax.vmap(jax.grad(value), in_axes=(None, 0)))(
+      logits, jax.random.split(jax.random.key(70), 256)
+    ),
+    np.float64,
+  )
   mean, se = grads.mean(0), grads.std(0, ddof=1) / np.sqrt(grads.shape[0])
   assert np.all(np.abs(mean - truth) <= 4 * se), (mean, truth, se)
   assert np.all(se < 0.1 * np.max(np.abs(truth)))
   with pytest.raises(ValueError, match="pathwise"):
-    jaxkl.monte_carlo_kl(jax.random.key(0), dist.Categorical(logits=logits),
-                         q, num_samples=4, gradient="pathwise")
+    jaxkl.monte_carlo_kl(
+      jax.random.key(0),
+      dist.Categorical(logits=logits),
+      q,
+      num_samples=4,
+      gradient="pathwise",
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -680,28 +772,35 @@ def test_antithetic_pairs():
   p10 = dist.Normal(loc, scale).to_event(1)
   q10 = dist.Normal(jnp.zeros(10), jnp.ones(10)).to_event(1)
   truth = np.sum(kl_normal(loc, scale, 0.0, 1.0))
-  pairs = mc(jax.random.key(81), p10, q10, num_samples=20_000,
-             antithetic=True)
+  pairs = mc(jax.random.key(81), p10, q10, num_samples=20_000, antithetic=True)
   # The same P without pairs (a pushforward: NumPyro's own [n, 10] sampler is
   # slow to compile on CPU).
   p10_plain = jaxkl.StandardNormalPushforward(
-      lambda z: loc[None, :] + scale[None, :] * z,
-      lambda x: norm_logpdf(x, loc[None, :], scale[None, :]).sum(-1), (10,))
+    lambda z: loc[None, :] + scale[None, :] * z,
+    lambda x: norm_logpdf(x, loc[None, :], scale[None, :]).sum(-1),
+    (10,),
+  )
   plain = mc(jax.random.key(81), p10_plain, q10, num_samples=20_000)
   assert within(pairs, truth) and within(plain, truth)
   assert pairs.stderr < 0.3 * plain.stderr
-  lognormal = mc(jax.random.key(82), dist.LogNormal(0.2, 0.9),
-                 dist.LogNormal(0.0, 1.0), num_samples=20_000, antithetic=True)
+  lognormal = mc(
+    jax.random.key(82),
+    dist.LogNormal(0.2, 0.9),
+    dist.LogNormal(0.0, 1.0),
+    num_samples=20_000,
+    antithetic=True,
+  )
   assert within(lognormal, kl_normal(0.2, 0.9, 0.0, 1.0))
   with pytest.raises(ValueError, match="antithetic"):
-    jaxkl.monte_carlo_kl(jax.random.key(0), dist.Gamma(2.0, 1.0), q,
-                         num_samples=8, antithetic=True)
+    jaxkl.monte_carlo_kl(
+      jax.random.key(0), dist.Gamma(2.0, 1.0), q, num_samples=8, antithetic=True
+    )
   with pytest.raises(ValueError, match="antithetic"):
-    jaxkl.monte_carlo_kl(jax.random.key(0), gaussian_pair(0.0, 1.0), q,
-                         num_samples=8, antithetic=True)
+    jaxkl.monte_carlo_kl(
+      jax.random.key(0), gaussian_pair(0.0, 1.0), q, num_samples=8, antithetic=True
+    )
   with pytest.raises(ValueError, match="even"):
-    jaxkl.monte_carlo_kl(jax.random.key(0), p, q, num_samples=7,
-                         antithetic=True)
+    jaxkl.monte_carlo_kl(jax.random.key(0), p, q, num_samples=7, antithetic=True)
 
 
 def test_importance_sampling_and_control_variate_reduce_variance():
@@ -715,10 +814,14 @@ def test_importance_sampling_and_control_variate_reduce_variance():
   proposal = dist.Normal(0.2, 1.4)
   # With a proposal, p only needs a log-density.
   log_p = lambda x: norm_logpdf(x, 0.0, 1.0)  # noqa: E731
-  estimates = jax.jit(lambda k: [jaxkl.monte_carlo_kl(
-      k, log_p, q, num_samples=20_000, proposal=proposal,
-      self_normalized=normalized) for normalized in (False, True)])(
-          jax.random.key(91))
+  estimates = jax.jit(
+    lambda k: [
+      jaxkl.monte_carlo_kl(
+        k, log_p, q, num_samples=20_000, proposal=proposal, self_normalized=normalized
+      )
+      for normalized in (False, True)
+    ]
+  )(jax.random.key(91))
   for est in estimates:
     assert within(est, truth)
     assert 0.5 * 20_000 < est.effective_sample_size < 20_000
@@ -729,8 +832,9 @@ def test_vmap_over_parameters_and_jit():
   q = dist.Normal(0.0, 1.3)
 
   def kl(loc, key):
-    return jaxkl.monte_carlo_kl(key, dist.Normal(loc, 0.8), q,
-                                num_samples=20_000, estimator="k3")
+    return jaxkl.monte_carlo_kl(
+      key, dist.Normal(loc, 0.8), q, num_samples=20_000, estimator="k3"
+    )
 
   key = jax.random.key(100)
   batched = jax.jit(jax.vmap(kl, in_axes=(0, None)))(locs, key)
@@ -738,8 +842,9 @@ def test_vmap_over_parameters_and_jit():
   assert batched.value.shape == (5,) and batched.num_samples == 20_000
   assert within(batched, kl_normal(locs, 0.8, 0.0, 1.3))
   # NumPyro distributions are pytrees: they can be jit arguments.
-  f = jax.jit(lambda k, p: jaxkl.monte_carlo_kl(k, p, q, num_samples=20_000,
-                                                estimator="k3"))
+  f = jax.jit(
+    lambda k, p: jaxkl.monte_carlo_kl(k, p, q, num_samples=20_000, estimator="k3")
+  )
   one = f(key, dist.Normal(locs[3], 0.8))
   np.testing.assert_allclose(batched.value[3], one.value, rtol=1e-5)
   # sigma_Q^2 = 1.69 > 2 sigma_P^2 = 1.28: E_P[r^2] = inf, k3's variance is
@@ -747,10 +852,8 @@ def test_vmap_over_parameters_and_jit():
   assert np.all(np.asarray(batched.pareto_k) >= 0.5), batched.pareto_k
   with pytest.warns(RuntimeWarning, match="infinite variance"):
     low, high = one.confidence_interval(0.9)
-  np.testing.assert_allclose(high - one.value, 1.6448536 * one.stderr,
-                             rtol=1e-5)
-  np.testing.assert_allclose(one.value - low, 1.6448536 * one.stderr,
-                             rtol=1e-5)
+  np.testing.assert_allclose(high - one.value, 1.6448536 * one.stderr, rtol=1e-5)
+  np.testing.assert_allclose(one.value - low, 1.6448536 * one.stderr, rtol=1e-5)
 
 
 class TfpStyleNormal:
@@ -759,7 +862,8 @@ class TfpStyleNormal:
   def __init__(self, loc, scale, reparameterized=True):
     self.loc, self.scale = loc, scale
     self.reparameterization_type = (
-        "FULLY_REPARAMETERIZED" if reparameterized else "NOT_REPARAMETERIZED")
+      "FULLY_REPARAMETERIZED" if reparameterized else "NOT_REPARAMETERIZED"
+    )
 
   def sample(self, sample_shape=(), seed=None):
     return self.loc + self.scale * jax.random.normal(seed, sample_shape)
@@ -770,16 +874,31 @@ class TfpStyleNormal:
 
 def test_tfp_style_objects_and_pushforward():
   truth = kl_normal(0.2, 1.1, 0.0, 1.0)
-  est = mc(jax.random.key(110), TfpStyleNormal(0.2, 1.1),
-           TfpStyleNormal(0.0, 1.0), num_samples=20_000)
+  est = mc(
+    jax.random.key(110),
+    TfpStyleNormal(0.2, 1.1),
+    TfpStyleNormal(0.0, 1.0),
+    num_samples=20_000,
+  )
   assert within(est, truth)
-  grad = jax.jit(jax.grad(lambda m: jaxkl.monte_carlo_kl(
-      jax.random.key(111), TfpStyleNormal(m, 1.0), norm_logpdf,
-      num_samples=20_000).value))(0.6)
+  grad = jax.jit(
+    jax.grad(
+      lambda m: (
+        jaxkl.monte_carlo_kl(
+          jax.random.key(111), TfpStyleNormal(m, 1.0), norm_logpdf, num_samples=20_000
+        ).value
+      )
+    )
+  )(0.6)
   assert abs(grad - 0.6) < 0.05
   with pytest.raises(ValueError, match="pathwise"):
-    jaxkl.monte_carlo_kl(jax.random.key(0), TfpStyleNormal(0.0, 1.0, False),
-                         norm_logpdf, num_samples=4, gradient="pathwise")
+    jaxkl.monte_carlo_kl(
+      jax.random.key(0),
+      TfpStyleNormal(0.0, 1.0, False),
+      norm_logpdf,
+      num_samples=4,
+      gradient="pathwise",
+    )
 
 
 def test_distrax_and_tfp_distributions():
@@ -795,8 +914,13 @@ def test_distrax_and_tfp_distributions():
   tfp = pytest.importorskip("tensorflow_probability.substrates.jax")
   tfd = tfp.distributions
   key = jax.random.key(120)
-  est = mc(key, distrax.Normal(0.3, 1.2), distrax.Normal(-0.4, 1.0),
-           num_samples=20_000, estimator="k3")
+  est = mc(
+    key,
+    distrax.Normal(0.3, 1.2),
+    distrax.Normal(-0.4, 1.0),
+    num_samples=20_000,
+    estimator="k3",
+  )
   assert within(est, kl_normal(0.3, 1.2, -0.4, 1.0))
   loc, scale = jnp.linspace(-1.0, 1.0, 10), jnp.linspace(0.8, 1.2, 10)
   p10 = distrax.MultivariateNormalDiag(loc, scale)
@@ -807,31 +931,47 @@ def test_distrax_and_tfp_distributions():
   # Integer samples: 'auto' uses the score function; the value is exact-ish.
   logits = jnp.array([0.5, -1.0, 0.0, 1.2])
   q_probs = jnp.array([0.1, 0.2, 0.3, 0.4])
-  est = mc(key, distrax.Categorical(logits=logits),
-           distrax.Categorical(probs=q_probs), num_samples=20_000)
+  est = mc(
+    key,
+    distrax.Categorical(logits=logits),
+    distrax.Categorical(probs=q_probs),
+    num_samples=20_000,
+  )
   lp = jax.nn.log_softmax(logits)
   assert within(est, jnp.sum(jnp.exp(lp) * (lp - jnp.log(q_probs))))
   # TFP: a reparameterized Normal, and a Poisson that TFP marks as not.
   est = mc(key, tfd.Normal(0.2, 1.1), tfd.Normal(0.0, 1.0), num_samples=20_000)
   assert within(est, kl_normal(0.2, 1.1, 0.0, 1.0))
   with pytest.raises(ValueError, match="pathwise"):
-    jaxkl.monte_carlo_kl(key, tfd.Poisson(3.0), tfd.Poisson(2.0),
-                         num_samples=4, gradient="pathwise")
+    jaxkl.monte_carlo_kl(
+      key, tfd.Poisson(3.0), tfd.Poisson(2.0), num_samples=4, gradient="pathwise"
+    )
   with pytest.raises(ValueError, match="rank_promotion"):
-    jaxkl.monte_carlo_kl(key, distrax.Normal(jnp.zeros(3), 1.0),
-                         lambda x: norm_logpdf(x, jnp.zeros(3)), num_samples=4)
+    jaxkl.monte_carlo_kl(
+      key,
+      distrax.Normal(jnp.zeros(3), 1.0),
+      lambda x: norm_logpdf(x, jnp.zeros(3)),
+      num_samples=4,
+    )
 
   params = jnp.array([0.4, math.log(1.1), -0.3, math.log(0.9)])
   truth = np.asarray(jax.grad(_gaussian_kl_closed)(params))
 
   def value(prm, k):
     return jaxkl.monte_carlo_kl(
-        k, distrax.Normal(prm[0], jnp.exp(prm[1])),
-        distrax.Normal(prm[2], jnp.exp(prm[3])), num_samples=512,
-        gradient="pathwise").value
+      k,
+      distrax.Normal(prm[0], jnp.exp(prm[1])),
+      distrax.Normal(prm[2], jnp.exp(prm[3])),
+      num_samples=512,
+      gradient="pathwise",
+    ).value
 
-  grads = np.asarray(jax.jit(jax.vmap(jax.grad(value), in_axes=(None, 0)))(
-      params, jax.random.split(jax.random.key(121), 128)), np.float64)
+  grads = np.asarray(
+    jax.jit(jax.vmap(jax.grad(value), in_axes=(None, 0)))(
+      params, jax.random.split(jax.random.key(121), 128)
+    ),
+    np.float64,
+  )
   mean, se = grads.mean(0), grads.std(0, ddof=1) / np.sqrt(grads.shape[0])
   assert np.all(np.abs(mean - truth) <= 4 * se), (mean, truth, se)
   assert np.all(se < 0.1 * np.max(np.abs(truth))), se
@@ -858,8 +998,9 @@ def test_monte_carlo_validation():
     jaxkl.monte_carlo_kl(key, p, q, num_samples=4, antithetic="yes")
   with pytest.raises(ValueError, match="leading axis"):
     jaxkl.monte_carlo_kl(key, p, lambda x: jnp.sum(x), num_samples=4)
-  estimate = jaxkl.KLEstimate(jnp.float32(0.1), jnp.float32(0.01),
-                              jnp.float32(4), num_samples=4, estimator="k1")
+  estimate = jaxkl.KLEstimate(
+    jnp.float32(0.1), jnp.float32(0.01), jnp.float32(4), num_samples=4, estimator="k1"
+  )
   with pytest.raises(ValueError, match="level"):
     estimate.confidence_interval(1.5)
   with pytest.raises(TypeError, match="level"):
@@ -890,8 +1031,7 @@ def zhang_stephens_reference(x):
   n = x.size
   m = 30 + int(np.sqrt(n))
   q = int(np.floor(n / 4 + 0.5))
-  b = 1 / x[-1] + (1 - np.sqrt(m / (np.arange(1, m + 1) - 0.5))) / (
-      3 * x[q - 1])
+  b = 1 / x[-1] + (1 - np.sqrt(m / (np.arange(1, m + 1) - 0.5))) / (3 * x[q - 1])
   k = np.array([-np.mean(np.log1p(-bj * x)) for bj in b])
   loglik = n * (np.log(b / k) + k - 1)
   with np.errstate(over="ignore"):  # exp overflow: a weight of 1/inf = 0
@@ -904,6 +1044,7 @@ def zhang_stephens_reference(x):
 def pareto_k(values):
   """jaxkl's k-hat of the upper tail of ``values`` (last axis)."""
   from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
+
   return _estimators.pareto_k_of_rows(jnp.asarray(values)[None])
 
 
@@ -915,12 +1056,19 @@ def genpareto(key, shape, xi):
 
 def test_gpd_fit_matches_an_independent_numpy_reference(x64):
   from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
-  for i, (xi, size) in enumerate([(0.2, 300), (0.7, 300), (-0.3, 57),
-                                  (1.2, 1000), (0.0, 20)]):
+
+  for i, (xi, size) in enumerate(
+    [(0.2, 300), (0.7, 300), (-0.3, 57), (1.2, 1000), (0.0, 20)]
+  ):
     x = np.sort(np.asarray(genpareto(jax.random.key(i), (size,), xi)))
     got = float(jax.jit(_estimators.gpd_shape)(jnp.asarray(x)))
-    np.testing.assert_allclose(got, zhang_stephens_reference(x), rtol=1e-9,
-                               atol=1e-12, err_msg=f"xi={xi}, M={size}")
+    np.testing.assert_allclose(
+      got,
+      zhang_stephens_reference(x),
+      rtol=1e-9,
+      atol=1e-12,
+      err_msg=f"xi={xi}, M={size}",
+    )
 
 
 @pytest.mark.parametrize("xi", [-0.3, 0.0, 0.2, 0.7, 1.0])
@@ -941,6 +1089,7 @@ def test_pareto_k_recovers_the_shape_of_a_generalized_pareto(xi, x64):
 
 def test_pareto_k_edge_cases():
   from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
+
   assert _estimators.pareto_tail_size(24) == 0
   assert _estimators.pareto_tail_size(25) == 5
   assert _estimators.pareto_tail_size(10_000) == 300
@@ -956,22 +1105,27 @@ def test_pareto_k_edge_cases():
   p = gaussian_pair(0.0, 1.0)
   est = mc(jax.random.key(0), p, p[1], num_samples=1000, estimator="k3")
   assert float(est.value) == 0.0 and float(est.pareto_k) < 0.5
-  est = mc(jax.random.key(0), p, p[1], num_samples=1000,
-           tail_diagnostic=False)
+  est = mc(jax.random.key(0), p, p[1], num_samples=1000, tail_diagnostic=False)
   assert np.isnan(float(est.pareto_k))
   est = mc(jax.random.key(0), p, norm_logpdf, num_samples=24)
   assert np.isnan(float(est.pareto_k))
   with pytest.raises(TypeError, match="tail_diagnostic"):
-    jaxkl.monte_carlo_kl(jax.random.key(0), p, norm_logpdf, num_samples=64,
-                         tail_diagnostic=1)
+    jaxkl.monte_carlo_kl(
+      jax.random.key(0), p, norm_logpdf, num_samples=64, tail_diagnostic=1
+    )
 
 
 def student_t3_truth():
   """KL(N(0, 1) || t_3) by quadrature."""
   return scipy.integrate.quad(
-      lambda x: scipy.stats.norm.pdf(x) * (scipy.stats.norm.logpdf(x)
-                                           - scipy.stats.t.logpdf(x, 3)),
-      -np.inf, np.inf, epsabs=1e-13)[0]
+    lambda x: (
+      scipy.stats.norm.pdf(x)
+      * (scipy.stats.norm.logpdf(x) - scipy.stats.t.logpdf(x, 3))
+    ),
+    -np.inf,
+    np.inf,
+    epsabs=1e-13,
+  )[0]
 
 
 ESTIMATORS = ("k1", "k3", "cv", "cv_crossfit")
@@ -979,6 +1133,7 @@ ESTIMATORS = ("k1", "k3", "cv", "cv_crossfit")
 
 def repeated(p, q, truth, seeds, key, n=10_000):
   """Coverage of the 95% interval and pareto_k, per estimator and seed."""
+
   @jax.jit
   def run(keys):
     def one(key):
@@ -989,26 +1144,35 @@ def repeated(p, q, truth, seeds, key, n=10_000):
         covered = jnp.abs(est.value - truth) <= z * est.stderr
         out[name] = (covered, est.pareto_k)
       return out
+
     return jax.lax.map(one, keys, batch_size=100)
+
   result = run(jax.random.split(key, seeds))
-  return {name: (np.asarray(c), np.asarray(k))
-          for name, (c, k) in result.items()}
+  return {name: (np.asarray(c), np.asarray(k)) for name, (c, k) in result.items()}
 
 
 @pytest.fixture(scope="module")
 def student_t_runs():
   with jax.threefry_partitionable(False):
-    return repeated(gaussian_pair(0.0, 1.0),
-                    lambda x: jax.scipy.stats.t.logpdf(x, 3.0),
-                    student_t3_truth(), 1000, jax.random.key(70))
+    return repeated(
+      gaussian_pair(0.0, 1.0),
+      lambda x: jax.scipy.stats.t.logpdf(x, 3.0),
+      student_t3_truth(),
+      1000,
+      jax.random.key(70),
+    )
 
 
 @pytest.fixture(scope="module")
 def gaussian_runs():
   with jax.threefry_partitionable(False):
-    return repeated(gaussian_pair(0.0, 1.0),
-                    lambda x: norm_logpdf(x, 1.0), 0.5, 2000,
-                    jax.random.key(71))
+    return repeated(
+      gaussian_pair(0.0, 1.0),
+      lambda x: norm_logpdf(x, 1.0),
+      0.5,
+      2000,
+      jax.random.key(71),
+    )
 
 
 def test_pareto_k_flags_infinite_variance(student_t_runs):
@@ -1051,21 +1215,30 @@ def test_confidence_interval_warns_only_when_flagged_and_concrete():
     heavy = mc(jax.random.key(72), p, t3, num_samples=10_000, estimator="k3")
     light = mc(jax.random.key(72), p, t3, num_samples=10_000, estimator="k1")
   assert float(heavy.pareto_k) >= 0.5 > float(light.pareto_k)
-  with pytest.warns(RuntimeWarning, match=r"pareto_k = \d\.\d\d >= 0\.5.*"
-                    "infinite variance.*estimator='k1'"):
+  with pytest.warns(
+    RuntimeWarning,
+    match=r"pareto_k = \d\.\d\d >= 0\.5.*"
+    "infinite variance.*estimator='k1'",
+  ):
     low, high = heavy.confidence_interval()
-  np.testing.assert_allclose([low, high], [heavy.value - 1.96 * heavy.stderr,
-                                           heavy.value + 1.96 * heavy.stderr],
-                             rtol=1e-3)
+  np.testing.assert_allclose(
+    [low, high],
+    [heavy.value - 1.96 * heavy.stderr, heavy.value + 1.96 * heavy.stderr],
+    rtol=1e-3,
+  )
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     light.confidence_interval()
     # Under jit the values are not known: no warning (documented).
     jax.jit(lambda e: e.confidence_interval())(heavy)
   # A batch: the message counts the flagged entries.
-  batch = dataclasses.replace(heavy, **{
+  batch = dataclasses.replace(
+    heavy,
+    **{
       name: jnp.stack([getattr(heavy, name), getattr(light, name)])
-      for name in ("value", "stderr", "effective_sample_size", "pareto_k")})
+      for name in ("value", "stderr", "effective_sample_size", "pareto_k")
+    },
+  )
   with pytest.warns(RuntimeWarning, match="for 1 of 2 entries"):
     batch.confidence_interval()
 
@@ -1084,18 +1257,38 @@ def test_pareto_k_importance_weights_and_antithetic_pairs():
   keys = jax.random.split(jax.random.key(73), 50)
 
   def khat(proposal, self_normalized):
-    return np.asarray(jax.jit(jax.vmap(lambda k: jaxkl.monte_carlo_kl(
-        k, p, q, num_samples=10_000, proposal=proposal,
-        self_normalized=self_normalized).pareto_k))(keys))
+    return np.asarray(
+      jax.jit(
+        jax.vmap(
+          lambda k: (
+            jaxkl.monte_carlo_kl(
+              k,
+              p,
+              q,
+              num_samples=10_000,
+              proposal=proposal,
+              self_normalized=self_normalized,
+            ).pareto_k
+          )
+        )
+      )(keys)
+    )
+
   for sn in (False, True):
     assert np.mean(khat(narrow, sn) >= 0.5) >= 0.9
     assert np.mean(khat(wide, sn) >= 0.5) <= 0.02
   # Antithetic pairs: k-hat of the pair means, computed on n/2 = 5000 pairs.
   push = jaxkl.StandardNormalPushforward(lambda z: z, norm_logpdf)
   t3 = lambda x: jax.scipy.stats.t.logpdf(x, 3.0)  # noqa: E731
-  k = jax.jit(jax.vmap(lambda k: jaxkl.monte_carlo_kl(
-      k, push, t3, num_samples=10_000, antithetic=True,
-      estimator="k3").pareto_k))(keys)
+  k = jax.jit(
+    jax.vmap(
+      lambda k: (
+        jaxkl.monte_carlo_kl(
+          k, push, t3, num_samples=10_000, antithetic=True, estimator="k3"
+        ).pareto_k
+      )
+    )
+  )(keys)
   assert np.mean(np.asarray(k) >= 0.5) >= 0.9
 
 
@@ -1111,22 +1304,38 @@ def test_sharded_pareto_k_equals_one_device():
   sample, log_p = gaussian_pair(0.0, 1.0)
   key = jax.random.key(74)
   for estimator in ("k1", "k3", "cv"):
-    local = functools.partial(jaxkl.sharded_monte_carlo_kl, p=(sample, log_p),
-                              q=t3, num_samples=n, axis_name="samples",
-                              estimator=estimator)
-    got = jax.jit(jax.vmap(local, in_axes=None, axis_size=devices,
-                           axis_name="samples"))(key)
+    local = functools.partial(
+      jaxkl.sharded_monte_carlo_kl,
+      p=(sample, log_p),
+      q=t3,
+      num_samples=n,
+      axis_name="samples",
+      estimator=estimator,
+    )
+    got = jax.jit(
+      jax.vmap(local, in_axes=None, axis_size=devices, axis_name="samples")
+    )(key)
+
     def draw(k, m):
-      return jnp.concatenate([sample(jax.random.fold_in(k, d), m // devices)
-                              for d in range(devices)])
+      return jnp.concatenate(
+        [sample(jax.random.fold_in(k, d), m // devices) for d in range(devices)]
+      )
+
     want = mc(key, (draw, log_p), t3, num_samples=n, estimator=estimator)
-    np.testing.assert_allclose(got.pareto_k, np.full(devices, want.pareto_k),
-                               rtol=1e-5, err_msg=estimator)
-    np.testing.assert_allclose(got.value, np.full(devices, want.value),
-                               rtol=1e-5, err_msg=estimator)
-    off = jax.jit(jax.vmap(functools.partial(local, tail_diagnostic=False),
-                           in_axes=None, axis_size=devices,
-                           axis_name="samples"))(key)
+    np.testing.assert_allclose(
+      got.pareto_k, np.full(devices, want.pareto_k), rtol=1e-5, err_msg=estimator
+    )
+    np.testing.assert_allclose(
+      got.value, np.full(devices, want.value), rtol=1e-5, err_msg=estimator
+    )
+    off = jax.jit(
+      jax.vmap(
+        functools.partial(local, tail_diagnostic=False),
+        in_axes=None,
+        axis_size=devices,
+        axis_name="samples",
+      )
+    )(key)
     assert np.all(np.isnan(off.pareto_k))
 
 
@@ -1134,19 +1343,24 @@ def test_sharded_pareto_k_equals_one_device():
 # Errors about the key.
 
 
-@pytest.mark.parametrize("function", ["monte_carlo_kl",
-                                      "sharded_monte_carlo_kl"])
+@pytest.mark.parametrize("function", ["monte_carlo_kl", "sharded_monte_carlo_kl"])
 def test_key_errors_name_the_argument_and_the_fix(function):
   p, q = dist.Normal(0.0, 1.0), dist.Normal(1.0, 1.0)
   kw = dict(num_samples=8)
   if function == "sharded_monte_carlo_kl":
     kw["axis_name"] = "samples"
   fn = getattr(jaxkl, function)
-  with pytest.raises(TypeError, match=r"`key` is missing.*Normal.*"
-                     r"jax\.random\.key\(0\), p, q"):
+  with pytest.raises(
+    TypeError,
+    match=r"`key` is missing.*Normal.*"
+    r"jax\.random\.key\(0\), p, q",
+  ):
     fn(p, q, **kw)
-  with pytest.raises(TypeError, match=r"`key` must be a jax\.random key.*"
-                     r"got the int 0\. Pass `jax\.random\.key\(0\)`"):
+  with pytest.raises(
+    TypeError,
+    match=r"`key` must be a jax\.random key.*"
+    r"got the int 0\. Pass `jax\.random\.key\(0\)`",
+  ):
     fn(0, p, q, **kw)
   with pytest.raises(TypeError, match=r"got the int 7.*jax\.random\.key\(7\)"):
     fn(np.int64(7), p, q, **kw)
@@ -1164,23 +1378,23 @@ def test_legacy_and_traced_keys_are_accepted():
   legacy = jaxkl.monte_carlo_kl(jax.random.PRNGKey(3), p, q, num_samples=64)
   np.testing.assert_array_equal(new.value, legacy.value)
   traced = jax.jit(lambda k: jaxkl.monte_carlo_kl(k, p, q, num_samples=64))
-  np.testing.assert_array_equal(traced(jax.random.PRNGKey(3)).value,
-                                legacy.value)
+  np.testing.assert_array_equal(traced(jax.random.PRNGKey(3)).value, legacy.value)
   batched = jax.vmap(lambda k: jaxkl.monte_carlo_kl(k, p, q, num_samples=64))
   assert batched(jax.random.split(jax.random.key(3), 3)).value.shape == (3,)
 
 
 @hypothesis.settings(max_examples=25, deadline=None)
 @hypothesis.given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.sampled_from([25, 100, 999, 3000]),  # few shapes: few compiles
-    xi=st.sampled_from([-0.5, 0.0, 0.3, 0.8]),
-    scale=st.floats(1e-3, 1e3),
-    shift=st.floats(-1e3, 1e3),
-    split=st.integers(1, 24),
+  seed=st.integers(0, 2**31 - 1),
+  n=st.sampled_from([25, 100, 999, 3000]),  # few shapes: few compiles
+  xi=st.sampled_from([-0.5, 0.0, 0.3, 0.8]),
+  scale=st.floats(1e-3, 1e3),
+  shift=st.floats(-1e3, 1e3),
+  split=st.integers(1, 24),
 )
 def test_pareto_k_is_affine_and_permutation_invariant_and_splits(
-    seed, n, xi, scale, shift, split):
+  seed, n, xi, scale, shift, split
+):
   """k-hat depends only on the tail's shape, and on no ordering or device.
 
   For any data: a positive scale and a shift of the terms leave it
@@ -1189,6 +1403,7 @@ def test_pareto_k_is_affine_and_permutation_invariant_and_splits(
   parts' tops (``sharded_monte_carlo_kl``'s gather) gives the same value.
   """
   from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
+
   with jax.enable_x64(True):
     check_invariances(_estimators, seed, n, xi, scale, shift, split)
 
@@ -1197,12 +1412,11 @@ def check_invariances(_estimators, seed, n, xi, scale, shift, split):
   x = np.asarray(genpareto(jax.random.key(seed), (n,), xi))
   base = float(pareto_k(x))
   assert np.isfinite(base)
-  np.testing.assert_allclose(float(pareto_k(scale * x + shift)), base,
-                             atol=1e-6)
+  np.testing.assert_allclose(float(pareto_k(scale * x + shift)), base, atol=1e-6)
   perm = np.random.default_rng(seed).permutation(n)
   assert float(pareto_k(x[perm])) == base
   tail = _estimators.pareto_tail_size(n)
   parts = np.array_split(x[perm], min(split, n))
-  tops = np.concatenate([np.sort(part)[::-1][:tail + 1] for part in parts])
+  tops = np.concatenate([np.sort(part)[::-1][: tail + 1] for part in parts])
   got = float(_estimators.pareto_k_from_tops(jnp.asarray(tops)[None], tail))
   assert got == base

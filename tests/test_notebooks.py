@@ -34,10 +34,10 @@ from nbclient import NotebookClient
 NOTEBOOKS_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED = {
-    "01_quickstart_pytorch.ipynb",
-    "02_distillation.ipynb",
-    "03_monte_carlo.ipynb",
-    "04_knn.ipynb",
+  "01_quickstart_pytorch.ipynb",
+  "02_distillation.ipynb",
+  "03_monte_carlo.ipynb",
+  "04_knn.ipynb",
 }
 CELL_TIMEOUT_S = 300
 
@@ -52,7 +52,7 @@ def _kernel_manager() -> KernelManager:
 
 def test_the_notebooks_are_found():
   """The glob below is not empty: every notebook of the issue is there."""
-  assert EXPECTED <= {path.name for path in NOTEBOOKS}
+  assert {path.name for path in NOTEBOOKS} >= EXPECTED
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -65,7 +65,8 @@ def test_notebooks_are_saved_without_outputs(path):
   for cell in notebook.cells:
     if cell.cell_type == "code":
       assert cell.outputs == [] and cell.execution_count is None, (
-          f"{path.name}: clear the outputs before committing")
+        f"{path.name}: clear the outputs before committing"
+      )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -73,27 +74,28 @@ def test_notebook_executes(path):
   """Runs every cell; nbclient raises CellExecutionError on the first error."""
   notebook = nbformat.read(path, as_version=4)
   client = NotebookClient(
-      notebook,
-      km=_kernel_manager(),
-      timeout=CELL_TIMEOUT_S,
-      resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
+    notebook,
+    km=_kernel_manager(),
+    timeout=CELL_TIMEOUT_S,
+    resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
   )
   client.execute()
   code_cells = [c for c in notebook.cells if c.cell_type == "code"]
   assert code_cells and all(c.execution_count for c in code_cells)
-  errors = [o for c in code_cells for o in c.outputs
-            if o.output_type == "error"]
+  errors = [o for c in code_cells for o in c.outputs if o.output_type == "error"]
   assert not errors
   # No output shows where the notebook ran (the docs site is built elsewhere).
-  local = [d for d in (str(NOTEBOOKS_DIR.parent), str(pathlib.Path.home()))
-           if len(d) > 1]
+  local = [
+    d for d in (str(NOTEBOOKS_DIR.parent), str(pathlib.Path.home())) if len(d) > 1
+  ]
   for cell in code_cells:
     for output in cell.outputs:
       text = output.get("text", "") + "".join(
-          str(v) for k, v in output.get("data", {}).items()
-          if k.startswith("text/"))
+        str(v) for k, v in output.get("data", {}).items() if k.startswith("text/")
+      )
       assert not any(d in text for d in local), (
-          f"{path.name}: an output shows a local path:\n{text}")
+        f"{path.name}: an output shows a local path:\n{text}"
+      )
 
 
 HIDDEN = {"remove-cell", "remove-input"}
@@ -119,8 +121,9 @@ def test_notebooks_read_as_tutorials(path):
   hidden = [c for c in code if _tags(c) & HIDDEN]
   for cell in shown:
     assert not _ASSERT.search(cell.source), (
-        f"{path.name}: move the checks of this cell into a cell tagged "
-        f"remove-cell:\n{cell.source}")
+      f"{path.name}: move the checks of this cell into a cell tagged "
+      f"remove-cell:\n{cell.source}"
+    )
   # The checks are still there, and run (test_notebook_executes).
   assert hidden and all(_ASSERT.search(c.source) for c in hidden), path.name
   for cell in code:

@@ -47,10 +47,15 @@ def torch_kl_div(log_q, target, reduction, log_target):
   """
   x = torch.tensor(log_q, dtype=torch.float64, requires_grad=True)
   pointwise = torch.nn.KLDivLoss(reduction="none", log_target=log_target)(
-      x, torch.tensor(target, dtype=torch.float64))
+    x, torch.tensor(target, dtype=torch.float64)
+  )
   pointwise = torch.nan_to_num(pointwise, nan=0.0)
-  out = {"none": lambda a: a, "sum": torch.sum, "mean": torch.mean,
-         "batchmean": lambda a: a.sum() / a.shape[0]}[reduction](pointwise)
+  out = {
+    "none": lambda a: a,
+    "sum": torch.sum,
+    "mean": torch.mean,
+    "batchmean": lambda a: a.sum() / a.shape[0],
+  }[reduction](pointwise)
   out.sum().backward()
   return out.detach().numpy(), np.nan_to_num(x.grad.numpy(), nan=0.0)
 
@@ -68,17 +73,20 @@ def no_mean_warning():
 
 
 def all_losses():
-  return [jaxkl.KLDivLoss(reduction=r, log_target=t)
-          for r in REDUCTIONS for t in (False, True)]
+  return [
+    jaxkl.KLDivLoss(reduction=r, log_target=t)
+    for r in REDUCTIONS
+    for t in (False, True)
+  ]
 
 
 def copies(obj):
   """``obj`` through every copying route."""
   return {
-      "copy": copy.copy(obj),
-      "deepcopy": copy.deepcopy(obj),
-      "pickle": pickle.loads(pickle.dumps(obj)),
-      "pickle-protocol-0": pickle.loads(pickle.dumps(obj, protocol=0)),
+    "copy": copy.copy(obj),
+    "deepcopy": copy.deepcopy(obj),
+    "pickle": pickle.loads(pickle.dumps(obj)),
+    "pickle-protocol-0": pickle.loads(pickle.dumps(obj, protocol=0)),
   }
 
 
@@ -89,22 +97,24 @@ def test_kl_div_loss_under_transformations_matches_torch(loss):
   target = np.log(np.maximum(p, 1e-30)) if loss.log_target else p
   if loss.log_target:
     target[0, 1] = -np.inf
-  want, want_grad = torch_kl_div(log_q, target, loss.reduction,
-                                 loss.log_target)
+  want, want_grad = torch_kl_div(log_q, target, loss.reduction, loss.log_target)
   grad = lambda f: jax.grad(lambda x: jnp.sum(f(x, target)))  # noqa: E731
   ways = {
-      "eager": loss,
-      "jit(loss)": jax.jit(loss),
-      "checkpoint(loss)": jax.checkpoint(loss),
-      "jit(checkpoint(loss))": jax.jit(jax.checkpoint(loss)),
-      "static argument": functools.partial(
-          jax.jit(lambda f, x, t: f(x, t), static_argnums=0), loss),
+    "eager": loss,
+    "jit(loss)": jax.jit(loss),
+    "checkpoint(loss)": jax.checkpoint(loss),
+    "jit(checkpoint(loss))": jax.jit(jax.checkpoint(loss)),
+    "static argument": functools.partial(
+      jax.jit(lambda f, x, t: f(x, t), static_argnums=0), loss
+    ),
   }
   for name, f in ways.items():
-    np.testing.assert_allclose(f(log_q, target), want, rtol=2e-6,
-                               atol=1e-7, err_msg=name)
-    np.testing.assert_allclose(grad(f)(log_q), want_grad, rtol=2e-6,
-                               atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(
+      f(log_q, target), want, rtol=2e-6, atol=1e-7, err_msg=name
+    )
+    np.testing.assert_allclose(
+      grad(f)(log_q), want_grad, rtol=2e-6, atol=1e-7, err_msg=name
+    )
 
 
 @pytest.mark.usefixtures("no_mean_warning")
@@ -117,10 +127,12 @@ def test_kl_div_loss_copies_are_equal_and_compute_the_same(loss):
   for name, other in copies(loss).items():
     assert other == loss and hash(other) == hash(loss), name
     assert type(other) is jaxkl.KLDivLoss, name
-    assert (other.reduction, other.log_target) == (loss.reduction,
-                                                   loss.log_target), name
-    np.testing.assert_allclose(other(log_q, target), want, rtol=2e-6,
-                               atol=1e-7, err_msg=name)
+    assert (other.reduction, other.log_target) == (loss.reduction, loss.log_target), (
+      name
+    )
+    np.testing.assert_allclose(
+      other(log_q, target), want, rtol=2e-6, atol=1e-7, err_msg=name
+    )
     with pytest.raises(AttributeError, match="immutable"):
       other.reduction = "sum"
   # Immutable: copies may be (and are) the object itself.
@@ -160,9 +172,9 @@ def test_legacy_kl_div_loss_pickles_its_converted_state_without_warning():
     restored = pickle.loads(pickle.dumps(legacy))
   assert restored == legacy and restored.reduction == "sum"
   log_q, p = inputs(3)
-  np.testing.assert_allclose(restored(log_q, p),
-                             torch_kl_div(log_q, p, "sum", False)[0],
-                             rtol=2e-6)
+  np.testing.assert_allclose(
+    restored(log_q, p), torch_kl_div(log_q, p, "sum", False)[0], rtol=2e-6
+  )
 
 
 class Student(nnx.Module):
@@ -177,8 +189,7 @@ class Student(nnx.Module):
 
 
 def student_torch_loss(model, x, target):
-  logits = np.asarray(x, np.float64) @ np.asarray(model.linear.kernel[...],
-                                                  np.float64)
+  logits = np.asarray(x, np.float64) @ np.asarray(model.linear.kernel[...], np.float64)
   logits = logits + np.asarray(model.linear.bias[...], np.float64)
   log_q = torch.log_softmax(torch.tensor(logits), dim=-1).numpy()
   return torch_kl_div(log_q, target, "batchmean", False)[0]
@@ -192,34 +203,36 @@ def test_nnx_module_holding_a_loss_can_be_copied_and_split():
   np.testing.assert_allclose(model(x, target), want, rtol=1e-5)
   graphdef, state = nnx.split(model)
   ways = {
-      "deepcopy": copy.deepcopy(model),
-      "clone": nnx.clone(model),
-      "merge(split)": nnx.merge(graphdef, state),
+    "deepcopy": copy.deepcopy(model),
+    "clone": nnx.clone(model),
+    "merge(split)": nnx.merge(graphdef, state),
   }
   for name, other in ways.items():
     assert other.criterion == model.criterion, name
-    np.testing.assert_allclose(other(x, target), want, rtol=1e-5,
-                               err_msg=name)
+    np.testing.assert_allclose(other(x, target), want, rtol=1e-5, err_msg=name)
   # An EMA teacher: a deep copy whose weights then move on their own.
   teacher = copy.deepcopy(model)
   teacher.linear.kernel[...] = 0.5 * teacher.linear.kernel[...]
   np.testing.assert_allclose(model(x, target), want, rtol=1e-5)
-  np.testing.assert_allclose(teacher(x, target),
-                             student_torch_loss(teacher, x, target),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    teacher(x, target), student_torch_loss(teacher, x, target), rtol=1e-5
+  )
   # nnx.jit and nnx.grad through the module and its criterion.
   loss, grads = nnx.jit(nnx.value_and_grad(lambda m: m(x, target)))(model)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
-  kernel = torch.tensor(np.asarray(model.linear.kernel[...], np.float64),
-                        requires_grad=True)
+  kernel = torch.tensor(
+    np.asarray(model.linear.kernel[...], np.float64), requires_grad=True
+  )
   bias = torch.tensor(np.asarray(model.linear.bias[...], np.float64))
   out = torch.nn.functional.kl_div(
-      torch.log_softmax(torch.tensor(x, dtype=torch.float64) @ kernel + bias,
-                        dim=-1),
-      torch.tensor(target, dtype=torch.float64), reduction="batchmean")
+    torch.log_softmax(torch.tensor(x, dtype=torch.float64) @ kernel + bias, dim=-1),
+    torch.tensor(target, dtype=torch.float64),
+    reduction="batchmean",
+  )
   out.backward()
-  np.testing.assert_allclose(grads.linear.kernel[...], kernel.grad.numpy(),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    grads.linear.kernel[...], kernel.grad.numpy(), rtol=1e-4, atol=1e-6
+  )
   assert pickle.loads(pickle.dumps(model.criterion)) == model.criterion
 
 
@@ -238,13 +251,17 @@ def normal_log_prob(x, loc, scale):
 def picklable_normal(loc, scale):
   """N(loc, scale²) from module-level functions and ``functools.partial``."""
   return jaxkl.StandardNormalPushforward(
-      transform=functools.partial(shift_scale, loc=loc, scale=scale),
-      log_prob=functools.partial(normal_log_prob, loc=loc, scale=scale))
+    transform=functools.partial(shift_scale, loc=loc, scale=scale),
+    log_prob=functools.partial(normal_log_prob, loc=loc, scale=scale),
+  )
 
 
 def torch_kl_normal(m1, s1, m2, s2):
-  return float(torch.distributions.kl_divergence(
-      torch.distributions.Normal(m1, s1), torch.distributions.Normal(m2, s2)))
+  return float(
+    torch.distributions.kl_divergence(
+      torch.distributions.Normal(m1, s1), torch.distributions.Normal(m2, s2)
+    )
+  )
 
 
 def test_pushforward_copies_pickle_and_static_arguments():
@@ -255,8 +272,9 @@ def test_pushforward_copies_pickle_and_static_arguments():
 
   @functools.partial(jax.jit, static_argnums=(1, 2))
   def estimate(key, p, q):
-    return jaxkl.monte_carlo_kl(key, p, q, num_samples=4096, estimator="k3",
-                                antithetic=True)
+    return jaxkl.monte_carlo_kl(
+      key, p, q, num_samples=4096, estimator="k3", antithetic=True
+    )
 
   original = estimate(key, p, q)
   assert abs(float(original.value) - truth) < 4 * float(original.stderr)
@@ -266,28 +284,37 @@ def test_pushforward_copies_pickle_and_static_arguments():
       # A new functools.partial: equal contents, but partials compare by
       # identity, so the copy is a new (hashable) static argument.
       assert other != p and hash(other) is not None, name
-      for new, old in zip(other[:2], p[:2]):
-        assert (new.func, new.args, new.keywords) == (old.func, old.args,
-                                                      old.keywords), name
+      for new, old in zip(other[:2], p[:2], strict=False):
+        assert (new.func, new.args, new.keywords) == (
+          old.func,
+          old.args,
+          old.keywords,
+        ), name
     else:
       assert other == p and hash(other) == hash(p), name
     got = estimate(key, other, pickle.loads(pickle.dumps(q)))
     assert got == original, name  # same key, same numbers
   # As a closure under jit and checkpoint, and in an NNX module.
-  closed = jax.jit(jax.checkpoint(
-      lambda key: jaxkl.monte_carlo_kl(key, p, q, num_samples=4096,
-                                       estimator="k3", antithetic=True)))
+  closed = jax.jit(
+    jax.checkpoint(
+      lambda key: jaxkl.monte_carlo_kl(
+        key, p, q, num_samples=4096, estimator="k3", antithetic=True
+      )
+    )
+  )
   assert closed(key) == original
 
   class Holder(nnx.Module):
-
     def __init__(self):
       self.p = p
       self.scale = nnx.Param(jnp.float32(1.0))
 
   holder = Holder()
-  for other in (copy.deepcopy(holder), nnx.clone(holder),
-                nnx.merge(*nnx.split(holder))):
+  for other in (
+    copy.deepcopy(holder),
+    nnx.clone(holder),
+    nnx.merge(*nnx.split(holder)),
+  ):
     assert other.p == p
     assert estimate(key, other.p, q) == original
 
@@ -295,13 +322,14 @@ def test_pushforward_copies_pickle_and_static_arguments():
 def test_pushforward_with_lambdas_does_not_pickle_but_copies():
   loc = 1.0
   p = jaxkl.StandardNormalPushforward(
-      transform=lambda z: loc + z,
-      log_prob=lambda x: jax.scipy.stats.norm.logpdf(x, loc))
+    transform=lambda z: loc + z, log_prob=lambda x: jax.scipy.stats.norm.logpdf(x, loc)
+  )
   with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
     pickle.dumps(p)
   assert copy.deepcopy(p) == p and copy.copy(p) == p  # functions are shared
-  est = jaxkl.monte_carlo_kl(jax.random.key(1), copy.deepcopy(p),
-                             jax.scipy.stats.norm.logpdf, num_samples=4096)
+  est = jaxkl.monte_carlo_kl(
+    jax.random.key(1), copy.deepcopy(p), jax.scipy.stats.norm.logpdf, num_samples=4096
+  )
   truth = torch_kl_normal(1.0, 1.0, 0.0, 1.0)
   assert abs(float(est.value) - truth) < 4 * float(est.stderr)
 
@@ -311,10 +339,13 @@ def test_pushforward_with_lambdas_does_not_pickle_but_copies():
 
 
 def normal_estimate(key, loc, estimator="k1", n=2048):
-  p = (lambda k, m: loc + jax.random.normal(k, (m,) + jnp.shape(loc)),
-       lambda x: jax.scipy.stats.norm.logpdf(x, loc))
-  return jaxkl.monte_carlo_kl(key, p, jax.scipy.stats.norm.logpdf,
-                              num_samples=n, estimator=estimator)
+  p = (
+    lambda k, m: loc + jax.random.normal(k, (m, *jnp.shape(loc))),
+    lambda x: jax.scipy.stats.norm.logpdf(x, loc),
+  )
+  return jaxkl.monte_carlo_kl(
+    key, p, jax.scipy.stats.norm.logpdf, num_samples=n, estimator=estimator
+  )
 
 
 def test_kl_estimate_is_a_pytree_through_jit_vmap_and_checkpoint():
@@ -327,22 +358,20 @@ def test_kl_estimate_is_a_pytree_through_jit_vmap_and_checkpoint():
   np.testing.assert_allclose(jitted.value, eager.value, rtol=1e-6)
   np.testing.assert_allclose(jitted.pareto_k, eager.pareto_k, rtol=1e-5)
   assert jitted.num_samples == 2048 and jitted.estimator == "k1"
-  checkpointed = jax.jit(jax.checkpoint(normal_estimate))(
-      key, jnp.float32(1.0))
-  np.testing.assert_allclose(checkpointed.pareto_k, eager.pareto_k,
-                             rtol=1e-5)
+  checkpointed = jax.jit(jax.checkpoint(normal_estimate))(key, jnp.float32(1.0))
+  np.testing.assert_allclose(checkpointed.pareto_k, eager.pareto_k, rtol=1e-5)
   # vmap: every array field, pareto_k included, gets the leading axis.
   locs = jnp.array([0.5, 1.0, 2.0], jnp.float32)
   batched = jax.jit(jax.vmap(normal_estimate, in_axes=(None, 0)))(key, locs)
   for name in ("value", "stderr", "effective_sample_size", "pareto_k"):
     assert getattr(batched, name).shape == (3,), name
   truth = [torch_kl_normal(float(m), 1.0, 0.0, 1.0) for m in locs]
-  assert np.all(np.abs(np.asarray(batched.value) - truth)
-                < 4 * np.asarray(batched.stderr))
+  assert np.all(
+    np.abs(np.asarray(batched.value) - truth) < 4 * np.asarray(batched.stderr)
+  )
   assert np.all(np.asarray(batched.pareto_k) < 0.5)  # Gaussian log-ratios
   # As a (dynamic) jit argument, and through tree_map.
-  doubled = jax.jit(lambda e: jax.tree_util.tree_map(lambda a: 2 * a, e))(
-      eager)
+  doubled = jax.jit(lambda e: jax.tree_util.tree_map(lambda a: 2 * a, e))(eager)
   np.testing.assert_allclose(doubled.value, 2 * eager.value)
   assert doubled.estimator == "k1" and doubled.num_samples == 2048
 
@@ -351,14 +380,24 @@ def test_kl_estimate_copies_equality_and_hash():
   est = normal_estimate(jax.random.key(3), jnp.float32(0.5), "k3")
   for name, other in copies(est).items():
     assert other == est, name
-    np.testing.assert_array_equal(other.confidence_interval(),
-                                  est.confidence_interval(), err_msg=name)
+    np.testing.assert_array_equal(
+      other.confidence_interval(), est.confidence_interval(), err_msg=name
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
       other.value = jnp.float32(0)
   different = normal_estimate(jax.random.key(4), jnp.float32(0.5), "k3")
   assert different != est
-  assert jaxkl.KLEstimate(est.value, est.stderr, est.effective_sample_size,
-                          est.num_samples, "k1", est.pareto_k) != est
+  assert (
+    jaxkl.KLEstimate(
+      est.value,
+      est.stderr,
+      est.effective_sample_size,
+      est.num_samples,
+      "k1",
+      est.pareto_k,
+    )
+    != est
+  )
   with pytest.raises(TypeError, match="unhashable"):
     hash(est)
   # Under tracing, == cannot look at values: a clear error.
@@ -373,11 +412,13 @@ def test_kl_estimate_in_an_nnx_module():
   est = normal_estimate(jax.random.key(6), jnp.float32(1.0))
 
   class Tracker(nnx.Module):
-
     def __init__(self):
       self.last = nnx.data(est)  # arrays in an NNX module are data
 
   tracker = Tracker()
-  for other in (copy.deepcopy(tracker), nnx.clone(tracker),
-                nnx.merge(*nnx.split(tracker))):
+  for other in (
+    copy.deepcopy(tracker),
+    nnx.clone(tracker),
+    nnx.merge(*nnx.split(tracker)),
+  ):
     assert other.last == est

@@ -33,15 +33,15 @@ def test_warning_texts_are_torchs():
 
 
 @pytest.mark.parametrize(
-    "args, expected",
-    [
-        ((None, None, "none"), ("none", False)),
-        ((None, None, "sum"), ("sum", False)),
-        ((None, None, "batchmean"), ("sum", True)),
-        ((None, False, "batchmean"), ("none", True)),   # torch's quirk
-        ((True, None, "batchmean"), ("mean", True)),    # torch's quirk
-        ((False, True, "no-such"), ("sum", False)),     # not validated
-    ],
+  "args, expected",
+  [
+    ((None, None, "none"), ("none", False)),
+    ((None, None, "sum"), ("sum", False)),
+    ((None, None, "batchmean"), ("sum", True)),
+    ((None, False, "batchmean"), ("none", True)),  # torch's quirk
+    ((True, None, "batchmean"), ("mean", True)),  # torch's quirk
+    ((False, True, "no-such"), ("sum", False)),  # not validated
+  ],
 )
 def test_torch_reduction_resolution(args, expected):
   with warnings.catch_warnings():

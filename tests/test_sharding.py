@@ -15,15 +15,13 @@ import pathlib
 import subprocess
 import sys
 
+import _sharding_checks as checks  # only reads the check names: no devices
 import jax
 import pytest
 
-import _sharding_checks as checks  # only reads the check names: no devices
-
 SCRIPT = pathlib.Path(__file__).with_name("_sharding_checks.py")
 FLAG = f"--xla_force_host_platform_device_count={checks.DEVICES}"
-CHECKS = [(group, name) for group, make in checks.GROUPS.items()
-          for name in make()]
+CHECKS = [(group, name) for group, make in checks.GROUPS.items() for name in make()]
 PARENT_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 PARENT_DEVICES = jax.device_count()
 
@@ -31,13 +29,21 @@ PARENT_DEVICES = jax.device_count()
 @pytest.fixture(scope="module")
 def reports():
   """{group: (results or None, exit status, stderr)}, children in parallel."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FLAG}".strip())
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FLAG}".strip(),
+  )
   children = {
-      group: subprocess.Popen(
-          [sys.executable, str(SCRIPT), group], env=env, text=True,
-          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-      for group in checks.GROUPS}
+    group: subprocess.Popen(
+      [sys.executable, str(SCRIPT), group],
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for group in checks.GROUPS
+  }
   out = {}
   for group, child in children.items():
     try:

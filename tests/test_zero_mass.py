@@ -31,26 +31,22 @@ inf = math.inf
 
 # (name, teacher logits P, student logits Q); 4 classes each.
 CASES = [
-    # exp(-1000 - logsumexp) is 0 in float32 and float64: zero mass, so the
-    # -inf student logit there costs nothing (torch.distributions: 0).
-    ("underflowing P vs -inf Q", [0.0, -1000.0, 1.0, 2.0],
-     [0.0, -inf, 1.0, 2.0]),
-    # exp(-102.4) is subnormal in float32 (flushed: zero mass, KL = 0) but a
-    # positive float64 (KL = +inf).
-    ("P mass only in float64 (-100)", [0.0, -100.0, 1.0, 2.0],
-     [0.0, -inf, 1.0, 2.0]),
-    ("P mass only in float64 (-300)", [0.0, -300.0, 1.0, 2.0],
-     [0.0, -inf, 1.0, 2.0]),
-    ("P mass vs -inf Q", [0.0, -1.0, 1.0, 2.0], [0.0, -inf, 1.0, 2.0]),
-    ("-inf in both", [0.0, -inf, 1.0, 2.0], [0.0, -inf, 1.0, 2.0]),
-    ("one-hot P vs uniform Q", [0.0, -inf, -inf, -inf], [0.0, 0.0, 0.0, 0.0]),
-    ("mixed", [-inf, 0.0, -1000.0, 5.0], [3.0, -inf, 0.0, 0.0]),
-    ("underflow in both", [0.0, -1000.0, 0.0, 0.0], [0.0, -1000.0, 0.0, 0.0]),
-    # Q's probability underflows but its log-probability is finite: the
-    # divergence is finite (log Q is used as given, never exp'd and logged).
-    ("underflowing Q, P mass", [0.0, -1.0, 1.0, 2.0],
-     [0.0, -1000.0, 1.0, 2.0]),
-    ("huge finite Q logit", [0.0, 0.0, 0.0, 0.0], [0.0, -1e30, 0.0, 0.0]),
+  # exp(-1000 - logsumexp) is 0 in float32 and float64: zero mass, so the
+  # -inf student logit there costs nothing (torch.distributions: 0).
+  ("underflowing P vs -inf Q", [0.0, -1000.0, 1.0, 2.0], [0.0, -inf, 1.0, 2.0]),
+  # exp(-102.4) is subnormal in float32 (flushed: zero mass, KL = 0) but a
+  # positive float64 (KL = +inf).
+  ("P mass only in float64 (-100)", [0.0, -100.0, 1.0, 2.0], [0.0, -inf, 1.0, 2.0]),
+  ("P mass only in float64 (-300)", [0.0, -300.0, 1.0, 2.0], [0.0, -inf, 1.0, 2.0]),
+  ("P mass vs -inf Q", [0.0, -1.0, 1.0, 2.0], [0.0, -inf, 1.0, 2.0]),
+  ("-inf in both", [0.0, -inf, 1.0, 2.0], [0.0, -inf, 1.0, 2.0]),
+  ("one-hot P vs uniform Q", [0.0, -inf, -inf, -inf], [0.0, 0.0, 0.0, 0.0]),
+  ("mixed", [-inf, 0.0, -1000.0, 5.0], [3.0, -inf, 0.0, 0.0]),
+  ("underflow in both", [0.0, -1000.0, 0.0, 0.0], [0.0, -1000.0, 0.0, 0.0]),
+  # Q's probability underflows but its log-probability is finite: the
+  # divergence is finite (log Q is used as given, never exp'd and logged).
+  ("underflowing Q, P mass", [0.0, -1.0, 1.0, 2.0], [0.0, -1000.0, 1.0, 2.0]),
+  ("huge finite Q logit", [0.0, 0.0, 0.0, 0.0], [0.0, -1e30, 0.0, 0.0]),
 ]
 TEACHER = [c[1] for c in CASES]
 STUDENT = [c[2] for c in CASES]
@@ -70,7 +66,7 @@ def reference(teacher, student, dtype):
     log_p = _log_softmax_exact(teacher)
     log_q = _log_softmax_exact(student)
     total = mpmath.mpf(0)
-    for lp, lq in zip(log_p, log_q):
+    for lp, lq in zip(log_p, log_q, strict=False):
       p = mpmath.exp(lp)
       if p < tiny:  # exp(log p) in `dtype` is 0 (or subnormal: flushed)
         continue
@@ -97,6 +93,7 @@ def _quiet(fn):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       return fn(*args, **kwargs)
+
   return wrapped
 
 
@@ -107,10 +104,14 @@ softmax = functools.partial(jax.nn.softmax, axis=-1)
 def _vocab_parallel(t, s):
   mesh = jax.make_mesh((1,), ("model",))
   spec = P(None, "model")
-  fn = jax.jit(jax.shard_map(
-      functools.partial(jaxkl.vocab_parallel_kl_from_logits,
-                        axis_name="model"),
-      mesh=mesh, in_specs=(spec, spec), out_specs=P(None)))
+  fn = jax.jit(
+    jax.shard_map(
+      functools.partial(jaxkl.vocab_parallel_kl_from_logits, axis_name="model"),
+      mesh=mesh,
+      in_specs=(spec, spec),
+      out_specs=P(None),
+    )
+  )
   put = lambda x: jax.device_put(x, NamedSharding(mesh, spec))  # noqa: E731
   return fn(put(s), put(t))
 
@@ -119,62 +120,71 @@ def _fused(t, s):
   # Logits as h @ W with an identity head (exact: one nonzero product per
   # output); -inf logits cannot be made this way (-inf * 0 = nan).
   eye = jnp.eye(t.shape[-1], dtype=t.dtype)
-  return jaxkl.fused_linear_distillation_loss(s, eye, t, eye,
-                                              reduction="none")
+  return jaxkl.fused_linear_distillation_loss(s, eye, t, eye, reduction="none")
 
 
 PATHS = {
-    "kl_div": _rows(lambda t, s: jaxkl.kl_div(
-        log_softmax(s), softmax(t), reduction="sum")),
-    "kl_div(log_target)": _rows(lambda t, s: jaxkl.kl_div(
-        log_softmax(s), log_softmax(t), reduction="sum", log_target=True)),
-    "KLDivLoss": _rows(lambda t, s: jaxkl.KLDivLoss(reduction="sum")(
-        log_softmax(s), softmax(t))),
-    "KLDivLoss(log_target)": _rows(lambda t, s: jaxkl.KLDivLoss(
-        reduction="sum", log_target=True)(log_softmax(s), log_softmax(t))),
-    "kl_divergence": lambda t, s: jaxkl.kl_divergence(
-        log_softmax(s), softmax(t)),
-    "kl_divergence(log_target)": lambda t, s: jaxkl.kl_divergence(
-        log_softmax(s), log_softmax(t), log_target=True),
-    "kl_divergence_from_logits": lambda t, s: (
-        jaxkl.kl_divergence_from_logits(s, t)),
-    "kl_divergence_from_logits(jit)": lambda t, s: jax.jit(
-        jaxkl.kl_divergence_from_logits)(s, t),
-    "divergence_from_logits(forward)": lambda t, s: (
-        jaxkl.divergence_from_logits(s, t, divergence="forward")),
-    "distillation_loss": lambda t, s: jaxkl.distillation_loss(
-        s, t, reduction="none"),
-    "fused_linear_distillation_loss": _fused,
-    "vocab_parallel_kl_from_logits": _vocab_parallel,
-    "kl_categorical": lambda t, s: jaxkl.kl_categorical(t, s),
+  "kl_div": _rows(
+    lambda t, s: jaxkl.kl_div(log_softmax(s), softmax(t), reduction="sum")
+  ),
+  "kl_div(log_target)": _rows(
+    lambda t, s: jaxkl.kl_div(
+      log_softmax(s), log_softmax(t), reduction="sum", log_target=True
+    )
+  ),
+  "KLDivLoss": _rows(
+    lambda t, s: jaxkl.KLDivLoss(reduction="sum")(log_softmax(s), softmax(t))
+  ),
+  "KLDivLoss(log_target)": _rows(
+    lambda t, s: jaxkl.KLDivLoss(reduction="sum", log_target=True)(
+      log_softmax(s), log_softmax(t)
+    )
+  ),
+  "kl_divergence": lambda t, s: jaxkl.kl_divergence(log_softmax(s), softmax(t)),
+  "kl_divergence(log_target)": lambda t, s: jaxkl.kl_divergence(
+    log_softmax(s), log_softmax(t), log_target=True
+  ),
+  "kl_divergence_from_logits": lambda t, s: jaxkl.kl_divergence_from_logits(s, t),
+  "kl_divergence_from_logits(jit)": lambda t, s: jax.jit(
+    jaxkl.kl_divergence_from_logits
+  )(s, t),
+  "divergence_from_logits(forward)": lambda t, s: jaxkl.divergence_from_logits(
+    s, t, divergence="forward"
+  ),
+  "distillation_loss": lambda t, s: jaxkl.distillation_loss(s, t, reduction="none"),
+  "fused_linear_distillation_loss": _fused,
+  "vocab_parallel_kl_from_logits": _vocab_parallel,
+  "kl_categorical": lambda t, s: jaxkl.kl_categorical(t, s),
 }
 # Paths that need finite logits (see _fused).
 FINITE_ONLY = {"fused_linear_distillation_loss"}
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64],
-                         ids=["float32", "float64"])
+@pytest.mark.parametrize(
+  "dtype", [jnp.float32, jnp.float64], ids=["float32", "float64"]
+)
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_every_path_gives_the_rules_value(path, dtype):
   with jax.enable_x64(dtype == jnp.float64):
-    rows = [i for i, (t, s) in enumerate(zip(TEACHER, STUDENT))
-            if path not in FINITE_ONLY or np.isfinite(t + s).all()]
+    rows = [
+      i
+      for i, (t, s) in enumerate(zip(TEACHER, STUDENT, strict=False))
+      if path not in FINITE_ONLY or np.isfinite(t + s).all()
+    ]
     t = jnp.asarray(np.array(TEACHER)[rows], dtype)
     s = jnp.asarray(np.array(STUDENT)[rows], dtype)
     got = np.asarray(_quiet(PATHS[path])(t, s), np.float64)
-  expected = np.array([reference(TEACHER[i], STUDENT[i], dtype)
-                       for i in rows])
+  expected = np.array([reference(TEACHER[i], STUDENT[i], dtype) for i in rows])
   rtol = 2e-5 if dtype == jnp.float32 else 1e-12
   failures = []
-  for i, g, e in zip(rows, got, expected):
+  for i, g, e in zip(rows, got, expected, strict=False):
     if math.isinf(e) or math.isnan(g):
       ok = g == e
     else:
       ok = abs(g - e) <= rtol * abs(e) + 10 * float(jnp.finfo(dtype).eps)
     if not ok:
       failures.append(f"{IDS[i]}: got {g!r}, expected {e!r}")
-  assert not failures, f"{path} ({jnp.dtype(dtype).name}):\n" + "\n".join(
-      failures)
+  assert not failures, f"{path} ({jnp.dtype(dtype).name}):\n" + "\n".join(failures)
 
 
 def test_reference_is_the_stated_rule():
@@ -183,21 +193,17 @@ def test_reference_is_the_stated_rule():
   assert reference(*CASES[1][1:], jnp.float32) == 0.0
   assert reference(*CASES[1][1:], jnp.float64) == inf
   assert reference(*CASES[3][1:], jnp.float64) == inf
-  assert reference(*CASES[5][1:], jnp.float64) == pytest.approx(math.log(4),
-                                                                rel=1e-15)
+  assert reference(*CASES[5][1:], jnp.float64) == pytest.approx(math.log(4), rel=1e-15)
   # 1/4 log(1/4) - 1/4 log q with log q = -1e30 - log(3): 2.5e29.
-  assert reference(*CASES[9][1:], jnp.float64) == pytest.approx(2.5e29,
-                                                                rel=1e-12)
+  assert reference(*CASES[9][1:], jnp.float64) == pytest.approx(2.5e29, rel=1e-12)
 
 
 def test_kl_categorical_matches_torch_distributions_on_underflow():
   # The example: torch.distributions (and TFP, distrax) give 0.
   torch = pytest.importorskip("torch")
   p = torch.distributions.Categorical(logits=torch.tensor([0.0, -1000.0]))
-  q = torch.distributions.Categorical(
-      logits=torch.tensor([0.0, -float("inf")]))
+  q = torch.distributions.Categorical(logits=torch.tensor([0.0, -float("inf")]))
   assert float(torch.distributions.kl_divergence(p, q)) == 0.0
   assert reference([0.0, -1000.0], [0.0, -inf], jnp.float32) == 0.0
-  got = jaxkl.kl_categorical(jnp.array([0.0, -1000.0]),
-                             jnp.array([0.0, -inf]))
+  got = jaxkl.kl_categorical(jnp.array([0.0, -1000.0]), jnp.array([0.0, -inf]))
   assert float(got) == 0.0
