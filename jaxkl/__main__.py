@@ -84,7 +84,13 @@ def _torch_kl_div(
 
 
 def _format(value: Any) -> str:
-  return f"{float(value):.8f}"
+  """``value`` with 8 decimals, and no minus sign on a value shown as 0.
+
+  ``-0.0`` (a zero-mass term ``0 * (negative)``) and tiny negative values
+  that round to zero print as ``0.00000000``, as the reference shows them.
+  """
+  text = f"{float(value) + 0.0:.8f}"  # + 0.0 turns -0.0 into 0.0
+  return text[1:] if text.startswith("-") and float(text) == 0.0 else text
 
 
 def _largest_difference(a: Any, b: Any) -> float:
@@ -123,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Runs the demonstration; returns the process exit code."""
   args = _parse(argv)
   if args.x64:
-    jax.config.update("jax_enable_x64", True)
+    # jax.config.update is unannotated in jax.
+    jax.config.update("jax_enable_x64", True)  # type: ignore[no-untyped-call]
   dtype = jnp.float64 if args.x64 else jnp.float32
   dtype_name = jnp.dtype(dtype).name
   torch = _import_torch()
@@ -179,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           rows.append(("torch", theirs))
         print("none")
         for label, array in rows:
-          entries = ", ".join(f"{x:.8f}" for x in array.ravel().tolist())
+          entries = ", ".join(_format(x) for x in array.ravel().tolist())
           print(f"  {label:<10}[{entries}]")
         continue
       line = f"{reduction:<11}{_format(value):>14}{_format(expected):>20}"
@@ -202,12 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       False,
     )
     print(
-      f"  jaxkl: {float(edge)}   torch: {float(edge_torch)} "
+      f"  jaxkl: {float(edge) + 0.0}   torch: {float(edge_torch) + 0.0} "
       "(0 * log 0 evaluated as 0 * inf)"
     )
   else:
     print(
-      f"  jaxkl: {float(edge)}   (PyTorch returns nan here: it evaluates "
+      f"  jaxkl: {float(edge) + 0.0}   (PyTorch returns nan here: it evaluates "
       "0 * log 0 as 0 * inf)"
     )
 

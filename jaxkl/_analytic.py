@@ -18,7 +18,9 @@ Stirling-series differences for Gamma/Beta/Dirichlet; see
 for zero or subnormal scales and rates). Stated accuracy, tested against
 50-digit mpmath on the rounded parameters over a grid spanning 1e-3 to 1e8
 with equal, nearly equal (relative differences 1e-7 to 1e-1) and distant
-pairs (``tests/test_analytic_precision.py``): relative error at most 1e-11
+pairs, for Gamma and Beta the full product grid
+:math:`\{10^{-3}, 0.05, 1, 30, 10^3, 10^5, 10^8\}^4`
+(``tests/test_analytic_precision.py``): relative error at most 1e-11
 in float64, and 1e-4 in float32 (1e-3 for Beta and Dirichlet, whose float32
 error grows like ``eps / min(concentration)`` when a tiny component sits
 next to a large one and only the large one changes). Gradients are those of
@@ -35,7 +37,9 @@ torch.distributions, TFP and distrax.
 
 Subnormal parameters are read as 0 (XLA flushes them): a scale or rate below
 ``finfo.tiny`` behaves as a point mass (:math:`+\infty` against a proper
-distribution, 0 against the same parameters). Infinite concentrations (Gamma,
+distribution, 0 against the same parameters); for the multivariate normals a
+Cholesky factor or covariance with such a diagonal entry is degenerate, with
+the same rule (0 against identical parameters, :math:`+\infty` otherwise). Infinite concentrations (Gamma,
 Beta, Dirichlet) are outside the families and give NaN.
 
 Parameters outside the family's support (a negative scale, a non-positive
@@ -48,6 +52,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +96,7 @@ def _kl(
   arrays = [_checks.as_float_array(value, name) for name, value in named]
   out_dtype, compute_dtype = _checks.result_dtype(*arrays)
   event_size = None
-  event_owner = None
+  event_owner: tuple[str, tuple[int, ...]] = ("", ())
   for name, array, ndim in zip(names, arrays, event_ndims, strict=False):
     if ndim == 0:
       continue
@@ -128,21 +133,28 @@ def _kl(
   shapes = tuple(
     batch + a.shape[a.ndim - e :] for a, e in zip(arrays, event_ndims, strict=False)
   )
-  return _evaluate(core, tuple(arrays), shapes, compute_dtype, out_dtype)
+  result: jax.Array = _evaluate(core, tuple(arrays), shapes, compute_dtype, out_dtype)
+  return result
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
-def _evaluate(core, arrays, shapes, compute_dtype, out_dtype) -> jax.Array:
+def _evaluate(
+  core: Callable[..., jax.Array],
+  arrays: tuple[jax.Array, ...],
+  shapes: tuple[tuple[int, ...], ...],
+  compute_dtype: np.dtype[Any],
+  out_dtype: np.dtype[Any],
+) -> jax.Array:
   """Casts, broadcasts, applies ``core`` and casts back, as one computation.
 
   Compiled once per formula, shapes and dtypes, so that eager calls do not
   dispatch (and compile) dozens of small operations one at a time.
   """
-  arrays = [
+  cast = [
     jnp.broadcast_to(a.astype(compute_dtype), shape)
     for a, shape in zip(arrays, shapes, strict=False)
   ]
-  return core(*arrays).astype(out_dtype)
+  return core(*cast).astype(out_dtype)
 
 
 def _phi(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -161,14 +173,16 @@ def _standardized(loc_p: jax.Array, loc_q: jax.Array, scale: jax.Array) -> jax.A
   distributions give 0, not 0/0; different locations with a zero scale give
   ``inf``, with an infinite scale 0.
   """
-  regular = (scale >= jnp.finfo(scale.dtype).tiny) & (scale < jnp.inf)
+  regular = (scale >= _checks.finfo(scale.dtype).tiny) & (scale < jnp.inf)
   diff = _special.difference(loc_q, loc_p)
   safe = jnp.where(regular, scale, 1)
   degenerate = jnp.where(diff == 0, 0, jnp.where(scale < jnp.inf, jnp.inf, 0))
   return jnp.where(regular, diff / safe, degenerate)
 
 
-def _normal_terms(loc_p, scale_p, loc_q, scale_q) -> jax.Array:
+def _normal_terms(
+  loc_p: jax.Array, scale_p: jax.Array, loc_q: jax.Array, scale_q: jax.Array
+) -> jax.Array:
   """Elementwise KL between univariate normals (inputs already broadcast)."""
   z = _standardized(loc_p, loc_q, scale_q)
   u = 2 * _special.log_ratio(scale_q, _special.difference(scale_q, scale_p), scale_p)
@@ -185,9 +199,10 @@ def _kl_log_probs(
   classes whose logits are ``-inf`` in both. Two evaluations, selected per
   row:
 
-  * precise (every class has positive mass under P with a finite ``shift``,
-    or is impossible under both; no ``shift`` more than ``log(max) / 2``
-    above its P-mean): with :math:`e_k = \Delta_k - \bar\Delta`
+  * precise (every class has a finite ``log_p`` and ``shift``, or is
+    impossible under both; no ``shift`` more than ``log(max) / 2`` above its
+    P-mean; a class whose :math:`p_k` underflows to 0 contributes 0 to the
+    sum and its share :math:`\exp(\log p_k + e_k)` to :math:`s`): with :math:`e_k = \Delta_k - \bar\Delta`
     (:math:`\bar\Delta = \sum_k p_k \Delta_k`), the log-ratios are
     :math:`\log(q_k/p_k) = e_k - \operatorname{log1p}(s)`, with
     :math:`s = \sum_k p_k \operatorname{expm1}(e_k) \ge 0`, and
@@ -204,18 +219,26 @@ def _kl_log_probs(
   generic = jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=-1)
   p = jnp.exp(log_p)
   mass = p > 0
-  usable = mass & jnp.isfinite(shift)
-  valid = jnp.all(usable | both_impossible, axis=-1, keepdims=True)
+  finite_shift = jnp.isfinite(shift)
+  usable = mass & finite_shift
+  # Zero mass under P (p_k underflows) with finite logits: contributes 0 to
+  # the sum, but its q-share p_k e^(e_k) = exp(log p_k + e_k) still enters s.
+  unseen = ~mass & finite_shift & jnp.isfinite(log_p)
+  valid = jnp.all(usable | unseen | both_impossible, axis=-1, keepdims=True)
   weight = jnp.where(usable, p, 0)
   total = jnp.sum(weight, axis=-1, keepdims=True)
   total = jnp.where(total > 0, total, 1)
-  delta = jnp.where(usable, shift, 0)
+  delta = jnp.where(usable | unseen, shift, 0)
   mean = jnp.sum(weight * delta, axis=-1, keepdims=True) / total
-  e = jnp.where(usable, delta - mean, 0)
-  limit = 0.5 * float(np.log(jnp.finfo(p.dtype).max))
-  precise_ok = valid & jnp.all(e <= limit, axis=-1, keepdims=True)
+  e = jnp.where(usable | unseen, delta - mean, 0)
+  unseen_exponent = jnp.where(unseen, log_p + e, -jnp.inf)
+  limit = 0.5 * float(np.log(_checks.finfo(p.dtype).max))
+  precise_ok = valid & jnp.all(
+    (e <= limit) & (unseen_exponent <= limit), axis=-1, keepdims=True
+  )
   e = jnp.where(precise_ok, e, 0)
-  s = jnp.sum(weight * jnp.expm1(e), axis=-1, keepdims=True) / total
+  unseen_share = jnp.exp(jnp.where(precise_ok & unseen, unseen_exponent, -jnp.inf))
+  s = jnp.sum(weight * jnp.expm1(e) + unseen_share, axis=-1, keepdims=True) / total
   log_ratio = e - _special.log1p(s)
   precise = jnp.sum(weight * _special.expm1_minus(log_ratio), axis=-1)
   return jnp.where(precise_ok[..., 0], precise, generic)
@@ -322,7 +345,9 @@ def kl_multivariate_normal_diag(
   )
 
 
-def _kl_mvn_diag(loc_p, scale_p, loc_q, scale_q) -> jax.Array:
+def _kl_mvn_diag(
+  loc_p: jax.Array, scale_p: jax.Array, loc_q: jax.Array, scale_q: jax.Array
+) -> jax.Array:
   return jnp.sum(_normal_terms(loc_p, scale_p, loc_q, scale_q), axis=-1)
 
 
@@ -398,7 +423,9 @@ def kl_multivariate_normal(
   )
 
 
-def _kl_mvn_tril(loc_p, tril_p, loc_q, tril_q) -> jax.Array:
+def _kl_mvn_tril(
+  loc_p: jax.Array, tril_p: jax.Array, loc_q: jax.Array, tril_q: jax.Array
+) -> jax.Array:
   """``kl_multivariate_normal``'s formula (arguments already broadcast).
 
   The off-diagonal of :math:`M = L_q^{-1} L_p` is that of
@@ -409,6 +436,13 @@ def _kl_mvn_tril(loc_p, tril_p, loc_q, tril_q) -> jax.Array:
   d = loc_p.shape[-1]
   tril_p = jnp.tril(tril_p)
   tril_q = jnp.tril(tril_q)
+  degenerate = _singular(jnp.abs(jnp.diagonal(tril_p, axis1=-2, axis2=-1))) | _singular(
+    jnp.abs(jnp.diagonal(tril_q, axis1=-2, axis2=-1))
+  )
+  eye = jnp.eye(d, dtype=tril_p.dtype)
+  point_mass = _point_mass_kl(degenerate, loc_p, tril_p, loc_q, tril_q)
+  tril_p = jnp.where(degenerate[..., None, None], eye, tril_p)
+  tril_q = jnp.where(degenerate[..., None, None], eye, tril_q)
   tril_diff = tril_p - tril_q
   loc_diff = _special.difference(loc_q, loc_p)
   rhs = jnp.concatenate([tril_diff, loc_diff[..., None]], axis=-1)
@@ -423,7 +457,27 @@ def _kl_mvn_tril(loc_p, tril_p, loc_q, tril_q) -> jax.Array:
     + jnp.sum(_special.expm1_minus(u), axis=-1)
     + jnp.sum(delta * delta, axis=-1)
   )
-  return 0.5 * total
+  return jnp.where(degenerate, point_mass, 0.5 * total)
+
+
+def _singular(diagonal: jax.Array) -> jax.Array:
+  """A non-negative diagonal (of a factor or covariance) with an entry below
+  ``finfo.tiny`` (0 or subnormal, flushed by XLA): a degenerate normal."""
+  tiny = _checks.finfo(diagonal.dtype).tiny
+  return jnp.any(diagonal < tiny, axis=-1) & jnp.all(diagonal >= 0, axis=-1)
+
+
+def _point_mass_kl(
+  degenerate: jax.Array,
+  loc_p: jax.Array,
+  matrix_p: jax.Array,
+  loc_q: jax.Array,
+  matrix_q: jax.Array,
+) -> jax.Array:
+  """The module's rule for degenerate normals: 0 against identical
+  parameters, ``+inf`` otherwise (where ``degenerate``; 0 elsewhere)."""
+  same = jnp.all(loc_p == loc_q, axis=-1) & jnp.all(matrix_p == matrix_q, axis=(-2, -1))
+  return jnp.where(degenerate & ~same, jnp.inf, 0).astype(loc_p.dtype)
 
 
 def kl_multivariate_normal_from_covariance(
@@ -481,7 +535,9 @@ def kl_multivariate_normal_from_covariance(
   )
 
 
-def _kl_mvn_cov(loc_p, cov_p, loc_q, cov_q) -> jax.Array:
+def _kl_mvn_cov(
+  loc_p: jax.Array, cov_p: jax.Array, loc_q: jax.Array, cov_q: jax.Array
+) -> jax.Array:
   r"""``kl_multivariate_normal_from_covariance``'s formula.
 
   Near-equal covariances (the whitened difference
@@ -496,6 +552,12 @@ def _kl_mvn_cov(loc_p, cov_p, loc_q, cov_q) -> jax.Array:
   """
   d = loc_p.shape[-1]
   eye = jnp.broadcast_to(jnp.eye(d, dtype=cov_p.dtype), cov_p.shape)
+  degenerate = _singular(jnp.diagonal(cov_p, axis1=-2, axis2=-1)) | _singular(
+    jnp.diagonal(cov_q, axis1=-2, axis2=-1)
+  )
+  point_mass = _point_mass_kl(degenerate, loc_p, cov_p, loc_q, cov_q)
+  cov_p = jnp.where(degenerate[..., None, None], eye, cov_p)
+  cov_q = jnp.where(degenerate[..., None, None], eye, cov_q)
   sym_p = 0.5 * (cov_p + jnp.swapaxes(cov_p, -1, -2))
   sym_q = 0.5 * (cov_q + jnp.swapaxes(cov_q, -1, -2))
   tril_q = jnp.linalg.cholesky(cov_q)
@@ -526,7 +588,7 @@ def _kl_mvn_cov(loc_p, cov_p, loc_q, cov_q) -> jax.Array:
   )
   tril_p = jnp.linalg.cholesky(jnp.where(near[..., None, None], cov_q, cov_p))
   far = _kl_mvn_tril(loc_p, tril_p, loc_q, tril_q)
-  return jnp.where(near, precise, far)
+  return jnp.where(degenerate, point_mass, jnp.where(near, precise, far))
 
 
 # ----------------------------------------------------------------------------
@@ -597,7 +659,7 @@ def kl_categorical(
   return _kl(_kl_categorical, [("logits_p", moved[0]), ("logits_q", moved[1])], (1, 1))
 
 
-def _kl_categorical(logits_p, logits_q) -> jax.Array:
+def _kl_categorical(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
   log_p = jax.nn.log_softmax(logits_p, axis=-1)
   log_q = jax.nn.log_softmax(logits_q, axis=-1)
   impossible = (logits_p == -jnp.inf) & (logits_q == -jnp.inf)
@@ -654,7 +716,7 @@ def kl_bernoulli(logits_p: ArrayLike, logits_q: ArrayLike) -> jax.Array:
   return _kl(_kl_bernoulli, [("logits_p", logits_p), ("logits_q", logits_q)], (0, 0))
 
 
-def _kl_bernoulli(a, b) -> jax.Array:
+def _kl_bernoulli(a: jax.Array, b: jax.Array) -> jax.Array:
   # The categorical with logits [a, 0] and [b, 0].
   log_p = jnp.stack([jax.nn.log_sigmoid(a), jax.nn.log_sigmoid(-a)], -1)
   log_q = jnp.stack([jax.nn.log_sigmoid(b), jax.nn.log_sigmoid(-b)], -1)
@@ -702,7 +764,7 @@ def kl_bernoulli_probs(probs_p: ArrayLike, probs_q: ArrayLike) -> jax.Array:
   return _kl(_kl_bernoulli_probs, [("probs_p", probs_p), ("probs_q", probs_q)], (0, 0))
 
 
-def _kl_bernoulli_probs(p, q) -> jax.Array:
+def _kl_bernoulli_probs(p: jax.Array, q: jax.Array) -> jax.Array:
   # p phi(q/p) + (1 - p) phi((1 - q)/(1 - p)): the two differences are
   # q - p and p - q (exact for close p, q), whatever the rounding of 1 - p.
   d = _special.difference(p, q)
@@ -754,7 +816,7 @@ def kl_poisson(rate_p: ArrayLike, rate_q: ArrayLike) -> jax.Array:
   return _kl(_kl_poisson, [("rate_p", rate_p), ("rate_q", rate_q)], (0, 0))
 
 
-def _kl_poisson(rate_p, rate_q) -> jax.Array:
+def _kl_poisson(rate_p: jax.Array, rate_q: jax.Array) -> jax.Array:
   return _x_phi(rate_p, rate_q)
 
 
@@ -797,7 +859,7 @@ def kl_exponential(rate_p: ArrayLike, rate_q: ArrayLike) -> jax.Array:
   return _kl(_kl_exponential, [("rate_p", rate_p), ("rate_q", rate_q)], (0, 0))
 
 
-def _kl_exponential(rate_p, rate_q) -> jax.Array:
+def _kl_exponential(rate_p: jax.Array, rate_q: jax.Array) -> jax.Array:
   return _phi(rate_p, rate_q)
 
 
@@ -869,7 +931,9 @@ def kl_gamma(
   )
 
 
-def _gamma_log_mismatch(a_p, rate_p, a_q, rate_q) -> jax.Array:
+def _gamma_log_mismatch(
+  a_p: jax.Array, rate_p: jax.Array, a_q: jax.Array, rate_q: jax.Array
+) -> jax.Array:
   """``w = log((rate_q / rate_p) / (a_q / a_p))``, accurate near 0.
 
   Where the two ratios are close, from the exactly cancelling product
@@ -882,8 +946,8 @@ def _gamma_log_mismatch(a_p, rate_p, a_q, rate_q) -> jax.Array:
   finite = (
     jnp.isfinite(a_p) & jnp.isfinite(a_q) & jnp.isfinite(rate_p) & jnp.isfinite(rate_q)
   )
-  tiny = jnp.finfo(a_p.dtype).tiny
-  bound = jnp.sqrt(jnp.finfo(a_p.dtype).max) * 0.5
+  tiny = _checks.finfo(a_p.dtype).tiny
+  bound = jnp.sqrt(_checks.finfo(a_p.dtype).max) * 0.5
   usable = (
     finite
     & (a_p > tiny)
@@ -892,7 +956,10 @@ def _gamma_log_mismatch(a_p, rate_p, a_q, rate_q) -> jax.Array:
     & (rate_q > tiny)
     & (jnp.maximum(a_p, rate_q) < bound)
     & (jnp.maximum(a_q, rate_p) < bound)
-    & (jnp.minimum(a_p * rate_q, a_q * rate_p) > tiny / float(jnp.finfo(a_p.dtype).eps))
+    & (
+      jnp.minimum(a_p * rate_q, a_q * rate_p)
+      > tiny / float(_checks.finfo(a_p.dtype).eps)
+    )
   )
   safe = [jnp.where(usable, v, 1) for v in (rate_q, a_p, rate_p, a_q)]
   numerator = _special.product_difference(*safe)
@@ -903,7 +970,9 @@ def _gamma_log_mismatch(a_p, rate_p, a_q, rate_q) -> jax.Array:
   return jnp.where(both_equal, 0, jnp.where(near, close, apart))
 
 
-def _kl_gamma(a_p, rate_p, a_q, rate_q) -> jax.Array:
+def _kl_gamma(
+  a_p: jax.Array, rate_p: jax.Array, a_q: jax.Array, rate_q: jax.Array
+) -> jax.Array:
   # B_h(a_q; a_p) + a_q phi(e^w): both non-negative (see kl_gamma).
   w = _gamma_log_mismatch(a_p, rate_p, a_q, rate_q)
   big = w > 40
@@ -914,7 +983,7 @@ def _kl_gamma(a_p, rate_p, a_q, rate_q) -> jax.Array:
     jnp.exp(w_big + jnp.log(a_q)) - a_q * (1 + w_big),
     a_q * _special.expm1_minus(w_small),
   )
-  return _special.bregman_h(a_p, _special.difference(a_p, a_q)) + mismatch
+  return _special.bregman_h(a_p, _special.difference(a_p, a_q), a_q) + mismatch
 
 
 def kl_beta(
@@ -964,7 +1033,9 @@ def kl_beta(
   )
 
 
-def _kl_beta(a_p, b_p, a_q, b_q) -> jax.Array:
+def _kl_beta(
+  a_p: jax.Array, b_p: jax.Array, a_q: jax.Array, b_q: jax.Array
+) -> jax.Array:
   return _kl_dirichlet(jnp.stack([a_p, b_p], -1), jnp.stack([a_q, b_q], -1))
 
 
@@ -1027,7 +1098,7 @@ def kl_dirichlet(concentration_p: ArrayLike, concentration_q: ArrayLike) -> jax.
   )
 
 
-def _kl_dirichlet(alpha_p, alpha_q) -> jax.Array:
+def _kl_dirichlet(alpha_p: jax.Array, alpha_q: jax.Array) -> jax.Array:
   # sum_k b_k phi(t_k) + sum_k B_h(b_k; a_k) - B_h(b_0; a_0) with a = alpha_p,
   # b = alpha_q, t_k = (a_k / a_0) / (b_k / b_0) (see kl_dirichlet).
   d = _special.difference(alpha_p, alpha_q)
@@ -1042,6 +1113,7 @@ def _kl_dirichlet(alpha_p, alpha_q) -> jax.Array:
   bregman = _special.bregman_h(
     jnp.concatenate([alpha_p, total_p[..., None]], -1),
     jnp.concatenate([d, d_total[..., None]], -1),
+    jnp.concatenate([alpha_q, total_q[..., None]], -1),
   )
   shape_part = jnp.sum(bregman[..., :-1], axis=-1) - bregman[..., -1]
   return jnp.maximum(mean_part + shape_part, 0)
@@ -1094,7 +1166,9 @@ def kl_laplace(
   )
 
 
-def _kl_laplace(loc_p, scale_p, loc_q, scale_q) -> jax.Array:
+def _kl_laplace(
+  loc_p: jax.Array, scale_p: jax.Array, loc_q: jax.Array, scale_q: jax.Array
+) -> jax.Array:
   t = jnp.abs(_standardized(loc_p, loc_q, scale_p))
   ratio_part = _phi(scale_q, scale_p)
   r = jnp.exp(

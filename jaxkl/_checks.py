@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import chex
+import chex  # type: ignore[import-untyped]  # chex ships no py.typed marker
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+from jax.typing import DTypeLike
+
+
+def finfo(dtype: DTypeLike) -> np.finfo[np.floating[Any]]:
+  """``jnp.finfo(dtype)``: machine limits of a floating dtype, bfloat16 included.
+
+  A typed front for ``jnp.finfo`` (``ml_dtypes.finfo``, whose constructor
+  carries no annotations), so that strictly typed callers need no ignores.
+  """
+  return jnp.finfo(dtype)  # type: ignore[no-untyped-call]  # ml_dtypes.finfo is unannotated
 
 
 def as_float_array(value: ArrayLike, name: str) -> jnp.ndarray:
@@ -139,5 +149,5 @@ def result_dtype(*arrays: jnp.ndarray) -> tuple[np.dtype, np.dtype]:
   in float32 and cast back at the end.
   """
   out = np.dtype(jnp.result_type(*arrays))
-  compute = np.dtype(jnp.float32) if jnp.finfo(out).bits < 32 else out
+  compute = np.dtype(jnp.float32) if finfo(out).bits < 32 else out
   return out, compute

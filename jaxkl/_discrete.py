@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NoReturn
+
 import jax
 import numpy as np
 from jax.typing import ArrayLike
@@ -132,7 +135,13 @@ def kl_div(
   return _kl_div(input, target, effective, divide_by_batch, log_target)
 
 
-def _kl_div(input, target, reduction, divide_by_batch, log_target):
+def _kl_div(
+  input: ArrayLike,  # pylint: disable=redefined-builtin
+  target: ArrayLike,
+  reduction: str,
+  divide_by_batch: bool,
+  log_target: bool,
+) -> jax.Array:
   """Validates the arrays, then computes; options are already resolved."""
   input = _checks.as_float_array(input, "input")
   target = _checks.as_float_array(target, "target")
@@ -205,19 +214,19 @@ class KLDivLoss:
     object.__setattr__(self, "reduction", reduction)
     object.__setattr__(self, "log_target", _checks.check_bool(log_target, "log_target"))
 
-  def __setattr__(self, name, value):
+  def __setattr__(self, name: str, value: object) -> NoReturn:
     raise AttributeError(f"{type(self).__name__} is immutable.")
 
-  def __delattr__(self, name):
+  def __delattr__(self, name: str) -> NoReturn:
     raise AttributeError(f"{type(self).__name__} is immutable.")
 
   def __copy__(self) -> KLDivLoss:
     return self  # immutable
 
-  def __deepcopy__(self, memo: dict) -> KLDivLoss:
+  def __deepcopy__(self, memo: dict[int, object]) -> KLDivLoss:
     return self  # immutable, and holds no mutable state
 
-  def __reduce__(self):
+  def __reduce__(self) -> tuple[Callable[[str, bool], KLDivLoss], tuple[str, bool]]:
     # The converted state, without re-running the legacy conversion (and its
     # warning) on unpickling.
     return (_restore_kl_div_loss, (self.reduction, self.log_target))
@@ -242,7 +251,7 @@ class KLDivLoss:
   def __repr__(self) -> str:
     return f"KLDivLoss(reduction={self.reduction!r}, log_target={self.log_target})"
 
-  def __eq__(self, other) -> bool:
+  def __eq__(self, other: object) -> bool:
     return (
       type(other) is type(self)
       and self.reduction == other.reduction

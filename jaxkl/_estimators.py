@@ -86,6 +86,7 @@ from __future__ import annotations
 import functools
 import math
 from typing import Literal
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +99,7 @@ from jaxkl._per_example import broadcast_mask
 from jaxkl._per_example import normalize_axis
 
 Estimator = Literal["k1", "k2", "k3", "cv", "cv_crossfit"]
+_T = TypeVar("_T")
 
 #: Per-sample estimators (``kl_estimator_terms``).
 TERM_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
@@ -108,8 +110,8 @@ ESTIMATORS: tuple[str, ...] = (*TERM_ESTIMATORS, "cv", "cv_crossfit")
 _K3_SERIES_BOUND = 0.5
 
 
-def validate_estimator(estimator: object, allowed: tuple[str, ...] = ESTIMATORS) -> str:
-  """Returns ``estimator`` if it is one of ``allowed``, else raises."""
+def validate_estimator(estimator: _T, allowed: tuple[str, ...] = ESTIMATORS) -> _T:
+  """Returns ``estimator`` (unchanged) if it is one of ``allowed``, else raises."""
   if isinstance(estimator, str) and estimator in allowed:
     return estimator
   hint = ""
@@ -131,7 +133,7 @@ def _k3_series_degree(dtype: np.dtype) -> int:
   The first omitted term, relative to d^2 / 2, is below 2^-25 (float32) or
   2^-55 (float64) on the whole interval.
   """
-  return 10 if jnp.finfo(dtype).bits <= 32 else 17
+  return 10 if _checks.finfo(dtype).bits <= 32 else 17
 
 
 @jax.custom_jvp
@@ -160,7 +162,9 @@ def _k3(log_r: jax.Array) -> jax.Array:
 
 
 @_k3.defjvp
-def _k3_jvp(primals, tangents):
+def _k3_jvp(
+  primals: tuple[jax.Array], tangents: tuple[jax.Array]
+) -> tuple[jax.Array, jax.Array]:
   (log_r,), (tangent,) = primals, tangents
   return _k3(log_r), jnp.expm1(log_r) * tangent
 
@@ -247,7 +251,8 @@ def kl_estimator_terms(
   _checks.check_same_shape(log_p, log_q, "log_p", "log_q")
   out_dtype, compute_dtype = _checks.result_dtype(log_p, log_q)
   log_r = log_q.astype(compute_dtype) - log_p.astype(compute_dtype)
-  return _log_ratio_terms(log_r, estimator).astype(out_dtype)
+  terms: jax.Array = _log_ratio_terms(log_r, estimator)
+  return terms.astype(out_dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -309,7 +314,10 @@ def weighted_estimate(
   enough = count > ddof
   correction = count / jnp.where(enough, count - ddof, 1)
   stderr = jnp.where(enough, jnp.sqrt(sq * correction), jnp.nan)
-  squeeze = lambda a: jnp.squeeze(a, axis=axes)  # noqa: E731
+
+  def squeeze(a: jax.Array) -> jax.Array:
+    return jnp.squeeze(a, axis=axes)
+
   return squeeze(mean), squeeze(stderr), squeeze(lam)
 
 
@@ -359,7 +367,7 @@ def leave_one_out_coefficients(
   )
   lead = tuple(range(len(axes)))
 
-  def flat(a):
+  def flat(a: jax.Array) -> jax.Array:
     moved = jnp.moveaxis(a, axes, lead)
     return jnp.reshape(moved, (-1, *moved.shape[len(axes) :]))
 
@@ -387,7 +395,7 @@ def leave_one_out_coefficients(
   var = bcc - 2 * c_mean * bc + c_mean * c_mean * b_sum
   # Rounding can leave a tiny (or negative) variance where the others' c are
   # all equal: no usable fit, so no control.
-  eps = jnp.finfo(var.dtype).eps
+  eps = _checks.finfo(var.dtype).eps
   ok = var > 16 * eps * (bcc + c_mean * c_mean * b_sum)
   lam = jnp.where(ok, -cov / jnp.where(ok, var, 1), 0)
   moved_shape = tuple(jnp.moveaxis(values, axes, lead).shape)
@@ -542,6 +550,7 @@ def kl_from_samples(
   log_q = _checks.as_float_array(log_q, "log_q")
   _checks.check_same_shape(log_p, log_q, "log_p", "log_q")
   arrays = [log_p, log_q]
+  log_w: jax.Array | None = None
   if log_weights is not None:
     log_w = _checks.as_float_array(log_weights, "log_weights")
     _checks.check_same_shape(log_p, log_w, "log_p", "log_weights")
@@ -554,12 +563,12 @@ def kl_from_samples(
   log_r = log_q.astype(compute_dtype) - log_p.astype(compute_dtype)
   if mask is not None:
     log_r = jnp.where(mask, log_r, 0)
-  if log_weights is None:
-    log_w = None
-  else:
+  if log_w is not None:
     log_w = log_w.astype(compute_dtype)
     if mask is not None:
       log_w = jnp.where(mask, log_w, -jnp.inf)
+  estimate: jax.Array
+  stderr: jax.Array
   estimate, stderr = estimate_from_log_ratios(
     log_r,
     estimator=estimator,
@@ -664,6 +673,7 @@ def estimate_from_log_ratios(
   if groups > 1:
     values, weights, control, count = _pair_up(values, weights, control, count, groups)
   if crossfit:
+    assert control is not None  # 'cv_crossfit' has a control variate
     # Each sample's (or pair's) coefficient is fitted to the others, so it
     # is independent of that sample: every term is unbiased.
     lam = leave_one_out_coefficients(values, control, weights, axes)
@@ -889,16 +899,22 @@ def pareto_k_of_rows(rows: jax.Array) -> jax.Array:
   return pareto_k_from_tops(jax.lax.top_k(rows, tail + 1)[0], tail)
 
 
-def _pair_up(values, weights, control, count, groups):
+def _pair_up(
+  values: jax.Array,
+  weights: jax.Array,
+  control: jax.Array | None,
+  count: jax.Array,
+  groups: int,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array]:
   """Combines samples ``i, i + n/g, ...`` (one antithetic group) into one."""
 
-  def split(a):
+  def split(a: jax.Array) -> jax.Array:
     return jnp.reshape(a, (groups, a.shape[0] // groups, *a.shape[1:]))
 
   w = split(weights)
   group_w = jnp.sum(w, axis=0)
 
-  def combine(a):
+  def combine(a: jax.Array) -> jax.Array:
     return _safe_divide(jnp.sum(w * split(a), axis=0), group_w)
 
   values = combine(values)

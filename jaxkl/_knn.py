@@ -63,12 +63,12 @@ _AUTO_CHUNK_ELEMENTS = 1 << 20
 _AUTO_CHUNK_BOUNDS = (16, 1024)
 
 
-def _check_k(k) -> int:
+def _check_k(k: object) -> int:
   """Checks that ``k`` is a positive Python (or NumPy) int."""
   return _checks.check_positive_int(k, "k", "the neighbour rank, static")
 
 
-def _check_chunk_size(chunk_size) -> int | None:
+def _check_chunk_size(chunk_size: object) -> int | None:
   """Checks that ``chunk_size`` is None or a positive int."""
   if chunk_size is None:
     return None
@@ -139,7 +139,7 @@ def _squared_distances(
     return jnp.maximum(sq, 0)
   a_t = a.T
 
-  def term(j):
+  def term(j: int | jax.Array) -> jax.Array:
     return jnp.square(a_t[j][:, None] - b_t[j][None, :])
 
   dim = a.shape[1]
@@ -166,14 +166,17 @@ def _kth_smallest(sq: jax.Array, k: int) -> jax.Array:
   if k == 1:
     return first
 
-  def step(_, carry):
+  def step(
+    _: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     value, seen, result = carry
     seen = seen + jnp.sum(sq == value[:, None], axis=1, dtype=jnp.int32)
     above = jnp.min(jnp.where(sq > value[:, None], sq, jnp.inf), axis=1)
     return above, seen, jnp.where(seen < k, above, result)
 
   seen = jnp.zeros(first.shape, jnp.int32)
-  return lax.fori_loop(0, k - 1, step, (first, seen, first))[2]
+  result: jax.Array = lax.fori_loop(0, k - 1, step, (first, seen, first))[2]
+  return result
 
 
 def _ball(sq: jax.Array, radius_sq: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -184,7 +187,17 @@ def _ball(sq: jax.Array, radius_sq: jax.Array) -> tuple[jax.Array, jax.Array]:
   return count, largest
 
 
-def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator, distance):
+def _chunk_radii(
+  x_t: jax.Array,
+  y_t: jax.Array,
+  resolution: jax.Array,
+  rows: jax.Array,
+  start: jax.Array,
+  *,
+  k: int,
+  estimator: str,
+  distance: str,
+) -> tuple[jax.Array, ...]:
   """Neighbour radii (and ranks) of the query rows ``rows [c, d]``.
 
   ``start`` is the index of ``rows[0]`` in ``x``, used to exclude each point's
@@ -203,7 +216,7 @@ def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator, distance):
   sq_y = _squared_distances(rows, y_t, distance)
   # Distances below the query point's floor are the floor (elementwise, so also
   # the k-th values and the balls' largest ones).
-  tiny_root = np.sqrt(jnp.finfo(rows.dtype).tiny).astype(rows.dtype)
+  tiny_root = np.sqrt(_checks.finfo(rows.dtype).tiny).astype(rows.dtype)
   floor = jnp.maximum(resolution * jnp.max(jnp.abs(rows), axis=1), tiny_root)
   floor_sq = jnp.square(floor)
   rho_sq = jnp.maximum(_kth_smallest(sq_x, k), floor_sq)
@@ -223,7 +236,16 @@ def _chunk_radii(x_t, y_t, resolution, rows, start, *, k, estimator, distance):
 @functools.partial(
   jax.jit, static_argnames=("k", "estimator", "chunk_size", "distance")
 )
-def _knn_kl(x, y, resolution, *, k, estimator, chunk_size, distance):
+def _knn_kl(
+  x: jax.Array,
+  y: jax.Array,
+  resolution: jax.Array,
+  *,
+  k: int,
+  estimator: str,
+  chunk_size: int,
+  distance: str,
+) -> jax.Array:
   """Traced part of ``knn_kl``; arguments already checked and cast.
 
   ``resolution`` (a scalar of x's dtype) is the relative floor on distances,
@@ -247,7 +269,7 @@ def _knn_kl(x, y, resolution, *, k, estimator, chunk_size, distance):
   # The rounding steps (logs, digammas, the sum) run on whole [n] vectors, which
   # the barrier keeps from being fused back into chunk-shaped loops, so that
   # they round the same way whatever chunk_size.
-  per_point = lax.optimization_barrier(per_point)
+  per_point = lax.optimization_barrier(per_point)  # type: ignore[no-untyped-call]  # jax.lax.optimization_barrier is unannotated
   rho_sq, nu_sq = per_point[:2]
   terms = 0.5 * dim * (jnp.log(nu_sq) - jnp.log(rho_sq))
   if estimator == "adaptive":
@@ -387,7 +409,15 @@ def knn_kl(
   return _estimate(x, y, k=k, estimator=estimator, chunk_size=chunk_size)
 
 
-def _estimate(x, y, *, k, estimator, chunk_size, distance="direct"):
+def _estimate(
+  x: ArrayLike,
+  y: ArrayLike,
+  *,
+  k: object,
+  estimator: object,
+  chunk_size: object,
+  distance: str = "direct",
+) -> jax.Array:
   """Checks the arguments of ``knn_kl`` and runs the jitted computation."""
   k = _check_k(k)
   if not isinstance(estimator, str):
@@ -402,8 +432,8 @@ def _estimate(x, y, *, k, estimator, chunk_size, distance="direct"):
   out_dtype, compute_dtype = _checks.result_dtype(x, y)
   n, m = x.shape[0], y.shape[0]
   chunk_size = _auto_chunk_size(n, m) if chunk_size is None else min(chunk_size, n)
-  resolution = np.asarray(jnp.finfo(out_dtype).eps / 4, compute_dtype)
-  result = _knn_kl(
+  resolution = np.asarray(_checks.finfo(out_dtype).eps / 4, compute_dtype)
+  result: jax.Array = _knn_kl(
     x.astype(compute_dtype),
     y.astype(compute_dtype),
     resolution,

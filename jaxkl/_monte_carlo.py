@@ -55,18 +55,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 import statistics
 import sys
+import types
 import warnings
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from typing import Any
 from typing import Literal
 from typing import NamedTuple
+from typing import SupportsIndex
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jaxkl import _checks
 from jaxkl import _estimators
@@ -119,9 +125,13 @@ class KLEstimate:
       ``stderr`` can be trusted; from 0.5 up it is probably infinite and the
       interval's coverage can fall far below its level; from 0.7 up even
       the estimate converges very slowly. NaN when not computed
-      (``tail_diagnostic=False``, fewer than 25 terms, non-finite terms),
-      :math:`-\infty` for a constant tail. ``None`` only in an estimate
-      built by hand without it.
+      (``tail_diagnostic=False``, fewer than 25 terms, non-finite terms).
+      :math:`-\infty` when the fitted tail is constant, e.g. for ``P == Q``
+      (every term 0): a point mass is the limit :math:`\xi \to -\infty`
+      of a bounded generalized Pareto tail, so it reads as "trust" (below
+      0.5, no warning), and rightly: the terms' variance is finite (0, and
+      ``stderr`` is 0). ``None`` only in an estimate built by hand without
+      it.
   """
 
   value: jax.Array
@@ -131,7 +141,9 @@ class KLEstimate:
   estimator: str
   pareto_k: jax.Array | None = None
 
-  __hash__ = None  # holds arrays, which are not hashable
+  # Holds arrays, which are not hashable; `= None` is Python's way to say so,
+  # which mypy reads as overriding object.__hash__ with the wrong type.
+  __hash__ = None  # type: ignore[assignment]
 
   def __eq__(self, other: object) -> bool:
     if type(other) is not type(self):
@@ -192,16 +204,16 @@ class KLEstimate:
     k = self.pareto_k
     if k is None or isinstance(k, jax.core.Tracer):
       return
-    k = np.asarray(k, dtype=np.float64)
-    flagged = k >= PARETO_K_THRESHOLD  # NaN compares False
+    khat = np.asarray(k, dtype=np.float64)
+    flagged = khat >= PARETO_K_THRESHOLD  # NaN compares False
     if not np.any(flagged):
       return
     where = ""
-    if k.ndim:
-      where = f" for {int(np.sum(flagged))} of {k.size} entries"
+    if khat.ndim:
+      where = f" for {int(np.sum(flagged))} of {khat.size} entries"
     warnings.warn(
       f"KLEstimate(estimator={self.estimator!r}): the tail diagnostic "
-      f"pareto_k = {float(np.max(k[flagged])):.2f} >= "
+      f"pareto_k = {float(np.max(khat[flagged])):.2f} >= "
       f"{PARETO_K_THRESHOLD}{where}: the estimator's terms probably have "
       "an infinite variance, so `stderr` and this interval are not "
       "reliable (their coverage can be far below the level asked). "
@@ -222,7 +234,71 @@ jax.tree_util.register_dataclass(
 )
 
 
-class StandardNormalPushforward(NamedTuple):
+def _as_int(value: object) -> int | None:
+  """``operator.index(value)`` (ints, NumPy and concrete JAX integers), else None.
+
+  Bools are refused (``True`` is no size).
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, SupportsIndex):
+    return None
+  try:
+    return operator.index(value)
+  except TypeError:  # a float array's __index__, or a traced value
+    return None
+
+
+def _check_event_shape(event_shape: object) -> tuple[int, ...]:
+  """``event_shape`` as a tuple of non-negative Python ints, or raises.
+
+  Accepts any sequence of ints (``[2]``, ``(2, 3)``, ``np.array([2])``,
+  NumPy integers), so that equal shapes give equal, hashable pushforwards.
+
+  Raises:
+    TypeError: not a sequence, or an entry that is not an int (a bool, a
+      float, a traced value).
+    ValueError: a negative entry.
+  """
+  allowed = "a tuple of non-negative ints, the shape of one `z`"
+  if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Iterable):
+    hint = ""
+    if isinstance(event_shape, (int, np.integer)) and not isinstance(
+      event_shape, (bool, np.bool_)
+    ):
+      hint = f" For {int(event_shape)} coordinates pass `({int(event_shape)},)`."
+    raise TypeError(
+      f"`event_shape` must be {allowed}; got {event_shape!r} of type "
+      f"{type(event_shape).__name__}.{hint}"
+    )
+  dims: list[int] = []
+  for d in event_shape:
+    size = _as_int(d)
+    if size is None:
+      raise TypeError(
+        f"`event_shape` must be {allowed}; got {event_shape!r}, whose entry "
+        f"{d!r} (type {type(d).__name__}) is not an int."
+      )
+    if size < 0:
+      raise ValueError(
+        f"`event_shape` must be {allowed}; got {event_shape!r}, with the "
+        f"negative entry {size}."
+      )
+    dims.append(size)
+  return tuple(dims)
+
+
+class _PushforwardFields(NamedTuple):
+  """The fields of ``StandardNormalPushforward`` (which checks them)."""
+
+  transform: Callable[[jax.Array], Any]
+  log_prob: Callable[[Any], jax.Array]
+  event_shape: tuple[int, ...] = ()
+  dtype: Any = None
+
+
+_Pushforward = TypeVar("_Pushforward", bound="StandardNormalPushforward")
+
+
+class StandardNormalPushforward(_PushforwardFields):
   r"""A distribution given as ``transform(z)``, ``z ~ N(0, I)``.
 
   Samples are :math:`x = T(z)` with :math:`z` standard normal of shape
@@ -231,11 +307,11 @@ class StandardNormalPushforward(NamedTuple):
   :math:`T(z), T(-z)`. Location-scale families are the typical case:
   ``transform = lambda z: loc + scale * z``.
 
-  It is a ``NamedTuple``: immutable, compared and hashed by its fields (the
-  callables by identity), so it can be a static argument of ``jax.jit``
-  (or be closed over), copied, deep-copied (the callables are shared, as
-  ``copy.deepcopy`` does for functions) and kept as an attribute of a Flax
-  NNX module. ``copy.deepcopy`` returns the object itself: its fields are
+  It is a ``NamedTuple`` (a subclass, which checks ``event_shape``):
+  immutable, compared and hashed by its fields (the callables by identity),
+  so it can be a static argument of ``jax.jit`` (or be closed over), copied,
+  deep-copied (the callables are shared, as ``copy.deepcopy`` does for
+  functions) and kept as an attribute of a Flax NNX module. ``copy.deepcopy`` returns the object itself: its fields are
   callables, which ``deepcopy`` treats as immutable (it would otherwise copy
   a ``functools.partial`` into a new, unequal object and defeat ``jit``'s
   cache). It pickles exactly when its callables do: module-level
@@ -251,8 +327,16 @@ class StandardNormalPushforward(NamedTuple):
   Attributes:
     transform: ``z -> samples``, vectorized over the leading axis.
     log_prob: ``samples -> [n, ...]`` log-densities.
-    event_shape: the shape of one ``z`` (default scalar).
+    event_shape: the shape of one ``z`` (default scalar): a sequence of
+      non-negative ints (``(2,)``, ``[2]``, NumPy integers), stored as a
+      tuple of Python ints, so that equal shapes give equal (and equally
+      hashed) objects.
     dtype: the dtype of ``z`` (default: JAX's default float).
+
+  Raises:
+    TypeError: ``event_shape`` is not a sequence of ints (e.g. a bare ``2``:
+      pass ``(2,)``).
+    ValueError: ``event_shape`` has a negative entry.
 
   Examples:
     >>> import jax
@@ -270,12 +354,27 @@ class StandardNormalPushforward(NamedTuple):
     True
   """
 
-  transform: Callable[[jax.Array], Any]
-  log_prob: Callable[[Any], jax.Array]
-  event_shape: tuple[int, ...] = ()
-  dtype: Any = None
+  __slots__ = ()
 
-  def __deepcopy__(self, memo: dict) -> StandardNormalPushforward:
+  def __new__(
+    cls,
+    transform: Callable[[jax.Array], Any],
+    log_prob: Callable[[Any], jax.Array],
+    event_shape: Iterable[int] = (),
+    dtype: Any = None,
+  ) -> StandardNormalPushforward:
+    return super().__new__(
+      cls, transform, log_prob, _check_event_shape(event_shape), dtype
+    )
+
+  # NamedTuple's `_make` (and so `_replace`) bypasses `__new__`. mypy reports
+  # every `_make` override in a NamedTuple subclass, even one with its own
+  # synthesized signature, as incompatible.
+  @classmethod
+  def _make(cls: type[_Pushforward], iterable: Iterable[Any]) -> _Pushforward:  # type: ignore[override]
+    return cls(*iterable)
+
+  def __deepcopy__(self, memo: dict[int, object]) -> StandardNormalPushforward:
     return self  # immutable; its callables are shared, as deepcopy does
 
 
@@ -302,18 +401,18 @@ def _from_library(obj: Any) -> bool:
 
 def _call_method(obj: Any, method: str) -> Callable[..., Any]:
   """``obj.<method>``, under ``_library_context`` for library objects."""
-  bound = getattr(obj, method)
+  bound: Callable[..., Any] = getattr(obj, method)
   if not _from_library(obj):
     return bound
 
-  def call(*args, **kwargs):
+  def call(*args: Any, **kwargs: Any) -> Any:
     with _library_context():
       return bound(*args, **kwargs)
 
   return call
 
 
-def _numpyro_distributions():
+def _numpyro_distributions() -> types.ModuleType | None:
   """``numpyro.distributions`` if it is already imported, else None."""
   return sys.modules.get("numpyro.distributions")
 
@@ -360,17 +459,20 @@ def _log_prob_fn(obj: Any, name: str) -> Callable[[Any], jax.Array]:
     return obj.log_prob
   if _is_numpyro(obj):
 
-    def numpyro_log_prob(x):
+    def numpyro_log_prob(x: Any) -> jax.Array:
       with _library_context():
-        return obj.log_prob(x)
+        log_prob: jax.Array = obj.log_prob(x)
+      return log_prob
 
     return numpyro_log_prob
   if _is_pair(obj):
-    return obj[1]
+    pair_log_prob: Callable[[Any], jax.Array] = obj[1]
+    return pair_log_prob
   if callable(getattr(obj, "log_prob", None)):
     return _call_method(obj, "log_prob")
   if callable(obj):
-    return obj
+    plain_log_prob: Callable[[Any], jax.Array] = obj
+    return plain_log_prob
   raise TypeError(
     f"`{name}` must be a distribution (NumPyro, TFP/Distrax-style, a "
     "`(sample, log_prob)` pair, a `jaxkl.StandardNormalPushforward`) or a "
@@ -378,20 +480,25 @@ def _log_prob_fn(obj: Any, name: str) -> Callable[[Any], jax.Array]:
   )
 
 
-def _numpyro_normal_transform(dist: Any):
+def _numpyro_normal_transform(
+  dist: Any,
+) -> tuple[tuple[int, ...], DTypeLike, Callable[[jax.Array], jax.Array]] | None:
   """``(z_shape, dtype, T)`` with ``dist`` the law of ``T(z)``, or None.
 
   Supports ``Normal``, ``MultivariateNormal``, and ``Independent`` and
   ``TransformedDistribution`` (e.g. ``LogNormal``) built on them.
   """
   module = _numpyro_distributions()
+  if module is None:  # not a NumPyro distribution
+    return None
   if isinstance(dist, module.Normal):
-    loc, scale = dist.loc, dist.scale
+    loc: jax.Array = dist.loc
+    scale: jax.Array = dist.scale
     return (tuple(dist.batch_shape), jnp.result_type(loc), lambda z: loc + scale * z)
   if isinstance(dist, module.MultivariateNormal):
     loc, tril = dist.loc, dist.scale_tril
 
-    def mvn(z):
+    def mvn(z: jax.Array) -> jax.Array:
       return loc + jnp.squeeze(jnp.matmul(tril, z[..., None]), axis=-1)
 
     return (
@@ -408,7 +515,7 @@ def _numpyro_normal_transform(dist: Any):
     shape, dtype, base = inner
     transforms = tuple(dist.transforms)
 
-    def pushed(z):
+    def pushed(z: jax.Array) -> jax.Array:
       x = base(z)
       for t in transforms:
         x = t(x)
@@ -419,7 +526,11 @@ def _numpyro_normal_transform(dist: Any):
 
 
 def _standard_normal(
-  key: jax.Array, n: int, shape: tuple[int, ...], dtype, antithetic: bool
+  key: jax.Array,
+  n: int,
+  shape: tuple[int, ...],
+  dtype: DTypeLike | None,
+  antithetic: bool,
 ) -> jax.Array:
   """``[n, *shape]`` standard normals; ``z`` then ``-z`` if antithetic."""
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
@@ -607,7 +718,7 @@ def check_key(key: Any, p: Any, q: Any, function: str) -> None:
     )
   dtype = getattr(key, "dtype", None)
   shape = tuple(getattr(key, "shape", ()) or ())
-  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
     if shape == ():
       return
     raise ValueError(
@@ -756,7 +867,8 @@ def monte_carlo_kl(
   :math:`(30 + \sqrt M) \times M` grid (see the README's benchmark);
   ``tail_diagnostic=False`` skips it (``pareto_k`` is then NaN). It is NaN
   with fewer than 25 terms (no tail to fit) or non-finite terms, and
-  :math:`-\infty` when the tail is constant (e.g. ``p == q``).
+  :math:`-\infty` when the tail is constant (e.g. ``p == q``, every term
+  0): the limit of a bounded tail, which is trusted (see ``KLEstimate``).
 
   Batches: distributions with a batch shape ``B`` give a ``value`` of shape
   ``B`` (the sample axis is the leading axis of the log-densities). The

@@ -57,16 +57,23 @@ finite too.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import DTypeLike
 
+from jaxkl import _checks
+
+# The tangent of one input in a ``symbolic_zeros=True`` JVP rule.
+Tangent = jax.Array | SymbolicZero
+
 
 def _zero_mass_floor(p: jax.Array) -> jax.Array:
   """-0 where ``p == 0`` and -inf where ``p`` is a positive normal float."""
-  finfo = jnp.finfo(p.dtype)
+  finfo = _checks.finfo(p.dtype)
   scale = jnp.asarray(2.0 / float(finfo.tiny), p.dtype)  # tiny * scale == 2
   # The `minimum` keeps XLA from folding the two constant factors together
   # (which would give 0 * inf = nan at p == 0).
@@ -80,7 +87,7 @@ def _log_floor(dtype: DTypeLike) -> tuple[float, float]:
   ``(log p - c) * K`` overflows to ``-inf`` for every ``p >= tiny``
   (``log p - c >= -log(tiny)``, one more than ``M / |K|``).
   """
-  finfo = jnp.finfo(dtype)
+  finfo = _checks.finfo(dtype)
   log_tiny = math.log(float(finfo.tiny))
   return 2.0 * log_tiny, -float(finfo.max) / (-log_tiny - 1.0)
 
@@ -92,9 +99,11 @@ def _terms(
   return p * (clamped_log_p - jnp.maximum(log_q, floor))
 
 
-def _linear_combination(out, pairs):
+def _linear_combination(
+  out: jax.Array, pairs: Sequence[tuple[Callable[[], jax.Array], Tangent]]
+) -> jax.Array:
   """Sum of ``coefficient() * tangent`` over the non-symbolic-zero tangents."""
-  total = None
+  total: jax.Array | None = None
   for coefficient, tangent in pairs:
     if isinstance(tangent, SymbolicZero):
       continue
@@ -124,7 +133,9 @@ def _kl_terms_dp(log_q: jax.Array, p: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.log(safe_p) + 1 - safe_log_q, 0)
 
 
-def _kl_terms_probs_jvp(primals, tangents):
+def _kl_terms_probs_jvp(
+  primals: tuple[jax.Array, jax.Array], tangents: tuple[Tangent, Tangent]
+) -> tuple[jax.Array, jax.Array]:
   log_q, p = primals
   d_log_q, d_p = tangents
   out = kl_terms_probs(log_q, p)
@@ -171,7 +182,9 @@ def _kl_terms_log_target_dlog_p(log_q: jax.Array, log_p: jax.Array) -> jax.Array
   return jnp.where(positive, p * (safe_log_p - safe_log_q + 1), 0)
 
 
-def _kl_terms_log_target_jvp(primals, tangents):
+def _kl_terms_log_target_jvp(
+  primals: tuple[jax.Array, jax.Array], tangents: tuple[Tangent, Tangent]
+) -> tuple[jax.Array, jax.Array]:
   log_q, log_p = primals
   d_log_q, d_log_p = tangents
   out = kl_terms_log_target(log_q, log_p)

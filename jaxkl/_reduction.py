@@ -178,7 +178,7 @@ def reduce_loss(
     result = total
   elif reduction == "batchmean":
     result = total / values.shape[0] if values.ndim else total
-  elif where is None:
+  elif mask is None:  # no `where`
     result = total / np.asarray(values.size, compute_dtype)
   else:
     count = jnp.sum(mask, dtype=jnp.int32).astype(compute_dtype)

@@ -28,9 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkl._checks import finfo
+
 
 def _is_double(x: jax.Array) -> bool:
-  return jnp.finfo(x.dtype).bits > 32
+  return finfo(x.dtype).bits > 32
 
 
 def log1p(x: jax.Array) -> jax.Array:
@@ -91,14 +93,14 @@ def _safe_log_quotient(x: jax.Array, y: jax.Array) -> jax.Array:
   """``log(y / x)`` for positive ``x``, ``y``, also where ``y / x`` over- or
   underflows (then as ``log y - log x``)."""
   t = y / x
-  ok = jnp.isfinite(t) & (t >= jnp.finfo(t.dtype).tiny)
+  ok = jnp.isfinite(t) & (t >= finfo(t.dtype).tiny)
   direct = jnp.log(jnp.where(ok, t, 1))
   return jnp.where(ok, direct, jnp.log(y) - jnp.log(x))
 
 
 def _regular(x: jax.Array) -> jax.Array:
   """``x`` is positive and finite (a subnormal ``x`` counts as 0)."""
-  return (x >= jnp.finfo(x.dtype).tiny) & (x < jnp.inf)
+  return jnp.logical_and(x >= finfo(x.dtype).tiny, x < jnp.inf)
 
 
 def difference(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -155,7 +157,7 @@ def x_phi(x: jax.Array, d: jax.Array, y: jax.Array) -> jax.Array:
   df = jnp.where(far_ok, d, 0)
   log_t = _safe_log_quotient(xf, yf)
   far = jnp.where(yf == 0, jnp.inf, df - xf * log_t)
-  zero = x < jnp.finfo(x.dtype).tiny  # 0, or subnormal (flushed)
+  zero = x < finfo(x.dtype).tiny  # 0, or subnormal (flushed)
   return jnp.where(zero, y - x, jnp.where(equal, 0, jnp.where(near, small, far)))
 
 
@@ -205,8 +207,8 @@ def _binet(x: jax.Array, terms: int) -> tuple[jax.Array, jax.Array]:
   return value * z, slope * z2
 
 
-def _bregman_binet(x: jax.Array, d: jax.Array, terms: int) -> jax.Array:
-  """B_mu(x + d; x) for x, x + d >= N0, without cancellation.
+def _bregman_binet(x: jax.Array, d: jax.Array, y: jax.Array, terms: int) -> jax.Array:
+  """B_mu(y; x) for x, y = x + d >= N0, without cancellation.
 
   Each term c x^-m of Stirling's series (m = 2k - 1) contributes
   c x^-m g_m(r), r = d / x, with g_m(r) = (1 + r)^-m - 1 + m r
@@ -230,13 +232,38 @@ def _bregman_binet(x: jax.Array, d: jax.Array, terms: int) -> jax.Array:
     total = total * z2 + _STIRLING[k] * poly
   small = rs * rs * q * z * total
   mu_x, dmu_x = _binet(x, terms)
-  y = jnp.where(near, 2 * x, x + d)
-  mu_y, _ = _binet(y, terms)
+  mu_y, _ = _binet(jnp.where(near, 2 * x, y), terms)
   far = mu_y - mu_x - d * dmu_x
   return jnp.where(near, small, far)
 
 
-def bregman_h(x: jax.Array, d: jax.Array) -> jax.Array:
+_HALF_LOG_2PI = 0.5 * float(np.log(2 * np.pi))
+# max(x, y) / min(x, y) above which bregman_h uses the direct difference.
+_DIRECT_RATIO = 2.0
+
+
+def _h_and_slope(z: jax.Array, n0: int, terms: int) -> tuple[jax.Array, jax.Array]:
+  """``h(z) = lgamma(z) - z log z + z`` and ``h'(z) = psi(z) - log z``.
+
+  For ``z >= N0`` from Stirling's series, ``h = -log(z) / 2 + log(2 pi) / 2
+  + mu(z)`` and ``h' = -1 / (2 z) + mu'(z)`` (no cancellation: both are
+  small, accurate relative to themselves); below, from ``lgamma`` and
+  ``digamma`` (absolute error a few ulps of ``|lgamma(z)| + |z log z|``,
+  at most ~``2 N0 log N0`` ulps).
+  """
+  big = z >= n0
+  zb = jnp.where(big, z, n0)
+  mu, dmu = _binet(zb, terms)
+  h_big = -0.5 * jnp.log(zb) + _HALF_LOG_2PI + mu
+  slope_big = -0.5 / zb + dmu
+  zs = jnp.where(big, 1, z)
+  log_zs = jnp.log(zs)
+  h_small = jax.lax.lgamma(zs) - zs * log_zs + zs
+  slope_small = jax.lax.digamma(zs) - log_zs
+  return jnp.where(big, h_big, h_small), jnp.where(big, slope_big, slope_small)
+
+
+def bregman_h(x: jax.Array, d: jax.Array, y: jax.Array | None = None) -> jax.Array:
   r"""Bregman divergence :math:`B_h(y; x) = h(y) - h(x) - (y - x) h'(x) \ge 0`
   of :math:`h(x) = \log\Gamma(x) - x\log x + x`, with :math:`y = x + d`.
 
@@ -270,20 +297,37 @@ def bregman_h(x: jax.Array, d: jax.Array) -> jax.Array:
   Args:
     x: positive array.
     d: ``y - x`` (``y > 0``), the same shape.
+    y: ``y`` itself, the same shape (default ``x + d``). Pass it when
+      ``y`` is much smaller than ``x``: ``x + d`` then loses its relative
+      accuracy (or its sign) to the rounding of ``d``.
 
   Returns:
     :math:`B_h(x + d; x)`, the same shape and dtype.
   """
   n0, terms = _stirling_setup(x)
-  y = x + d
+  if y is None:
+    y = x + d
   zero = (d == 0) & ~_regular(x)
   x = jnp.where(zero, 1, x)
   y = jnp.where(zero, 1, y)
   d = jnp.where(zero, 0, d)
   low = jnp.minimum(x, y)
+  # Far apart with one argument below N0: the recurrence's two x_phi terms
+  # would both be of the size of the larger argument and cancel; the direct
+  # difference of h values is well conditioned there (see _h_and_slope).
+  direct = (low < n0) & (jnp.maximum(x, y) > _DIRECT_RATIO * low)
+  xd = jnp.where(direct, x, 1)
+  yd = jnp.where(direct, y, 1)
+  h_x, slope_x = _h_and_slope(xd, n0, terms)
+  h_y, _ = _h_and_slope(yd, n0, terms)
+  direct_value = jnp.maximum((h_y - h_x) - jnp.where(direct, d, 0) * slope_x, 0)
+  x = jnp.where(direct, 1, x)
+  y = jnp.where(direct, 1, y)
+  d = jnp.where(direct, 0, d)
+  low = jnp.minimum(x, y)
   shift = jnp.maximum(jnp.ceil(n0 - low), 0)
 
-  def step(j, total):
+  def step(j: jax.Array, total: jax.Array) -> jax.Array:
     active = shift > j
     xj = jnp.where(active, x + j, 1)
     yj = jnp.where(active, y + j, 1)
@@ -295,8 +339,8 @@ def bregman_h(x: jax.Array, d: jax.Array) -> jax.Array:
   xn = x + shift
   yn = y + shift
   total = total + jnp.where(shifted, x_phi(yn, -d, xn) - x_phi(y, -d, x), 0)
-  total = total + 0.5 * phi(xn, d, yn) + _bregman_binet(xn, d, terms)
-  return jnp.where(zero, 0, total)
+  total = total + 0.5 * phi(xn, d, yn) + _bregman_binet(xn, d, yn, terms)
+  return jnp.where(zero, 0, jnp.where(direct, direct_value, total))
 
 
 # ----------------------------------------------------------------------------

@@ -4,7 +4,8 @@ The references are computed from the *rounded* parameters actually passed
 (float32 or float64), so they measure the error of jaxkl's evaluation alone.
 Each family is checked on a deterministic grid spanning parameters from 1e-3
 to 1e8, with pairs that are equal, nearly equal (relative differences 1e-7 to
-1e-1) and far apart, in float32 and float64. The bounds asserted are the ones
+1e-1) and far apart, in float32 and float64; Gamma and Beta also on the full
+product grid ``PRODUCT_VALUES ** 4`` (one call per family and dtype). The bounds asserted are the ones
 documented in ``jaxkl/_analytic.py``'s module docstring:
 
 * float64: ``|got - want| <= 1e-11 * want`` (no absolute floor; measured
@@ -17,12 +18,16 @@ and every value is finite and non-negative (exactly 0 for P = Q).
 """
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import jaxkl
 
@@ -30,7 +35,7 @@ mp = mpmath.mp
 DPS = 50
 
 BOUNDS = {np.float32: 1e-4, np.float64: 1e-11}
-LOOSER_FLOAT32 = {"beta": 1e-3, "dirichlet": 1e-3}
+LOOSER_FLOAT32 = {"beta": 1e-3, "beta_product": 1e-3, "dirichlet": 1e-3}
 DTYPES = [np.float32, np.float64]
 
 SCALES = [1e-3, 0.1, 1.0, 30.0, 1e4, 1e8]
@@ -206,8 +211,22 @@ def _grid_beta():
   return out
 
 
+# Every combination of these values for the four parameters (far-apart pairs
+# with huge and tiny parameters, where rearrangements made for near-equal
+# pairs would overflow or cancel).
+PRODUCT_VALUES = [1e-3, 0.05, 1.0, 30.0, 1e3, 1e5, 1e8]
+
+
+def _grid_product():
+  return list(itertools.product(PRODUCT_VALUES, repeat=4))
+
+
 def _grid_dirichlet():
   out = []
+  # Far-apart three-component pairs with extreme concentrations.
+  extremes = [[1e8, 1.0, 1.0], [1e-3, 1e5, 1.0], [1e5, 1e-3, 1e8], [1e-3, 30.0, 0.05]]
+  for a, b in itertools.product([*extremes, [1.0, 1.0, 1.0], [1e-3] * 3], repeat=2):
+    out.append((np.array(a), np.array(b)))
   bases = [
     [1.0, 1.0, 1.0],
     [1e-3, 0.5, 30.0],
@@ -294,6 +313,8 @@ FAMILIES = {
   "poisson": (jaxkl.kl_poisson, _ref_poisson, _grid_two),
   "gamma": (jaxkl.kl_gamma, _ref_gamma, _grid_gamma),
   "beta": (jaxkl.kl_beta, _ref_beta, _grid_beta),
+  "gamma_product": (jaxkl.kl_gamma, _ref_gamma, _grid_product),
+  "beta_product": (jaxkl.kl_beta, _ref_beta, _grid_product),
   "dirichlet": (jaxkl.kl_dirichlet, _ref_dirichlet, _grid_dirichlet),
   "laplace": (jaxkl.kl_laplace, _ref_laplace, _grid_laplace),
   "bernoulli": (jaxkl.kl_bernoulli, _ref_bernoulli, _grid_logits),
@@ -371,3 +392,85 @@ def test_self_divergence_is_exactly_zero(family):
       assert np.all(got == 0) or np.max(np.abs(got)) < 1e-30, got
     else:
       assert np.all(got == 0), (family, dtype, got)
+
+
+# ----------------------------------------------------------------------------
+# Categorical with large, nearly equal logits (the precise evaluation must not
+# fall back to the cancelling textbook sum when a class's p underflows).
+
+
+def _categorical_rows(rng, n, scale, k=4):
+  logits_p = (scale * rng.uniform(-1, 1, (n, k))).astype(np.float32)
+  rel = 10.0 ** rng.uniform(-9, -2, (n, 1))
+  change = rng.normal(size=(n, k)) * rel * np.abs(logits_p) * (rng.random((n, k)) < 0.5)
+  logits_q = (logits_p + change).astype(np.float32)
+  return logits_p, logits_q
+
+
+def _check_categorical(logits_p, logits_q, got):
+  got = np.asarray(got, np.float64)
+  # Digits enough for values down to 1e-250 (the reference sum cancels).
+  with mpmath.workdps(300):
+    want = np.array(
+      [float(_ref_categorical(a, b)) for a, b in zip(logits_p, logits_q, strict=True)]
+    )
+  assert np.all(got >= 0), got[got < 0]
+  err = np.abs(got - want)
+  # Values below float32's normal range underflow (flushed to 0).
+  tiny = float(np.finfo(np.float32).tiny)
+  assert np.all(err <= 1e-4 * want + tiny), (err / np.maximum(want, 1e-300)).max()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+  seed=st.integers(0, 2**31 - 1),
+  scale=st.sampled_from([1.0, 1e2, 1e3, 1e4]),
+)
+def test_categorical_large_near_equal_logits_property(seed, scale):
+  """float32, one row at a time: >= 0 and within 1e-4 of mpmath."""
+  logits_p, logits_q = _categorical_rows(np.random.default_rng(seed), 1, scale)
+  got = jaxkl.kl_categorical(jnp.asarray(logits_p[0]), jnp.asarray(logits_q[0]))
+  _check_categorical(logits_p, logits_q, got[None])
+
+
+def test_categorical_large_near_equal_logits_batched():
+  """The reported row, and 400 rows at logit scale 100 in one call, agree
+  with mpmath (and the row alone equals the row in the batch)."""
+  row_p = np.array([63.1, 49.6, -44.7, 35.8], np.float32)
+  row_q = np.array([63.101, 49.6, -44.7, 35.8], np.float32)
+  logits_p, logits_q = _categorical_rows(np.random.default_rng(0), 400, 100.0)
+  logits_p = np.concatenate([row_p[None], logits_p])
+  logits_q = np.concatenate([row_q[None], logits_q])
+  got = jaxkl.kl_categorical(jnp.asarray(logits_p), jnp.asarray(logits_q))
+  _check_categorical(logits_p, logits_q, got)
+  alone = jaxkl.kl_categorical(jnp.asarray(row_p), jnp.asarray(row_q))
+  np.testing.assert_allclose(float(alone), float(got[0]), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# Degenerate multivariate normals (zero or subnormal scales).
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_degenerate_multivariate_normals(dtype):
+  """A zero or subnormal diagonal of a Cholesky factor or covariance: 0
+  against identical parameters (value and gradient), +inf against a proper
+  normal, as kl_normal and kl_multivariate_normal_diag."""
+  with jax.enable_x64(dtype == np.float64):
+    for tiny in [0.0, 1e-40 if dtype == np.float32 else 1e-309]:
+      scale = jnp.asarray([tiny, 1.0], dtype)
+      low = jnp.diag(scale)
+      eye = jnp.eye(2, dtype=dtype)
+      z = jnp.zeros(2, dtype)
+      tril = jaxkl.kl_multivariate_normal
+      cov = jaxkl.kl_multivariate_normal_from_covariance
+      assert float(jaxkl.kl_multivariate_normal_diag(z, scale, z, scale)) == 0
+      assert float(tril(z, low, z, low)) == 0
+      assert float(cov(z, low, z, low)) == 0
+      grad = jax.grad(lambda m, lo=low, z=z, f=tril: f(z, m, z, lo))(low)
+      assert np.all(np.asarray(grad) == 0)
+      for fn in (tril, cov):
+        assert float(fn(z, low, z, eye)) == np.inf
+        assert float(fn(z, eye, z, low)) == np.inf
+        assert float(fn(z, low, z + 1, low)) == np.inf
+        assert np.isfinite(float(fn(z, eye, z + 1, 2 * eye)))

@@ -8,6 +8,7 @@ column holds what its label says, with and without PyTorch installed.
 """
 
 import contextlib
+import decimal
 import io
 import pathlib
 import re
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import warnings
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import scipy.special
@@ -145,6 +148,36 @@ def test_demo_columns_hold_what_their_labels_say(args, dtype):
     assert line.group(2) == ""
   # The zero-probability case: PyTorch's own nan, jaxkl's exact 0.
   assert re.search(r"jaxkl: 0\.0\s+torch: nan", out), out
+  assert_no_negative_zero(out)
+
+
+def assert_no_negative_zero(out):
+  """No number in the demo's output is a zero printed with a minus sign."""
+  assert "-0.0000" not in out, out
+  for number in re.findall(NUMBER, out):
+    if number.startswith("-") and "nan" not in number and "inf" not in number:
+      assert float(number) != 0.0, (number, out)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+  st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(-1e-8, 1e-8),
+    st.sampled_from([0.0, -0.0, -4.9e-9, -5.1e-9, 5e-9, -1e-300]),
+  )
+)
+def test_demo_numbers_have_no_negative_zero(x):
+  """``_format`` is ``x`` to 8 decimals (as ``decimal`` rounds it), signless at 0."""
+  from jaxkl.__main__ import _format  # pylint: disable=import-outside-toplevel
+
+  text = _format(np.float64(x))
+  exact = decimal.Context(prec=400)  # enough digits for any float64 to 1e-8
+  want = decimal.Decimal(x).quantize(
+    decimal.Decimal("1e-8"), decimal.ROUND_HALF_EVEN, context=exact
+  )
+  assert decimal.Decimal(text) == want, (x, text)
+  assert text.startswith("-") == (want < 0), (x, text)
 
 
 def test_demo_without_torch_has_no_torch_column():
@@ -161,6 +194,7 @@ def test_demo_without_torch_has_no_torch_column():
     assert reference == pytest.approx(value, abs=6e-9)
     assert ours == pytest.approx(value, abs=2e-7)
   assert "against the float64 reference: largest difference" in out
+  assert_no_negative_zero(out)
 
 
 def test_demo_help():
