@@ -45,14 +45,17 @@ The chunking idea is the one of Liger-Kernel's fused linear losses (Hsu et al.,
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import CustomVJPPrimal
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
+from jax.typing import DTypeLike
 
 from jaxkl import _checks
 from jaxkl import _logits
@@ -62,7 +65,7 @@ from jaxkl import _reduction
 class _Config(NamedTuple):
   """Static options of the fused loss (hashable: a ``nondiff_argnums``)."""
 
-  divergence: str
+  divergence: _logits.Divergence
   beta: float
   reduction: str
   chunk_size: int
@@ -83,14 +86,27 @@ class _Needs(NamedTuple):
 
 _NO_GRADS = _Needs()
 
+# (student_hidden, student_weight, teacher_hidden, teacher_weight,
+# temperature, mask): the whole arrays, mask None when all tokens count.
+_Operands = tuple[
+  jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, "jax.Array | None"
+]
+# Gradient blocks by argument name (the fields of ``_Needs``).
+_Grads = dict[str, jax.Array]
+# What the forward pass keeps for the backward pass: the names of the
+# gradients needed (dict keys: static), the operands, and the gradients when
+# they were computed with the loss (scalar reductions).
+_Residuals = tuple[dict[str, None], _Operands, "_Grads | None"]
+_DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple[()]]]
+
 # Contract the hidden axis of x [c, H] with the rows of w [H, V] -> [c, V];
 # and the vocabulary axes of g [c, V] and w [H, V] -> [c, H]. dot_general
 # takes the transpose as dimension numbers, so it is not materialized.
-_LOGITS_DIMS = (((1,), (0,)), ((), ()))
-_D_HIDDEN_DIMS = (((1,), (1,)), ((), ()))
+_LOGITS_DIMS: _DotDims = (((1,), (0,)), ((), ()))
+_D_HIDDEN_DIMS: _DotDims = (((1,), (1,)), ((), ()))
 
 
-def _weight_grad(x, g, accumulate_dtype):
+def _weight_grad(x: jax.Array, g: jax.Array, accumulate_dtype: DTypeLike) -> jax.Array:
   """``x.T @ g``: ``[c, H]`` and ``[c, V]`` to ``[H, V]``.
 
   The small ``[H, c]`` transpose of ``x`` is materialized (the optimization
@@ -99,11 +115,13 @@ def _weight_grad(x, g, accumulate_dtype):
   measurements than the dot contracting both operands' leading axes. It costs
   one copy of ``c * H`` elements.
   """
-  x_t = lax.optimization_barrier(x.T)
+  x_t: jax.Array = lax.optimization_barrier(x.T)  # type: ignore[no-untyped-call]  # jax.lax.optimization_barrier is unannotated
   return _matmul(x_t, g, _LOGITS_DIMS, accumulate_dtype)
 
 
-def _matmul(x, y, dims, accumulate_dtype):
+def _matmul(
+  x: jax.Array, y: jax.Array, dims: _DotDims, accumulate_dtype: DTypeLike
+) -> jax.Array:
   """``dot_general`` of ``x`` and ``y`` (cast to a common dtype), wide output."""
   dtype = jnp.result_type(x, y)
   return lax.dot_general(
@@ -111,7 +129,13 @@ def _matmul(x, y, dims, accumulate_dtype):
   )
 
 
-def _chunk_losses(config, student_logits, teacher_logits, temperature, mask):
+def _chunk_losses(
+  config: _Config,
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  temperature: jax.Array,
+  mask: jax.Array | None,
+) -> jax.Array:
   """``T^2 D`` per token of one chunk; the per-row code of distillation_loss."""
   per_token = _logits.divergence_from_logits(
     student_logits,
@@ -124,7 +148,15 @@ def _chunk_losses(config, student_logits, teacher_logits, temperature, mask):
   return per_token * jnp.square(temperature)
 
 
-def _chunk(config, needs, operands, start, size, cotangent, fresh):
+def _chunk(
+  config: _Config,
+  needs: _Needs,
+  operands: _Operands,
+  start: jax.Array,
+  size: int,
+  cotangent: jax.Array | None,
+  fresh: jax.Array | None,
+) -> tuple[jax.Array, _Grads | None]:
   """Losses of rows ``[start, start + size)`` and their gradient blocks.
 
   Args:
@@ -148,26 +180,32 @@ def _chunk(config, needs, operands, start, size, cotangent, fresh):
   h_s, w_s, h_t, w_t, temperature, mask = operands
   compute = temperature.dtype
 
-  def rows(x):
-    if x is None:
-      return None
+  def rows(x: jax.Array) -> jax.Array:
     return lax.dynamic_slice_in_dim(x, start, size, axis=0)
 
-  h_s_c, h_t_c, mask_c = rows(h_s), rows(h_t), rows(mask)
+  h_s_c, h_t_c = rows(h_s), rows(h_t)
+  mask_c = None if mask is None else rows(mask)
+  # Excluded tokens may hold anything (NaN hidden states of padding): their
+  # hidden states are replaced by 0, so that ``0 * NaN`` cannot reach the
+  # weight gradients (``h.T @ d logits``); their logits are replaced again
+  # inside the per-row code (``inf * 0`` from a -inf bias row).
+  h_s_c = _logits.zero_dropped_examples(h_s_c, mask_c, (1,))
+  h_t_c = _logits.zero_dropped_examples(h_t_c, mask_c, (1,))
   s = _matmul(h_s_c, w_s, _LOGITS_DIMS, compute)
   t = _matmul(h_t_c, w_t, _LOGITS_DIMS, compute)
   if not needs.any():
     return _chunk_losses(config, s, t, temperature, mask_c), None
 
-  def losses_fn(s, t, temperature):
+  def losses_fn(s: jax.Array, t: jax.Array, temperature: jax.Array) -> jax.Array:
     return _chunk_losses(config, s, t, temperature, mask_c)
 
   losses, vjp = jax.vjp(losses_fn, s, t, temperature)
+  assert cotangent is not None  # gradients need their weights
   weights = rows(cotangent).astype(compute)
   if fresh is not None:
     weights = jnp.where(fresh, weights, 0)
   ds, dt, d_temperature = vjp(weights)
-  grads = {}
+  grads: _Grads = {}
   # The gradient blocks enter the matmuls in the operands' dtype (float32
   # accumulation), as the unfused loss's backward pass does.
   if needs.student_hidden:
@@ -187,7 +225,12 @@ def _chunk(config, needs, operands, start, size, cotangent, fresh):
   return losses, grads
 
 
-def _loop(config, needs, operands, cotangent=None):
+def _loop(
+  config: _Config,
+  needs: _Needs,
+  operands: _Operands,
+  cotangent: jax.Array | None = None,
+) -> tuple[jax.Array, _Grads]:
   """Runs ``_chunk`` over all rows; returns per-token losses and gradients.
 
   The rows are processed in ``ceil(N / c)`` chunks of ``c = min(chunk_size,
@@ -207,7 +250,7 @@ def _loop(config, needs, operands, cotangent=None):
   steps = -(-n // size)
   overlap = n % size != 0
 
-  carry = {"losses": jnp.zeros((n,), compute)}
+  carry: _Grads = {"losses": jnp.zeros((n,), compute)}
   if needs.student_hidden:
     carry["student_hidden"] = jnp.zeros(h_s.shape, h_s.dtype)
   if needs.student_weight:
@@ -219,7 +262,9 @@ def _loop(config, needs, operands, cotangent=None):
   if needs.temperature:
     carry["temperature"] = jnp.zeros((), compute)
 
-  def write(buffer, block, start, fresh):
+  def write(
+    buffer: jax.Array, block: jax.Array, start: jax.Array, fresh: jax.Array | None
+  ) -> jax.Array:
     """Stores ``block`` as rows ``start...``, keeping rows not ``fresh``."""
     block = block.astype(buffer.dtype)
     if fresh is not None:
@@ -228,9 +273,9 @@ def _loop(config, needs, operands, cotangent=None):
       block = jnp.where(fresh, block, old)
     return lax.dynamic_update_slice_in_dim(buffer, block, start, axis=0)
 
-  def body(i, carry):
+  def body(i: jax.Array, carry: _Grads) -> _Grads:
     start = i * size
-    fresh = None
+    fresh: jax.Array | None = None
     if overlap:
       start = jnp.minimum(start, n - size)
       fresh = start + jnp.arange(size) >= i * size
@@ -250,44 +295,76 @@ def _loop(config, needs, operands, cotangent=None):
   return losses, carry
 
 
-def _reduction_vjp(config, mask, n, dtype):
+def _reduction_vjp(
+  config: _Config, mask: jax.Array | None, n: int, dtype: DTypeLike
+) -> Callable[[jax.Array], jax.Array]:
   """The (linear) map from the reduced loss' cotangent to per-token weights."""
-  _, vjp = jax.vjp(
-    lambda v: _reduction.reduce_loss(v, config.reduction, where=mask),
-    jnp.zeros((n,), dtype),
-  )
-  return lambda g: vjp(g)[0]
+
+  def reduce(values: jax.Array) -> jax.Array:
+    return _reduction.reduce_loss(values, config.reduction, where=mask)
+
+  _, vjp = jax.vjp(reduce, jnp.zeros((n,), dtype))
+
+  def weights(g: jax.Array) -> jax.Array:
+    per_token: jax.Array = vjp(g)[0]
+    return per_token
+
+  return weights
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(config, h_s, w_s, h_t, w_t, temperature, mask):
+def _fused(
+  config: _Config,
+  h_s: jax.Array,
+  w_s: jax.Array,
+  h_t: jax.Array,
+  w_t: jax.Array,
+  temperature: jax.Array,
+  mask: jax.Array | None,
+) -> jax.Array:
   losses, _ = _loop(config, _NO_GRADS, (h_s, w_s, h_t, w_t, temperature, mask))
   return _reduction.reduce_loss(losses, config.reduction, where=mask)
 
 
-def _fused_fwd(config, h_s, w_s, h_t, w_t, temperature, mask):
+def _fused_fwd(
+  config: _Config,
+  h_s: CustomVJPPrimal,
+  w_s: CustomVJPPrimal,
+  h_t: CustomVJPPrimal,
+  w_t: CustomVJPPrimal,
+  temperature: CustomVJPPrimal,
+  mask: CustomVJPPrimal | None,
+) -> tuple[jax.Array, _Residuals]:
   needs = _Needs(
     h_s.perturbed, w_s.perturbed, h_t.perturbed, w_t.perturbed, temperature.perturbed
   )
-  operands = tuple(x.value for x in (h_s, w_s, h_t, w_t, temperature))
-  operands += (None if mask is None else mask.value,)
-  mask = operands[5]
+  operands: _Operands = (
+    h_s.value,
+    w_s.value,
+    h_t.value,
+    w_t.value,
+    temperature.value,
+    None if mask is None else mask.value,
+  )
+  token_mask = operands[5]
   n, compute = operands[0].shape[0], operands[4].dtype
   # `needs` travels as the keys of a dict of Nones: pytree structure, static
   # under every transformation (unlike Python bools as leaves).
   needs_keys = {name: None for name, need in needs._asdict().items() if need}
   if config.reduction == "none":
     losses, _ = _loop(config, _NO_GRADS, operands)
-    value = _reduction.reduce_loss(losses, config.reduction, where=mask)
+    value = _reduction.reduce_loss(losses, config.reduction, where=token_mask)
     return value, (needs_keys, operands, None)
   # Scalar reduction: loss = sum_i weight_i * loss_i, weights known now.
-  weights = _reduction_vjp(config, mask, n, compute)(jnp.ones((), compute))
+  weights = _reduction_vjp(config, token_mask, n, compute)(jnp.ones((), compute))
   losses, grads = _loop(config, needs, operands, weights)
-  value = _reduction.reduce_loss(losses, config.reduction, where=mask)
+  value = _reduction.reduce_loss(losses, config.reduction, where=token_mask)
   return value, (needs_keys, operands, grads)
 
 
-def _fused_bwd(config, residuals, g):
+def _fused_bwd(
+  config: _Config, residuals: _Residuals, g: jax.Array | SymbolicZero
+) -> tuple[jax.Array | None, ...]:
   needs_keys, operands, grads = residuals
   if isinstance(g, SymbolicZero):
     return (None,) * 6
@@ -300,8 +377,9 @@ def _fused_bwd(config, residuals, g):
     _, grads = _loop(config, needs, operands, weights)
     scale = None
   else:
+    assert grads is not None  # computed in the forward pass
     scale = g.astype(compute)
-  cotangents = []
+  cotangents: list[jax.Array | None] = []
   for name, operand in zip(_Needs._fields, operands, strict=False):
     if name not in grads:
       cotangents.append(None)
@@ -309,6 +387,7 @@ def _fused_bwd(config, residuals, g):
     grad = grads[name]
     if scale is not None:
       grad = grad.astype(compute) * scale
+    assert operand is not None  # the mask gets no gradient
     cotangents.append(grad.astype(operand.dtype))
   return (*tuple(cotangents), None)
 
@@ -321,7 +400,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 _fused_jit = jax.jit(_fused, static_argnums=0)
 
 
-def _check_matrix(value, name, shape_name):
+def _check_matrix(value: ArrayLike, name: str, shape_name: str) -> jax.Array:
   array = _checks.as_float_array(value, name)
   if array.ndim != 2:
     raise ValueError(
@@ -454,13 +533,18 @@ def fused_linear_distillation_loss(
     teacher_hidden: :math:`h^T`, shape ``[N, H_t]`` (``H_t`` may differ from
       ``H``).
     teacher_weight: :math:`W_T`, shape ``[H_t, V]``, the same vocabulary.
-    temperature: :math:`T > 0`, a Python float or a scalar array (it may be
-      traced, e.g. scheduled).
+    temperature: :math:`T > 0`, a Python float or a 0-d array (NumPy or
+      JAX). A concrete value is checked to be finite and > 0, whatever its
+      form; a traced one (e.g. a scheduled temperature under ``jax.jit``)
+      cannot be checked, and a non-positive or infinite one then gives NaN
+      or meaningless values.
     divergence: ``'forward'`` (:math:`D_{\mathrm{KL}}(P \,\|\, Q)`, teacher
       :math:`P` against student :math:`Q`), ``'reverse'`` or ``'jsd'``; see
       :func:`jaxkl.divergence_from_logits`. Static.
     beta: JSD weight in ``[0, 1]`` (``'jsd'`` only). Static.
     where: optional boolean mask of tokens, shape ``[N]``; ``True`` keeps.
+      Excluded tokens may hold anything (NaN or infinite hidden states):
+      they reach neither the loss nor any gradient.
     labels: optional integer labels, shape ``[N]``; tokens whose label is
       ``ignore_index`` are excluded.
     ignore_index: the label value to exclude. Static.
@@ -477,7 +561,8 @@ def fused_linear_distillation_loss(
   Raises:
     ValueError: inconsistent shapes (``N``, ``H``, ``H_t``, ``V``), bad
       ``chunk_size``, ``reduction``, ``divergence``, ``beta`` or
-      ``temperature`` (a non-positive number or a non-scalar array).
+      ``temperature`` (a concrete value that is not finite and > 0, or an
+      array that is not 0-d).
     TypeError: non-floating inputs, non-boolean ``where``, non-integer
       ``labels``, ``chunk_size`` or ``ignore_index``.
 
@@ -543,7 +628,7 @@ def fused_linear_distillation_loss(
   temperature = _logits.check_temperature(temperature)
   mask = _logits.token_mask((n,), where, labels, ignore_index)
   # Logits, softmaxes and accumulators: float32, or float64 if an input is.
-  wide = any(jnp.finfo(x.dtype).bits > 32 for x in (h_s, w_s, h_t, w_t))
+  wide = any(x.dtype.itemsize > 4 for x in (h_s, w_s, h_t, w_t))
   compute = jnp.float64 if wide else jnp.float32
   # The dtype of distillation_loss(h_s @ w_s, h_t @ w_t): that of the logits.
   out_dtype = jnp.promote_types(
@@ -551,5 +636,5 @@ def fused_linear_distillation_loss(
   )
   temperature = jnp.asarray(temperature, compute)
   config = _Config(divergence, beta, reduction, int(chunk_size))
-  loss = _fused_jit(config, h_s, w_s, h_t, w_t, temperature, mask)
+  loss: jax.Array = _fused_jit(config, h_s, w_s, h_t, w_t, temperature, mask)
   return loss.astype(out_dtype)

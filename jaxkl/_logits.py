@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 from typing import Literal
+from typing import NamedTuple
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -19,31 +22,41 @@ from jaxkl import _reduction
 
 Divergence = Literal["forward", "reverse", "jsd"]
 DIVERGENCES: tuple[str, ...] = ("forward", "reverse", "jsd")
+# A tangent in a custom_jvp rule with ``symbolic_zeros=True``.
+Tangent = jax.Array | SymbolicZero
+
+
+def _check_temperature_value(temperature: float, shown: object) -> None:
+  """Raises the ValueError of a temperature that is not finite and > 0."""
+  if not (temperature > 0 and math.isfinite(temperature)):
+    raise ValueError(f"`temperature` must be a finite number > 0; got {shown!r}.")
 
 
 def check_temperature(temperature: ArrayLike) -> ArrayLike:
   """Validates ``temperature`` before tracing; returns it unchanged.
 
-  A temperature is one positive number for the whole call: a Python number
-  (checked to be finite and > 0 here) or a 0-d array (it may be traced, e.g.
-  scheduled; its value is not checked). Per-example temperatures are not
-  accepted: the ``T**2`` factor of the distillation losses and the
+  A temperature is one positive number for the whole call: a Python number,
+  a NumPy scalar or 0-d array, or a 0-d JAX array. Whenever its value is
+  known here (everything but a tracer), it is checked to be finite and
+  > 0, whatever its form. A traced temperature (an argument of a ``jax.jit``
+  function, a differentiated or ``vmap``-ped one, e.g. scheduled) has no
+  value at trace time and is not checked: a non-positive or infinite traced
+  temperature gives NaN or meaningless values. Per-example temperatures are
+  not accepted: the ``T**2`` factor of the distillation losses and the
   vocabulary-parallel statistics are defined for one temperature, and a
   per-example one is spelled explicitly by dividing the logits, e.g.
   ``kl_divergence_from_logits(s / T[:, None], t / T[:, None])``.
 
   Raises:
-    TypeError: a bool.
-    ValueError: a Python number that is not finite and > 0, or an array that
+    TypeError: a bool (or boolean array), or an array that is not of a real
+      number dtype.
+    ValueError: a concrete value that is not finite and > 0, or an array that
       is not 0-d.
   """
   if isinstance(temperature, (bool, np.bool_)):
     raise TypeError("`temperature` must be a number, not a bool.")
-  if isinstance(temperature, (int, float, np.number)):
-    if not (temperature > 0 and math.isfinite(temperature)):
-      raise ValueError(
-        f"`temperature` must be a finite number > 0; got {temperature!r}."
-      )
+  if isinstance(temperature, (int, float, np.integer, np.floating)):
+    _check_temperature_value(float(temperature), temperature)
     return temperature
   shape = tuple(np.shape(temperature))
   if shape:
@@ -53,10 +66,23 @@ def check_temperature(temperature: ArrayLike) -> ArrayLike:
       f"supported; divide the logits instead, e.g. `logits / "
       f"temperature[..., None]` for both inputs, with `temperature=1.0`."
     )
+  if isinstance(temperature, jax.core.Tracer):
+    return temperature  # traced: no value to check
+  value = np.asarray(temperature)
+  if value.dtype == np.bool_:
+    raise TypeError("`temperature` must be a number, not a bool.")
+  if not (
+    jnp.issubdtype(value.dtype, jnp.integer)
+    or jnp.issubdtype(value.dtype, jnp.floating)
+  ):
+    raise TypeError(
+      f"`temperature` must be a real number; got a 0-d array of dtype {value.dtype}."
+    )
+  _check_temperature_value(float(value), temperature)
   return temperature
 
 
-def check_divergence(divergence: object, beta: object) -> tuple[str, float]:
+def check_divergence(divergence: object, beta: object) -> tuple[Divergence, float]:
   """Validates ``divergence`` and ``beta``; maps JSD endpoints to KL."""
   if not (isinstance(divergence, str) and divergence in DIVERGENCES):
     raise ValueError(
@@ -72,17 +98,41 @@ def check_divergence(divergence: object, beta: object) -> tuple[str, float]:
     return "forward", beta
   if divergence == "jsd" and beta == 1.0:
     return "reverse", beta
-  return divergence, beta
+  return cast(Divergence, divergence), beta
 
 
-def _validate_logits(logits, target_logits, temperature, axis, where):
+class _Inputs(NamedTuple):
+  """The checked arguments of a from-logits divergence (see ``_validate_logits``)."""
+
+  logits: jax.Array
+  target_logits: jax.Array
+  inverse_t: jax.Array
+  axes: tuple[int, ...]
+  mask: jax.Array | None
+  examples: jax.Array | None
+  out_dtype: np.dtype[Any]
+
+  @property
+  def whole_examples(self) -> bool:
+    """Whether the result is a divergence for every example: no mask, or a
+    mask that only selects whole examples (then it may be clamped at 0)."""
+    return self.mask is None or self.examples is not None
+
+
+def _validate_logits(
+  logits: ArrayLike,
+  target_logits: ArrayLike,
+  temperature: ArrayLike,
+  axis: _per_example.Axis,
+  where: ArrayLike | None,
+) -> _Inputs:
   """Checks the arguments; returns them as arrays in the compute dtype.
 
   Returns:
-    ``(logits, target_logits, inverse_t, axes, mask, out_dtype)``: both logits
-    cast to the compute dtype, ``1 / temperature`` as a 0-d array of that
-    dtype, the normalized class axes, the mask broadcast to the logits' shape
-    (or None) and the result dtype.
+    Both logits cast to the compute dtype, ``1 / temperature`` as a 0-d array
+    of that dtype, the normalized class axes, the mask broadcast to the
+    logits' shape (or None), the per-example mask when the mask selects whole
+    examples (else None) and the result dtype.
   """
   logits = _checks.as_float_array(logits, "logits")
   target_logits = _checks.as_float_array(target_logits, "target_logits")
@@ -92,28 +142,98 @@ def _validate_logits(logits, target_logits, temperature, axis, where):
   if not axes:
     raise ValueError("`axis` must name at least one axis (the classes).")
   mask = _per_example.broadcast_mask(where, logits.shape, axes)
+  examples = None
+  if where is not None:
+    examples = _per_example.per_example_mask(where, logits.shape, axes)
   out_dtype, compute_dtype = _checks.result_dtype(logits, target_logits)
   inverse_t = 1 / jnp.asarray(temperature, compute_dtype)
-  return (
+  return _Inputs(
     logits.astype(compute_dtype),
     target_logits.astype(compute_dtype),
     inverse_t,
     axes,
     mask,
+    examples,
     out_dtype,
   )
 
 
-def _prepare_logits(logits, target_logits, temperature, axis, where):
-  logits, target_logits, inverse_t, axes, mask, out_dtype = _validate_logits(
-    logits, target_logits, temperature, axis, where
-  )
-  log_q = jax.nn.log_softmax(_scaled(logits, inverse_t), axis=axes)
-  log_p = jax.nn.log_softmax(_scaled(target_logits, inverse_t), axis=axes)
-  return log_q, log_p, axes, mask, out_dtype
+# ----------------------------------------------------------------------------
+# Masked examples: exactly 0, whatever their logits.
+#
+# An example that the mask drops entirely (a mask of whole examples, or a
+# mask within examples that keeps none of its classes) may hold anything:
+# a padded row of -inf, NaN or inf garbage. Its logits are replaced by 0
+# before anything is computed from them, and its result is set to 0 after:
+# the double-``where`` pattern, so that its value and its derivatives (of
+# every order) are exactly 0, and nothing non-finite reaches the other
+# examples' gradients through ``0 * NaN``.
 
 
-def _kl_from_log_probs(log_q, log_p, axes, mask):
+def kept_examples(inputs: _Inputs) -> jax.Array | None:
+  """Per-example booleans: whether the mask keeps any entry of an example.
+
+  None without a mask; the per-example mask for a mask of whole examples;
+  for a mask within examples, whether it keeps any class of the example.
+  """
+  if inputs.mask is None:
+    return None
+  if inputs.examples is not None:
+    return inputs.examples
+  return jnp.any(inputs.mask, axis=inputs.axes)
+
+
+def zero_dropped_examples(
+  x: jax.Array, keep: jax.Array | None, axes: tuple[int, ...]
+) -> jax.Array:
+  """``x`` with the examples that ``keep`` drops replaced by 0.
+
+  Args:
+    x: an array whose ``axes`` are the per-example axes (classes, or hidden
+      features) and whose other axes index the examples.
+    keep: per-example booleans (the shape of ``x`` without ``axes``), or None
+      (nothing is dropped).
+    axes: the per-example axes of ``x``, sorted.
+
+  Returns:
+    ``jnp.where(keep, x, 0)`` broadcast along ``axes``: the first half of the
+    double-``where`` pattern; the caller sets the dropped examples' results
+    to 0 (the second half).
+  """
+  if keep is None:
+    return x
+  return jnp.where(jnp.expand_dims(keep, axes), x, jnp.zeros((), x.dtype))
+
+
+def _finish(result: jax.Array, keep: jax.Array | None, clamp: bool) -> jax.Array:
+  """Dropped examples to exactly 0; clamped at 0 when ``clamp``.
+
+  Clamp only a true divergence: with a mask within examples (e.g. ``[1, C]``,
+  classes) the KL result is the kept classes' sum of ``p (log p - log q)``,
+  as in :func:`jaxkl.kl_divergence`, which can legitimately be negative.
+  """
+  if keep is not None:
+    result = jnp.where(keep, result, jnp.zeros((), result.dtype))
+  return _nonnegative(result) if clamp else result
+
+
+def _log_softmaxes(
+  inputs: _Inputs, keep: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+  """``(log q, log p)``: log-softmaxes of both inputs at the temperature."""
+  logits = zero_dropped_examples(inputs.logits, keep, inputs.axes)
+  target_logits = zero_dropped_examples(inputs.target_logits, keep, inputs.axes)
+  log_q = jax.nn.log_softmax(_scaled(logits, inputs.inverse_t), axis=inputs.axes)
+  log_p = jax.nn.log_softmax(_scaled(target_logits, inputs.inverse_t), axis=inputs.axes)
+  return log_q, log_p
+
+
+def _kl_from_log_probs(
+  log_q: jax.Array,
+  log_p: jax.Array,
+  axes: tuple[int, ...],
+  mask: jax.Array | None,
+) -> jax.Array:
   """sum over axes of p (log p - log q), masked; p = exp(log_p)."""
   log_p = _per_example.masked_target(log_p, mask, log_target=True)
   return jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=axes)
@@ -157,7 +277,9 @@ def _finite_or_zero(x: jax.Array) -> jax.Array:
   return jnp.where(x == -jnp.inf, 0, x)
 
 
-def _scaled_jvp(primals, tangents):
+def _scaled_jvp(
+  primals: tuple[jax.Array, jax.Array], tangents: tuple[Tangent, Tangent]
+) -> tuple[jax.Array, jax.Array]:
   x, inverse_t = primals
   d_x, d_inverse_t = tangents
   out = _scaled(x, inverse_t)
@@ -179,7 +301,9 @@ def _logaddexp(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.logaddexp(a, b)
 
 
-def _logaddexp_jvp(primals, tangents):
+def _logaddexp_jvp(
+  primals: tuple[jax.Array, jax.Array], tangents: tuple[Tangent, Tangent]
+) -> tuple[jax.Array, jax.Array]:
   a, b = primals
   d_a, d_b = tangents
   out = _logaddexp(a, b)
@@ -261,7 +385,9 @@ def _class_axis_explicitly_sharded(x: jax.Array) -> bool:
   return spec is not None and len(spec) == x.ndim and spec[-1] is not None
 
 
-def _split_classes(x: jax.Array, axes: tuple[int, ...]):
+def _split_classes(
+  x: jax.Array, axes: tuple[int, ...]
+) -> tuple[jax.Array, tuple[int, ...]]:
   """``(view, view_axes)``: a long last class axis split into chunks.
 
   A single last class axis of length V > ``_MAX_CHUNK`` is reshaped (free) to
@@ -284,7 +410,9 @@ def _split_classes(x: jax.Array, axes: tuple[int, ...]):
   return x, axes
 
 
-def _max_and_log_normalizer(x: jax.Array, inverse_t: jax.Array, axes: tuple[int, ...]):
+def _max_and_log_normalizer(
+  x: jax.Array, inverse_t: jax.Array, axes: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array]:
   """``(m, log Z)`` (kept axes): m = max x, Z = sum exp((x - m) * inverse_t).
 
   ``m`` carries no derivative (as in ``jax.nn.log_softmax``): every use of
@@ -297,7 +425,12 @@ def _max_and_log_normalizer(x: jax.Array, inverse_t: jax.Array, axes: tuple[int,
   return x_max, jnp.log(jnp.sum(jnp.exp(shifted), axis=axes, keepdims=True))
 
 
-def _forward_kl_parts(logits, target_logits, inverse_t, axes):
+def _forward_kl_parts(
+  logits: jax.Array,
+  target_logits: jax.Array,
+  inverse_t: jax.Array,
+  axes: tuple[int, ...],
+) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
   """Per-row KL(P_T || Q_T) and the ``(m, log Z)`` of both inputs.
 
   The ``(m, log Z)`` have the shape of the logits with size 1 along ``axes``.
@@ -325,12 +458,21 @@ def _zero_safe_product(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _forward_kl(logits, target_logits, inverse_t, axes):
+def _forward_kl(
+  logits: jax.Array,
+  target_logits: jax.Array,
+  inverse_t: jax.Array,
+  axes: tuple[int, ...],
+) -> jax.Array:
   """``sum p (log p - log q)`` over ``axes``; p, q: softmax of logits * 1/T."""
   return _forward_kl_parts(logits, target_logits, inverse_t, axes)[0]
 
 
-def _forward_kl_jvp(axes, primals, tangents):
+def _forward_kl_jvp(
+  axes: tuple[int, ...],
+  primals: tuple[jax.Array, jax.Array, jax.Array],
+  tangents: tuple[Tangent, Tangent, Tangent],
+) -> tuple[jax.Array, jax.Array]:
   """Closed-form derivatives; z = logits / T:
 
   * d KL / d z_s = q - p;
@@ -342,7 +484,10 @@ def _forward_kl_jvp(axes, primals, tangents):
   kl, (m_q, log_z_q), (m_p, log_z_p) = _forward_kl_parts(
     logits, target_logits, inverse_t, axes
   )
-  is_zero = lambda x: isinstance(x, SymbolicZero)  # noqa: E731
+
+  def is_zero(x: Tangent) -> bool:
+    return isinstance(x, SymbolicZero)
+
   need_student = not (is_zero(d_logits) and is_zero(d_inverse_t))
   need_teacher = not (is_zero(d_target) and is_zero(d_inverse_t))
   log_q = _scaled(logits - m_q, inverse_t) - log_z_q
@@ -356,11 +501,11 @@ def _forward_kl_jvp(axes, primals, tangents):
   out = jnp.zeros_like(kl)
   # 1/T multiplies the per-row sums: in reverse mode it scales the per-row
   # cotangents, not every element of the gradient.
-  if not is_zero(d_logits):
+  if not isinstance(d_logits, SymbolicZero):
     out = out + inverse_t * jnp.sum(d_student * d_logits, axis=axes)
-  if not is_zero(d_target):
+  if not isinstance(d_target, SymbolicZero):
     out = out + inverse_t * jnp.sum(d_teacher * d_target, axis=axes)
-  if not is_zero(d_inverse_t):
+  if not isinstance(d_inverse_t, SymbolicZero):
     out = out + d_inverse_t * (
       jnp.sum(_zero_safe_product(d_student, logits), axis=axes)
       + jnp.sum(_zero_safe_product(d_teacher, target_logits), axis=axes)
@@ -371,46 +516,32 @@ def _forward_kl_jvp(axes, primals, tangents):
 _forward_kl.defjvp(_forward_kl_jvp, symbolic_zeros=True)
 
 
-def _per_example_mask(where, shape, axes):
-  """The per-example mask when ``where`` masks whole examples, else None.
-
-  ``where`` (already validated by ``broadcast_mask``) masks whole examples
-  when it has the per-example shape, or broadcasts with size 1 along every
-  class axis.
-  """
-  return _per_example.per_example_mask(where, shape, axes)
-
-
-def _fast_forward_kl(logits, target_logits, inverse_t, axes, where):
-  """Per-example forward KL by ``_forward_kl``, or None where it does not apply.
-
-  It applies when no class axis is empty and ``where`` is None or masks whole
-  examples (masked examples give 0).
-  """
-  if any(logits.shape[a] == 0 for a in axes):
-    return None
-  if where is None:
-    return _forward_kl(logits, target_logits, inverse_t, axes)
-  mask = _per_example_mask(where, logits.shape, axes)
-  if mask is None:
-    return None
-  return jnp.where(mask, _forward_kl(logits, target_logits, inverse_t, axes), 0)
-
-
-def _forward_kl_from_logits(logits, target_logits, temperature, axis, where):
+def _forward_kl_from_logits(
+  logits: ArrayLike,
+  target_logits: ArrayLike,
+  temperature: ArrayLike,
+  axis: _per_example.Axis,
+  where: ArrayLike | None,
+) -> tuple[jax.Array, np.dtype[Any]]:
   """``(per-example forward KL in the compute dtype, result dtype)``.
 
-  The closed-form path where it applies.
+  The closed-form ``_forward_kl`` where it applies: no class axis is empty and
+  the mask (if any) selects whole examples.
   """
-  logits, target_logits, inverse_t, axes, mask, out_dtype = _validate_logits(
-    logits, target_logits, temperature, axis, where
-  )
-  result = _fast_forward_kl(logits, target_logits, inverse_t, axes, where)
-  if result is None:  # a mask within examples, or no classes
-    log_q = jax.nn.log_softmax(_scaled(logits, inverse_t), axis=axes)
-    log_p = jax.nn.log_softmax(_scaled(target_logits, inverse_t), axis=axes)
-    result = _kl_from_log_probs(log_q, log_p, axes, mask)
-  return _nonnegative(result), out_dtype
+  inputs = _validate_logits(logits, target_logits, temperature, axis, where)
+  keep = kept_examples(inputs)
+  axes = inputs.axes
+  if inputs.whole_examples and all(inputs.logits.shape[a] for a in axes):
+    result = _forward_kl(
+      zero_dropped_examples(inputs.logits, keep, axes),
+      zero_dropped_examples(inputs.target_logits, keep, axes),
+      inputs.inverse_t,
+      axes,
+    )
+  else:  # a mask within examples, or no classes
+    log_q, log_p = _log_softmaxes(inputs, keep)
+    result = _kl_from_log_probs(log_q, log_p, axes, inputs.mask)
+  return _finish(result, keep, inputs.whole_examples), inputs.out_dtype
 
 
 def kl_divergence_from_logits(
@@ -438,7 +569,9 @@ def kl_divergence_from_logits(
   respect to the other classes or the temperature, and its own derivatives
   are 0: Hessians are finite and equal to those of the vocabulary without it.
   Rounding can make a computed divergence a few ulps negative; it is returned
-  as 0, with the derivatives of the unclamped value. The gradient with
+  as 0, with the derivatives of the unclamped value (not under a mask within
+  examples, whose partial sums can legitimately be negative; see ``where``).
+  The gradient with
   respect to ``logits`` is :math:`(Q_T - P_T) / T`. Equals, in float64,
   ``torch.nn.functional.kl_div(log_softmax(logits / T),
   log_softmax(target_logits / T), log_target=True, reduction='none').sum(-1)``.
@@ -446,21 +579,34 @@ def kl_divergence_from_logits(
   Args:
     logits: student logits, shape ``[..., C]``.
     target_logits: teacher logits, same shape.
-    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
-      traced, e.g. scheduled). Per-example temperatures are not accepted:
+    temperature: :math:`T > 0`: a Python number or a 0-d array (NumPy or
+      JAX). A concrete value is checked to be finite and > 0, whatever its
+      form; a traced one (e.g. a scheduled temperature under ``jax.jit``)
+      cannot be checked, and a non-positive or infinite one then gives NaN
+      or meaningless values. Per-example temperatures are not accepted:
       divide the logits instead (``logits / T[..., None]``).
     axis: class axis (or axes). Static.
-    where: optional boolean mask; see :func:`jaxkl.kl_divergence` (a mask of
-      the per-example shape masks whole examples).
+    where: optional boolean mask, read as by :func:`jaxkl.kl_divergence`.
+      A mask of whole examples (the per-example shape, or ``[B, 1]``) gives
+      the dropped examples exactly 0, with zero derivatives, whatever their
+      logits hold (``-inf`` padding, NaN, ``inf``); so does a mask within
+      examples for an example none of whose classes it keeps. A mask within
+      examples (e.g. ``[1, C]``, classes) sums the kept classes' terms
+      :math:`P_T (\log P_T - \log Q_T)` (the masked classes still count in
+      the softmaxes), exactly as :func:`jaxkl.kl_divergence` of the
+      log-softmaxes: this partial sum can be negative and is returned as
+      is, not clamped.
 
   Returns:
     Per-example divergences, the input shape without ``axis``, in the
     promoted dtype of the logits (16-bit logits are computed in float32);
-    never negative.
+    never negative without a mask or with a mask of whole examples (see
+    ``where``).
 
   Raises:
-    ValueError: different shapes, a bad ``axis`` or mask, or a
-      ``temperature`` that is not a positive finite number or a 0-d array.
+    ValueError: different shapes, a bad ``axis`` or mask, a concrete
+      ``temperature`` that is not finite and > 0, or a ``temperature`` array
+      that is not 0-d.
     TypeError: non-floating logits, a non-boolean mask or a bool
       ``temperature``.
 
@@ -484,7 +630,13 @@ def kl_divergence_from_logits(
   return result.astype(out_dtype)
 
 
-def _jsd_from_log_probs(log_q, log_p, beta, axes, mask):
+def _jsd_from_log_probs(
+  log_q: jax.Array,
+  log_p: jax.Array,
+  beta: float,
+  axes: tuple[int, ...],
+  mask: jax.Array | None,
+) -> jax.Array:
   """beta KL(P || M) + (1 - beta) KL(Q || M), M = beta P + (1 - beta) Q."""
   log_m = _log_mixture(log_p, log_q, beta)
   return beta * _kl_from_log_probs(log_m, log_p, axes, mask) + (
@@ -524,20 +676,28 @@ def jensen_shannon_from_logits(
     logits: student logits, shape ``[..., C]``.
     target_logits: teacher logits, same shape.
     beta: weight :math:`\beta \in [0, 1]`, a Python float. Static.
-    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
-      traced, e.g. scheduled). Per-example temperatures are not accepted:
+    temperature: :math:`T > 0`: a Python number or a 0-d array (NumPy or
+      JAX). A concrete value is checked to be finite and > 0, whatever its
+      form; a traced one (e.g. a scheduled temperature under ``jax.jit``)
+      cannot be checked, and a non-positive or infinite one then gives NaN
+      or meaningless values. Per-example temperatures are not accepted:
       divide the logits instead (``logits / T[..., None]``).
     axis: class axis (or axes). Static.
-    where: optional boolean mask; see :func:`jaxkl.kl_divergence`.
+    where: optional boolean mask; as in
+      :func:`jaxkl.kl_divergence_from_logits` (dropped examples give exactly
+      0 whatever their logits; under a mask within examples, the kept
+      classes' partial sum).
 
   Returns:
     Per-example divergences, the input shape without ``axis``, in the
     promoted dtype of the logits (16-bit logits are computed in float32);
-    never negative.
+    never negative (its terms are non-negative class by class, so also
+    under a mask within examples).
 
   Raises:
-    ValueError: different shapes, a bad ``axis`` or mask, or a
-      ``temperature`` that is not a positive finite number or a 0-d array.
+    ValueError: different shapes, a bad ``axis`` or mask, a concrete
+      ``temperature`` that is not finite and > 0, or a ``temperature`` array
+      that is not 0-d.
     TypeError: non-floating logits, a non-boolean mask or a bool
       ``temperature``.
 
@@ -587,28 +747,37 @@ def divergence_from_logits(
 
   Classes that are ``-inf`` in both inputs (padding) change no value or
   derivative, of any order, and get zero derivatives; the result is never
-  negative (see :func:`jaxkl.kl_divergence_from_logits`).
+  negative, except for the KL divergences' partial sums under a mask within
+  examples (see :func:`jaxkl.kl_divergence_from_logits`).
 
   Args:
     logits: student logits, shape ``[..., C]``.
     target_logits: teacher logits, same shape.
     divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
     beta: JSD weight in ``[0, 1]`` (used by ``'jsd'`` only). Static.
-    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
-      traced, e.g. scheduled); both distributions are taken at it.
+    temperature: :math:`T > 0`, at which both distributions are taken: a
+      Python number or a 0-d array (NumPy or JAX). A concrete value is
+      checked to be finite and > 0, whatever its form; a traced one (e.g. a
+      scheduled temperature under ``jax.jit``) cannot be checked, and a
+      non-positive or infinite one then gives NaN or meaningless values.
       Per-example temperatures are not accepted: divide the logits instead
       (``logits / T[..., None]``).
     axis: class axis (or axes). Static.
-    where: optional boolean mask; see :func:`jaxkl.kl_divergence`.
+    where: optional boolean mask; as in
+      :func:`jaxkl.kl_divergence_from_logits` (dropped examples give exactly
+      0 whatever their logits; under a mask within examples, the kept
+      classes' partial sum, which for the KL divergences can be negative).
 
   Returns:
     Per-example divergences, the input shape without ``axis``, in the
     promoted dtype of the logits (16-bit logits are computed in float32);
-    never negative.
+    never negative without a mask or with a mask of whole examples (see
+    ``where``).
 
   Raises:
-    ValueError: different shapes, a bad ``axis`` or mask, or a
-      ``temperature`` that is not a positive finite number or a 0-d array.
+    ValueError: different shapes, a bad ``axis`` or mask, a concrete
+      ``temperature`` that is not finite and > 0, or a ``temperature`` array
+      that is not 0-d.
     TypeError: non-floating logits, a non-boolean mask or a bool
       ``temperature``.
 
@@ -627,22 +796,31 @@ def divergence_from_logits(
 
 
 def _divergence_from_logits(
-  logits, target_logits, divergence, beta, temperature, axis, where
-):
+  logits: ArrayLike,
+  target_logits: ArrayLike,
+  divergence: str,
+  beta: float,
+  temperature: ArrayLike,
+  axis: _per_example.Axis,
+  where: ArrayLike | None,
+) -> tuple[jax.Array, np.dtype[Any]]:
   """``(per-example divergence in the compute dtype, result dtype)``.
 
   ``divergence`` and ``beta`` are already checked (``check_divergence``).
   """
   if divergence == "forward":
     return _forward_kl_from_logits(logits, target_logits, temperature, axis, where)
-  log_q, log_p, axes, mask, out_dtype = _prepare_logits(
-    logits, target_logits, temperature, axis, where
-  )
+  inputs = _validate_logits(logits, target_logits, temperature, axis, where)
+  keep = kept_examples(inputs)
+  log_q, log_p = _log_softmaxes(inputs, keep)
   if divergence == "reverse":
-    result = _kl_from_log_probs(log_p, log_q, axes, mask)
+    result = _kl_from_log_probs(log_p, log_q, inputs.axes, inputs.mask)
   else:
-    result = _jsd_from_log_probs(log_q, log_p, beta, axes, mask)
-  return _nonnegative(result), out_dtype
+    result = _jsd_from_log_probs(log_q, log_p, beta, inputs.axes, inputs.mask)
+  # JSD's terms are non-negative class by class, so it stays non-negative
+  # under a mask within examples too: its rounding is clamped in every case.
+  clamp = inputs.whole_examples or divergence == "jsd"
+  return _finish(result, keep, clamp), inputs.out_dtype
 
 
 def token_mask(
@@ -719,8 +897,11 @@ def distillation_loss(
   Args:
     student_logits: shape ``[..., V]`` (e.g. ``[B, T, V]``).
     teacher_logits: same shape.
-    temperature: :math:`T > 0`: a Python number or a 0-d array (it may be
-      traced, e.g. scheduled). Per-example temperatures are not accepted:
+    temperature: :math:`T > 0`: a Python number or a 0-d array (NumPy or
+      JAX). A concrete value is checked to be finite and > 0, whatever its
+      form; a traced one (e.g. a scheduled temperature under ``jax.jit``)
+      cannot be checked, and a non-positive or infinite one then gives NaN
+      or meaningless values. Per-example temperatures are not accepted:
       divide the logits instead (``logits / T[..., None]``).
     divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
     beta: JSD weight in ``[0, 1]``; ``jsd`` with 0 is ``forward``, with 1
@@ -743,8 +924,8 @@ def distillation_loss(
   Raises:
     ValueError: different shapes, a bad ``axis``, ``reduction``,
       ``divergence`` or ``beta``, a mask or labels not of the per-token shape,
-      or a ``temperature`` that is not a positive finite number or a 0-d
-      array.
+      a concrete ``temperature`` that is not finite and > 0, or a
+      ``temperature`` array that is not 0-d.
     TypeError: non-floating logits, a non-boolean mask, non-integer labels or
       a bool ``temperature``.
 
@@ -775,15 +956,6 @@ def distillation_loss(
   per_token_shape = tuple(d for i, d in enumerate(student.shape) if i not in axes)
   mask = token_mask(per_token_shape, where, labels, ignore_index)
   _reduction.validate_reduction(reduction)
-  if mask is not None:
-    # Excluded tokens may hold anything (padding garbage, all -inf rows):
-    # replace them before the softmax so nothing non-finite reaches the
-    # gradient through them.
-    keep = jnp.expand_dims(mask, axes)
-    student = jnp.where(keep, student, 0)
-    teacher_logits = jnp.where(
-      keep, _checks.as_float_array(teacher_logits, "teacher_logits"), 0
-    )
   divergence, beta = check_divergence(divergence, beta)
   # Per-token values, T^2 and the reduction in the compute dtype (float32 for
   # 16-bit logits, as the fused loss); one rounding to the result dtype.
@@ -795,7 +967,9 @@ def distillation_loss(
     temperature,
     axis,
     # [..., 1]: a per-token mask, never read as a class mask (even when
-    # the number of tokens equals the number of classes).
+    # the number of tokens equals the number of classes). Excluded tokens
+    # may hold anything (padding garbage, all -inf rows): their logits are
+    # replaced before the softmax (``zero_dropped_examples``).
     None if mask is None else jnp.expand_dims(mask, axes),
   )
   scale = jnp.square(jnp.asarray(temperature, per_token.dtype))

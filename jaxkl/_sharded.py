@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from typing import Any
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,24 @@ def _check_axis_name(axis_name: Any) -> int:
     ) from None
 
 
-def _global_log_softmax(x, y, inverse_t, axis_name):
+_Tree = TypeVar("_Tree")
+
+
+def _psum(x: _Tree, axis_name: AxisName) -> _Tree:
+  """``jax.lax.psum`` of a pytree of arrays (typed: jax's is not annotated)."""
+  out: _Tree = jax.lax.psum(x, axis_name)  # type: ignore[no-untyped-call]  # jax.lax.psum is unannotated
+  return out
+
+
+def _pmax(x: _Tree, axis_name: AxisName) -> _Tree:
+  """``jax.lax.pmax`` of a pytree of arrays (typed: jax's is not annotated)."""
+  out: _Tree = jax.lax.pmax(x, axis_name)  # type: ignore[no-untyped-call]  # jax.lax.pmax is unannotated
+  return out
+
+
+def _global_log_softmax(
+  x: jax.Array, y: jax.Array, inverse_t: jax.Array, axis_name: AxisName
+) -> tuple[jax.Array, jax.Array]:
   """Log-softmaxes of ``x / T``, ``y / T``; class axis split over devices.
 
   Per row: ``m = pmax(max x)`` (without gradient: the result does not depend
@@ -70,12 +88,12 @@ def _global_log_softmax(x, y, inverse_t, axis_name):
   only per-row statistics.
   """
   local_max = (jnp.max(x, axis=-1, keepdims=True), jnp.max(y, axis=-1, keepdims=True))
-  m_x, m_y = jax.lax.pmax(jax.lax.stop_gradient(local_max), axis_name)
+  m_x, m_y = _pmax(jax.lax.stop_gradient(local_max), axis_name)
   # -inf logits (padding, possibly a whole device's slice) get zero
   # probability and, through `_scaled`, finite derivatives of every order.
   shifted_x = _logits._scaled(x - m_x, inverse_t)
   shifted_y = _logits._scaled(y - m_y, inverse_t)
-  sum_x, sum_y = jax.lax.psum(
+  sum_x, sum_y = _psum(
     (
       jnp.sum(jnp.exp(shifted_x), axis=-1, keepdims=True),
       jnp.sum(jnp.exp(shifted_y), axis=-1, keepdims=True),
@@ -85,7 +103,9 @@ def _global_log_softmax(x, y, inverse_t, axis_name):
   return shifted_x - jnp.log(sum_x), shifted_y - jnp.log(sum_y)
 
 
-def _local_sum_kl(log_q, log_p, mask):
+def _local_sum_kl(
+  log_q: jax.Array, log_p: jax.Array, mask: jax.Array | None
+) -> jax.Array:
   """Local part of ``sum p (log p - log q)`` over the class axis; masked."""
   log_p = _per_example.masked_target(log_p, mask, log_target=True)
   return jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=-1)
@@ -144,15 +164,21 @@ def vocab_parallel_kl_from_logits(
     divergence: ``'forward' | 'reverse' | 'jsd'``, as in
       :func:`jaxkl.divergence_from_logits`. Static.
     beta: JSD weight in ``[0, 1]`` (``'jsd'`` only). Static.
-    temperature: :math:`T > 0`.
+    temperature: :math:`T > 0`, a Python number or a 0-d array, checked as
+      in :func:`jaxkl.kl_divergence_from_logits` when concrete (a traced
+      temperature cannot be checked).
     where: optional boolean mask: of the per-example shape ``[...]`` (masks
-      whole examples: they give 0) or broadcastable to this device's slice
-      (masks classes; the classes still count in the normalizers, as in
-      :func:`jaxkl.kl_divergence_from_logits`).
+      whole examples: they give exactly 0, with zero derivatives, whatever
+      their logits hold: ``-inf`` padding, NaN, ``inf``) or broadcastable to
+      this device's slice (masks classes; the classes still count in the
+      normalizers, as in :func:`jaxkl.kl_divergence_from_logits`, and the
+      kept classes' partial sum of the KL divergences can be negative; an
+      example none of whose classes is kept on any device gives exactly 0).
 
   Returns:
     Per-example divergences, shape ``[...]``, the same on every device along
-    ``axis_name`` (so ``out_specs`` need not name it).
+    ``axis_name`` (so ``out_specs`` need not name it); never negative
+    without a mask or with a mask of whole examples.
 
   Raises:
     ValueError: ``axis_name`` is not bound (called outside ``shard_map``), or
@@ -186,10 +212,24 @@ def vocab_parallel_kl_from_logits(
   """
   divergence, beta = _logits.check_divergence(divergence, beta)
   _check_axis_name(axis_name)
-  logits, target_logits, inverse_t, axes, mask, out_dtype = _logits._validate_logits(
-    logits, target_logits, temperature, -1, where
+  inputs = _logits._validate_logits(logits, target_logits, temperature, -1, where)
+  mask = inputs.mask
+  keep = inputs.examples
+  if mask is not None and keep is None:
+    # A mask within examples drops the examples none of whose classes it
+    # keeps on any device.
+    local_any = jnp.any(mask, axis=-1).astype(jnp.int32)
+    keep = _pmax(local_any, axis_name) > 0
+  # Dropped examples may hold anything (all -inf, NaN): replaced by 0 here and
+  # set to exactly 0 below (double where: zero derivatives of every order).
+  log_q, log_p = _global_log_softmax(
+    _logits.zero_dropped_examples(inputs.logits, keep, (inputs.logits.ndim - 1,)),
+    _logits.zero_dropped_examples(
+      inputs.target_logits, keep, (inputs.logits.ndim - 1,)
+    ),
+    inputs.inverse_t,
+    axis_name,
   )
-  log_q, log_p = _global_log_softmax(logits, target_logits, inverse_t, axis_name)
   if divergence == "forward":
     local = _local_sum_kl(log_q, log_p, mask)
   elif divergence == "reverse":
@@ -199,13 +239,14 @@ def vocab_parallel_kl_from_logits(
     local = beta * _local_sum_kl(log_m, log_p, mask) + (1 - beta) * _local_sum_kl(
       log_m, log_q, mask
     )
-  # Never negative (rounding); the derivatives are the unclamped ones.
-  result = _logits._nonnegative(jax.lax.psum(local, axis_name))
-  if where is not None:
-    per_example = _logits._per_example_mask(where, logits.shape, axes)
-    if per_example is not None:  # as kl_divergence_from_logits: exactly 0
-      result = jnp.where(per_example, result, 0)
-  return result.astype(out_dtype)
+  # As divergence_from_logits: dropped examples exactly 0; clamped at 0
+  # (rounding; the derivatives are the unclamped ones) when it is a
+  # divergence, not under a mask within examples (e.g. of classes), where the
+  # kept classes' sum of p (log p - log q) may be negative, as in
+  # kl_divergence. JSD's terms are non-negative class by class.
+  clamp = inputs.whole_examples or divergence == "jsd"
+  result = _logits._finish(_psum(local, axis_name), keep, clamp)
+  return result.astype(inputs.out_dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -374,7 +415,9 @@ def sharded_monte_carlo_kl(
   )
 
 
-def _global_pareto_k(log_r, estimator, axis_name, count, groups):
+def _global_pareto_k(
+  log_r: jax.Array, estimator: str, axis_name: AxisName, count: int, groups: int
+) -> jax.Array:
   """``pareto_k`` of all devices' terms, from gathered local tails.
 
   The ``M + 1`` largest values of a union are among the union of each
@@ -392,13 +435,21 @@ def _global_pareto_k(log_r, estimator, axis_name, count, groups):
   devices = jax.lax.axis_size(axis_name)
   slots = jnp.zeros((devices, *local.shape), local.dtype)
   slots = slots.at[jax.lax.axis_index(axis_name)].set(local)
-  gathered = jax.lax.psum(slots, axis_name)  # [D, R, ..., K]
+  gathered = _psum(slots, axis_name)  # [D, R, ..., K]
   gathered = jnp.moveaxis(gathered, 0, -2)
   gathered = jnp.reshape(gathered, (*gathered.shape[:-2], -1))
   return _estimators.pareto_k_from_tops(gathered, tail)
 
 
-def _combine(log_r, *, estimator, axis_name, total, groups, score_log_prob):
+def _combine(
+  log_r: jax.Array,
+  *,
+  estimator: str,
+  axis_name: AxisName,
+  total: int,
+  groups: int,
+  score_log_prob: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
   """Estimate and standard error from this device's ``log r``, via psum.
 
   The same arithmetic as ``jaxkl._estimators.estimate_from_log_ratios``
@@ -416,10 +467,8 @@ def _combine(log_r, *, estimator, axis_name, total, groups, score_log_prob):
   count = total // groups  # G: independent samples (or pairs) in all
   weight = 1 / count
 
-  def psum_sum(*arrays):
-    return jax.lax.psum(
-      tuple(jnp.sum(a, axis=0, keepdims=True) for a in arrays), axis_name
-    )
+  def psum_sum(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+    return _psum(tuple(jnp.sum(a, axis=0, keepdims=True) for a in arrays), axis_name)
 
   if control is None:
     (total_values,) = psum_sum(values)

@@ -538,3 +538,66 @@ def test_errors_are_raised_at_trace_time_under_jit():
   loss = jax.jit(jaxkl.fused_linear_distillation_loss, static_argnames=("chunk_size",))
   with pytest.raises(ValueError, match="same vocabulary size"):
     loss(h_s, w_s, h_t, w_t[:, :-1], chunk_size=4)
+
+
+# ----------------------------------------------------------------------------
+# Excluded tokens may hold anything.
+
+
+@pytest.mark.parametrize("divergence,beta", DIVERGENCES)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("masked_by", ["where", "labels"])
+def test_excluded_tokens_may_hold_anything(divergence, beta, reduction, masked_by, x64):
+  """Hidden states of excluded tokens filled with -inf, inf, NaN or +-3e38
+  (student, teacher or both): the loss, the per-token losses and every
+  gradient are those of the problem without those tokens; the excluded
+  tokens get per-token loss 0 and hidden-state gradients exactly 0.
+
+  Reference: the fused loss on the kept tokens only (it equals the unfused
+  loss, tested above), itself checked against ``distillation_loss`` here.
+  """
+  (h_s, w_s, h_t, w_t), labels, where, _ = _problem(np.float64, n=12)
+  keep = np.asarray(where if masked_by == "where" else labels != -100)
+  mask_kwargs = {"where": where} if masked_by == "where" else {"labels": labels}
+  kept_kwargs = {} if masked_by == "where" else {"labels": labels[keep]}
+  kwargs = dict(divergence=divergence, beta=beta, reduction=reduction, chunk_size=5)
+  cotangent = jnp.linspace(0.5, 1.5, 12)
+
+  def value_and_grads(h_s, h_t, cotangent, **extra):
+    def scalar(*args):
+      values = _fused(*args, 2.0, **kwargs, **extra)
+      return (jnp.sum(values * cotangent) if values.ndim else values), values
+
+    fn = jax.value_and_grad(scalar, argnums=(0, 1, 2, 3), has_aux=True)
+    (_, values), grads = fn(h_s, w_s, h_t, w_t)
+    return values, grads
+
+  want_values, want_grads = value_and_grads(
+    h_s[keep], h_t[keep], cotangent[keep], **kept_kwargs
+  )
+  unfused = _unfused(h_s[keep], w_s, h_t[keep], w_t, 2.0, **kwargs, **kept_kwargs)
+  _assert_close(want_values, unfused, 1e-12)
+  for fill in (-np.inf, np.inf, np.nan, 3e38, -3e38):
+    for garbage_in in ("student", "teacher", "both"):
+      bad_s, bad_t = np.array(h_s), np.array(h_t)
+      if garbage_in != "teacher":
+        bad_s[~keep] = fill
+      if garbage_in != "student":
+        bad_t[~keep] = fill
+      values, grads = value_and_grads(
+        jnp.asarray(bad_s), jnp.asarray(bad_t), cotangent, **mask_kwargs
+      )
+      what = f"{fill} in {garbage_in}"
+      values = np.asarray(values)
+      if reduction == "none":
+        np.testing.assert_array_equal(values[~keep], 0.0, err_msg=what)
+        values = values[keep]
+      np.testing.assert_allclose(values, want_values, rtol=1e-12, err_msg=what)
+      d_h_s, d_w_s, d_h_t, d_w_t = (np.asarray(g) for g in grads)
+      for d_h, want_d_h in ((d_h_s, want_grads[0]), (d_h_t, want_grads[2])):
+        np.testing.assert_array_equal(d_h[~keep], 0.0, err_msg=what)
+        np.testing.assert_allclose(
+          d_h[keep], want_d_h, rtol=1e-11, atol=1e-15, err_msg=what
+        )
+      for d_w, want_d_w in ((d_w_s, want_grads[1]), (d_w_t, want_grads[3])):
+        np.testing.assert_allclose(d_w, want_d_w, rtol=1e-11, atol=1e-15, err_msg=what)

@@ -217,10 +217,38 @@ def _flatten(student, teacher, temperature):
   )
 
 
+def _value_grad_and(outer):
+  """``f -> x -> (f(x), grad f(x), outer(grad f)(x))`` from one trace of
+  ``jax.value_and_grad(f)`` (the value and gradient ride along as the
+  outer transformation's auxiliary output: fewer operations to compile)."""
+
+  def transform(f):
+    def grad_with_aux(x):
+      value, grad = jax.value_and_grad(f)(x)
+      return grad, (value, grad)
+
+    def everything(x):
+      second, (value, grad) = outer(grad_with_aux, has_aux=True)(x)
+      return value, grad, second
+
+    return everything
+
+  return transform
+
+
+def _jacfwd_jacfwd(f):
+  def everything(x):
+    value, grad = jax.value_and_grad(f)(x)
+    return value, grad, jax.jacfwd(jax.jacfwd(f))(x)
+
+  return everything
+
+
+# Each maps f to x -> (value, gradient (reverse mode), second derivatives).
 SECOND_ORDER = {
-  "hessian": jax.hessian,  # forward over reverse
-  "jacrev(grad)": lambda f: jax.jacrev(jax.grad(f)),
-  "jacfwd(jacfwd)": lambda f: jax.jacfwd(jax.jacfwd(f)),
+  "hessian": _value_grad_and(jax.jacfwd),  # forward over reverse
+  "jacrev(grad)": _value_grad_and(jax.jacrev),
+  "jacfwd(jacfwd)": _jacfwd_jacfwd,
 }
 
 
@@ -240,10 +268,7 @@ def _derivatives(name, problems, beta, second_order, use_jit):
   xs = [_flatten(*problem) for problem in problems]
 
   def everything(xs):
-    return [
-      (f(x), jax.grad(f)(x), SECOND_ORDER[second_order](f)(x))
-      for f, x in zip(flats, xs, strict=False)
-    ]
+    return [SECOND_ORDER[second_order](f)(x) for f, x in zip(flats, xs, strict=False)]
 
   if use_jit:
     key = (name, beta, second_order, str(xs[0].dtype), tuple(shapes))
@@ -273,6 +298,12 @@ def _assert_close(got, want, rtol, what):
 # jit and eager, the Hessian (forward over reverse) and, eagerly, the other
 # second-order compositions. Shapes are fixed (2 rows, 3 real classes) so
 # that eager mode reuses its compiled operations across examples.
+# Compiling is the cost (CI runs on 2 cores): the fused loss is compiled as a
+# whole even when called eagerly, so its eager and jit examples are the same
+# test and it runs under jit only (one compilation of everything, instead of
+# one per transformation), and the value, gradient and second derivatives
+# come from one trace; 12 examples sample the classes above (the worked
+# examples below pin the issue's cases).
 @hypothesis.given(
   name=st.sampled_from(sorted(FUNCTIONS)),
   masked_positions=st.lists(st.integers(0, 4), min_size=1, max_size=2),
@@ -284,16 +315,19 @@ def _assert_close(got, want, rtol, what):
   use_jit=st.booleans(),
   second_order=st.sampled_from(sorted(SECOND_ORDER)),
 )
-@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.settings(max_examples=12, deadline=None)
 def test_class_masked_in_both_changes_nothing(
   name, masked_positions, beta, temperature, scale, seed, dtype, use_jit, second_order
 ):
   rows, classes = 2, 3
-  if use_jit:
+  if name in FUSED:
+    use_jit = True  # compiled as a whole anyway (see above)
+    if second_order == "jacfwd(jacfwd)":
+      second_order = "hessian"  # a custom_vjp: no forward mode on the loss
+  elif use_jit:
     second_order = "hessian"
+  if use_jit:
     beta = round(2 * beta) / 2
-  if name in FUSED and second_order == "jacfwd(jacfwd)":
-    second_order = "hessian"  # a custom_vjp: no forward mode on the loss
   if "jsd" not in name and "jensen" not in name:
     beta = 0.5  # unused
   total = classes + len(masked_positions)
