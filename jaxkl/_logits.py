@@ -22,8 +22,7 @@ from jaxkl import _reduction
 
 Divergence = Literal["forward", "reverse", "jsd"]
 DIVERGENCES: tuple[str, ...] = ("forward", "reverse", "jsd")
-# A tangent in a custom_jvp rule with ``symbolic_zeros=True``.
-Tangent = jax.Array | SymbolicZero
+Tangent = _pointwise.Tangent
 
 
 def _check_temperature_value(temperature: float, shown: object) -> None:
@@ -644,6 +643,36 @@ def _jsd_from_log_probs(
   ) * _kl_from_log_probs(log_m, log_q, axes, mask)
 
 
+def class_sums(
+  log_q: jax.Array,
+  log_p: jax.Array,
+  divergence: str,
+  beta: float,
+  axes: tuple[int, ...],
+  mask: jax.Array | None,
+) -> jax.Array:
+  """The divergence's terms summed over ``axes`` (masked), from log-softmaxes.
+
+  ``log_q`` is the student's, ``log_p`` the teacher's; on a slice of the
+  classes (vocabulary-parallel) this is the slice's part of the sum.
+  """
+  if divergence == "forward":
+    return _kl_from_log_probs(log_q, log_p, axes, mask)
+  if divergence == "reverse":
+    return _kl_from_log_probs(log_p, log_q, axes, mask)
+  return _jsd_from_log_probs(log_q, log_p, beta, axes, mask)
+
+
+def clamps(inputs: _Inputs, divergence: str) -> bool:
+  """Whether the result is clamped at 0 (see ``_finish``).
+
+  A true divergence is: without a mask or with a mask of whole examples;
+  JSD also under a mask within examples, since its terms are non-negative
+  class by class.
+  """
+  return inputs.whole_examples or divergence == "jsd"
+
+
 def jensen_shannon_from_logits(
   logits: ArrayLike,
   target_logits: ArrayLike,
@@ -813,14 +842,8 @@ def _divergence_from_logits(
   inputs = _validate_logits(logits, target_logits, temperature, axis, where)
   keep = kept_examples(inputs)
   log_q, log_p = _log_softmaxes(inputs, keep)
-  if divergence == "reverse":
-    result = _kl_from_log_probs(log_p, log_q, inputs.axes, inputs.mask)
-  else:
-    result = _jsd_from_log_probs(log_q, log_p, beta, inputs.axes, inputs.mask)
-  # JSD's terms are non-negative class by class, so it stays non-negative
-  # under a mask within examples too: its rounding is clamped in every case.
-  clamp = inputs.whole_examples or divergence == "jsd"
-  return _finish(result, keep, clamp), inputs.out_dtype
+  result = class_sums(log_q, log_p, divergence, beta, inputs.axes, inputs.mask)
+  return _finish(result, keep, clamps(inputs, divergence)), inputs.out_dtype
 
 
 def token_mask(

@@ -34,8 +34,6 @@ from jaxkl import _checks
 from jaxkl import _estimators
 from jaxkl import _logits
 from jaxkl import _monte_carlo
-from jaxkl import _per_example
-from jaxkl import _pointwise
 
 # pylint: disable=protected-access  (jaxkl's own private helpers)
 
@@ -101,14 +99,6 @@ def _global_log_softmax(
     axis_name,
   )
   return shifted_x - jnp.log(sum_x), shifted_y - jnp.log(sum_y)
-
-
-def _local_sum_kl(
-  log_q: jax.Array, log_p: jax.Array, mask: jax.Array | None
-) -> jax.Array:
-  """Local part of ``sum p (log p - log q)`` over the class axis; masked."""
-  log_p = _per_example.masked_target(log_p, mask, log_target=True)
-  return jnp.sum(_pointwise.kl_terms_log_target(log_q, log_p), axis=-1)
 
 
 def vocab_parallel_kl_from_logits(
@@ -230,21 +220,11 @@ def vocab_parallel_kl_from_logits(
     inputs.inverse_t,
     axis_name,
   )
-  if divergence == "forward":
-    local = _local_sum_kl(log_q, log_p, mask)
-  elif divergence == "reverse":
-    local = _local_sum_kl(log_p, log_q, mask)
-  else:
-    log_m = _logits._log_mixture(log_p, log_q, beta)
-    local = beta * _local_sum_kl(log_m, log_p, mask) + (1 - beta) * _local_sum_kl(
-      log_m, log_q, mask
-    )
+  local = _logits.class_sums(log_q, log_p, divergence, beta, (log_q.ndim - 1,), mask)
   # As divergence_from_logits: dropped examples exactly 0; clamped at 0
   # (rounding; the derivatives are the unclamped ones) when it is a
-  # divergence, not under a mask within examples (e.g. of classes), where the
-  # kept classes' sum of p (log p - log q) may be negative, as in
-  # kl_divergence. JSD's terms are non-negative class by class.
-  clamp = inputs.whole_examples or divergence == "jsd"
+  # divergence.
+  clamp = _logits.clamps(inputs, divergence)
   result = _logits._finish(_psum(local, axis_name), keep, clamp)
   return result.astype(inputs.out_dtype)
 
