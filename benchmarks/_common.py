@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -56,8 +57,34 @@ def environment(versions: dict | None = None, extra: dict | None = None) -> dict
     "memory_gib": round(
       os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
     ),
-    "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    "load_average_at_start": load_average(),
     **(extra or {}),
+  }
+
+
+def load_average() -> str:
+  """The 1-, 5- and 15-minute load averages, as ``"1.23 0.98 0.75"``: the
+  other tenants' share of the CPUs ("n/a" where the platform has none)."""
+  try:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+  except OSError:
+    return "n/a"
+
+
+def summarize(
+  times: dict, implementations: Sequence[str], modes: Sequence[str]
+) -> dict:
+  """``{impl: {mode: {"median", "min", "times_ms"}}}`` from ``time_blocks``."""
+  return {
+    impl: {
+      mode: {
+        "median": statistics.median(times[(impl, mode)]),
+        "min": min(times[(impl, mode)]),
+        "times_ms": times[(impl, mode)],
+      }
+      for mode in modes
+    }
+    for impl in implementations
   }
 
 

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -309,17 +308,7 @@ def main(argv=None) -> int:
     return 1
 
   times = time_blocks(runners, args.repeats)
-  summary = {
-    impl: {
-      mode: {
-        "median": statistics.median(times[(impl, mode)]),
-        "min": min(times[(impl, mode)]),
-        "times_ms": times[(impl, mode)],
-      }
-      for mode in MODES
-    }
-    for impl in IMPLEMENTATIONS
-  }
+  summary = _common.summarize(times, IMPLEMENTATIONS, MODES)
   best = lambda impl, mode: summary[impl][mode]["min"]  # noqa: E731
   ratios = [
     {

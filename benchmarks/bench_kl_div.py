@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -209,14 +208,6 @@ def render_markdown(env, args, summary, ratios, sanity_lines) -> str:
 # --------------------------------------------------------------------------- #
 # Main
 # --------------------------------------------------------------------------- #
-def _load_average() -> str:
-  """The machine's load averages: other tenants' share of the CPUs."""
-  try:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-  except OSError:  # not available on this platform
-    return "n/a"
-
-
 def environment() -> dict:
   return _common.environment(
     versions={"torch": torch.__version__, "optax": optax.__version__},
@@ -288,18 +279,8 @@ def main(argv=None) -> int:
     return 1
 
   times = time_blocks(runners, args.repeats)
-  env["load_average_at_end"] = _load_average()
-  summary = {
-    impl: {
-      mode: {
-        "median": statistics.median(times[(impl, mode)]),
-        "min": min(times[(impl, mode)]),
-        "times_ms": times[(impl, mode)],
-      }
-      for mode in MODES
-    }
-    for impl in IMPLEMENTATIONS
-  }
+  env["load_average_at_end"] = _common.load_average()
+  summary = _common.summarize(times, IMPLEMENTATIONS, MODES)
   med = lambda impl, mode: summary[impl][mode]["min"]  # noqa: E731
   ratios = [
     {

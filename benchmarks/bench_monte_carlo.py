@@ -469,20 +469,10 @@ def main(argv=None) -> int:
     return 1
 
   times = time_blocks(runners, args.repeats)
-  summary = {
-    impl: {
-      mode: {
-        "median": statistics.median(times[(impl, mode)]),
-        "min": min(times[(impl, mode)]),
-        "times_ms": times[(impl, mode)],
-      }
-      for mode in MODES
-    }
-    for impl in IMPLEMENTATIONS
-  }
+  summary = _common.summarize(times, IMPLEMENTATIONS, MODES)
   paired = paired_tail_cost(runners, args.pairs)
   isolated = isolated_tail_cost(n, 2 * args.pairs, args.seed)
-  env["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+  env["load_average_at_end"] = _common.load_average()
   md = render_markdown(env, args, summary, sanity_lines, paired, isolated)
   print("\n" + md.split("## Timings\n\n", 1)[1])
   output = args.output or RESULTS_DIR / f"monte_carlo_{jax.default_backend()}.md"
