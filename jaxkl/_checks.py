@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import chex  # type: ignore[import-untyped]  # chex ships no py.typed marker
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
@@ -151,3 +152,51 @@ def result_dtype(*arrays: jnp.ndarray) -> tuple[np.dtype, np.dtype]:
   out = np.dtype(jnp.result_type(*arrays))
   compute = np.dtype(jnp.float32) if finfo(out).bits < 32 else out
   return out, compute
+
+
+# ----------------------------------------------------------------------------
+# Sharding types at trace time (jax >= 0.6 names them in ``jax.typeof``;
+# older versions have none of this, and every helper answers "nothing").
+
+
+def _aval(x: jax.Array) -> Any:
+  typeof = getattr(jax, "typeof", None)
+  return None if typeof is None else typeof(x)
+
+
+def varying_axes(x: jax.Array) -> frozenset[str]:
+  """The ``shard_map`` mesh axes over which ``x`` varies (empty outside)."""
+  aval = _aval(x)
+  manual = getattr(aval, "manual_axis_type", None)
+  axes: Any = getattr(manual, "varying", None)
+  if axes is None:
+    axes = getattr(aval, "vma", frozenset())
+  return frozenset(axes)
+
+
+def pcast_varying(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  """``x`` typed as varying over ``axes`` inside ``shard_map``."""
+  if not axes:
+    return x
+  pcast = getattr(jax.lax, "pcast", None)
+  if pcast is not None:
+    out: jax.Array = pcast(x, axes, to="varying")
+    return out
+  out = jax.lax.pvary(x, axes)  # type: ignore[attr-defined]  # jax < 0.8
+  return out
+
+
+def abstract_mesh(x: jax.Array) -> Any:
+  """The mesh named by ``x``'s sharding type, or None (no mesh)."""
+  sharding = getattr(_aval(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or getattr(mesh, "empty", True):
+    return None
+  return mesh
+
+
+def partition_spec(x: jax.Array) -> tuple[Any, ...]:
+  """``x``'s partition spec from its sharding type (empty when unknown)."""
+  sharding = getattr(_aval(x), "sharding", None)
+  spec = getattr(sharding, "spec", None)
+  return () if spec is None else tuple(spec)

@@ -46,7 +46,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
+from typing import Literal
 from typing import NamedTuple
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -54,12 +57,18 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import CustomVJPPrimal
 from jax.custom_derivatives import SymbolicZero
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from jaxkl import _checks
+from jaxkl import _fused_blocks
 from jaxkl import _logits
 from jaxkl import _reduction
+from jaxkl._fused_blocks import Blocks
+from jaxkl._fused_blocks import RowStats
 
 
 class _Config(NamedTuple):
@@ -68,35 +77,54 @@ class _Config(NamedTuple):
   divergence: _logits.Divergence
   beta: float
   reduction: str
-  chunk_size: int
+  tokens: Blocks
+  vocab: Blocks | None  # None: each chunk's logits over the whole vocabulary
 
 
 class _Needs(NamedTuple):
-  """Which gradients the loop computes (static)."""
+  """Which gradients the loop computes (static), in the operands' order."""
 
   student_hidden: bool = False
   student_weight: bool = False
+  student_bias: bool = False
   teacher_hidden: bool = False
   teacher_weight: bool = False
+  teacher_bias: bool = False
   temperature: bool = False
 
   def any(self) -> bool:
     return any(self)
 
+  def student(self) -> bool:
+    return self.student_hidden or self.student_weight or self.student_bias
+
+  def teacher(self) -> bool:
+    return self.teacher_hidden or self.teacher_weight or self.teacher_bias
+
 
 _NO_GRADS = _Needs()
 
-# (student_hidden, student_weight, teacher_hidden, teacher_weight,
-# temperature, mask): the whole arrays, mask None when all tokens count.
-_Operands = tuple[
-  jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, "jax.Array | None"
-]
-# Gradient blocks by argument name (the fields of ``_Needs``).
-_Grads = dict[str, jax.Array]
+
+class _Operands(NamedTuple):
+  """The whole arrays; biases None when absent, mask None when all count."""
+
+  student_hidden: jax.Array
+  student_weight: jax.Array
+  student_bias: jax.Array | None
+  teacher_hidden: jax.Array
+  teacher_weight: jax.Array
+  teacher_bias: jax.Array | None
+  temperature: jax.Array
+  mask: jax.Array | None
+
+
+# Gradients, accumulators and per-row outputs by name.
+_Arrays = dict[str, jax.Array]
 # What the forward pass keeps for the backward pass: the names of the
-# gradients needed (dict keys: static), the operands, and the gradients when
-# they were computed with the loss (scalar reductions).
-_Residuals = tuple[dict[str, None], _Operands, "_Grads | None"]
+# gradients needed (dict keys: static), the operands, the gradients when they
+# were computed with the loss (scalar reductions), and the per-row statistics
+# of the vocabulary passes ('none' with vocabulary blocks).
+_Residuals = tuple[dict[str, None], _Operands, "_Arrays | None", "RowStats | None"]
 _DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple[()]]]
 
 # Contract the hidden axis of x [c, H] with the rows of w [H, V] -> [c, V];
@@ -104,6 +132,7 @@ _DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple
 # takes the transpose as dimension numbers, so it is not materialized.
 _LOGITS_DIMS: _DotDims = (((1,), (0,)), ((), ()))
 _D_HIDDEN_DIMS: _DotDims = (((1,), (1,)), ((), ()))
+_HIDDEN = ("student_hidden", "teacher_hidden")
 
 
 def _weight_grad(x: jax.Array, g: jax.Array, accumulate_dtype: DTypeLike) -> jax.Array:
@@ -129,6 +158,16 @@ def _matmul(
   )
 
 
+def _logits_of(
+  hidden: jax.Array, weight: jax.Array, bias: jax.Array | None, compute: DTypeLike
+) -> jax.Array:
+  """``hidden @ weight + bias`` with a wide accumulator."""
+  logits = _matmul(hidden, weight, _LOGITS_DIMS, compute)
+  if bias is not None:
+    logits = logits + bias.astype(compute)[None, :]
+  return logits
+
+
 def _chunk_losses(
   config: _Config,
   student_logits: jax.Array,
@@ -148,164 +187,269 @@ def _chunk_losses(
   return per_token * jnp.square(temperature)
 
 
-def _chunk(
-  config: _Config,
+class _Chunk(NamedTuple):
+  """One token chunk's inputs: rows ``[c, ...]`` and the whole weights."""
+
+  student_hidden: jax.Array
+  teacher_hidden: jax.Array
+  mask: jax.Array | None
+  weights: jax.Array | None  # [c] gradient weights of the losses, or None
+  stats: RowStats | None  # statistics from the forward pass, or None
+
+
+def _contract(
   needs: _Needs,
-  operands: _Operands,
-  start: jax.Array,
-  size: int,
-  cotangent: jax.Array | None,
-  fresh: jax.Array | None,
-) -> tuple[jax.Array, _Grads | None]:
-  """Losses of rows ``[start, start + size)`` and their gradient blocks.
+  ops: _Operands,
+  chunk: _Chunk,
+  d_student: jax.Array,
+  d_teacher: jax.Array,
+  acc: _Arrays,
+  vocab: Blocks | None,
+  j: jax.Array | None,
+) -> tuple[_Arrays, _Arrays]:
+  """Hidden-state gradient blocks and updated weight/bias accumulators.
 
-  Args:
-    config: the static options.
-    needs: which gradients to compute (all False: the losses only).
-    operands: ``(student_hidden, student_weight, teacher_hidden,
-      teacher_weight, temperature, mask)``, the whole arrays.
-    start: first row, a traced int32.
-    size: number of rows, a Python int.
-    cotangent: ``[N]`` weights of the per-token losses in the gradient
-      (ignored when nothing is needed).
-    fresh: None, or a ``[size]`` boolean mask of the rows that no earlier
-      chunk handled; the others get zero weight in the gradients.
-
-  Returns:
-    ``(losses [size], grads)`` where ``grads`` holds ``d student_hidden``
-    ``[size, H]``, ``d student_weight`` ``[H, V]``, ``d teacher_hidden``
-    ``[size, H_t]``, ``d teacher_weight`` ``[H_t, V]`` and ``d temperature``,
-    each None unless needed, in the compute dtype.
+  ``d_student``/``d_teacher`` are the (weighted) gradients with respect to a
+  block of logits: all classes (``vocab`` None), or vocabulary block ``j``.
+  They enter the matmuls in the operands' dtype (float32 accumulation), as
+  the unfused loss's backward pass does.
   """
-  h_s, w_s, h_t, w_t, temperature, mask = operands
-  compute = temperature.dtype
+  compute = ops.temperature.dtype
+  acc = dict(acc)
+  hidden: _Arrays = {}
+  sides = (
+    ("student", d_student, chunk.student_hidden, ops.student_weight),
+    ("teacher", d_teacher, chunk.teacher_hidden, ops.teacher_weight),
+  )
+  for side, d_logits, h, w in sides:
+    w_block = w if vocab is None or j is None else vocab.take(w, j, 1)
+    if getattr(needs, f"{side}_hidden"):
+      hidden[f"{side}_hidden"] = _matmul(
+        d_logits.astype(w.dtype), w_block, _D_HIDDEN_DIMS, compute
+      )
+    for name in (f"{side}_weight", f"{side}_bias"):
+      if not getattr(needs, name):
+        continue
+      if name.endswith("weight"):
+        grad, axis = _weight_grad(h, d_logits.astype(h.dtype), compute), 1
+      else:
+        grad, axis = jnp.sum(d_logits, axis=0), 0
+      if vocab is None or j is None:
+        acc[name] = acc[name] + grad.astype(acc[name].dtype)
+      else:
+        acc[name] = vocab.add(acc[name], grad, j, axis)
+  return hidden, acc
 
-  def rows(x: jax.Array) -> jax.Array:
-    return lax.dynamic_slice_in_dim(x, start, size, axis=0)
 
-  h_s_c, h_t_c = rows(h_s), rows(h_t)
-  mask_c = None if mask is None else rows(mask)
-  # Excluded tokens may hold anything (NaN hidden states of padding): their
-  # hidden states are replaced by 0, so that ``0 * NaN`` cannot reach the
-  # weight gradients (``h.T @ d logits``); their logits are replaced again
-  # inside the per-row code (``inf * 0`` from a -inf bias row).
-  h_s_c = _logits.zero_dropped_examples(h_s_c, mask_c, (1,))
-  h_t_c = _logits.zero_dropped_examples(h_t_c, mask_c, (1,))
-  s = _matmul(h_s_c, w_s, _LOGITS_DIMS, compute)
-  t = _matmul(h_t_c, w_t, _LOGITS_DIMS, compute)
-  if not needs.any():
-    return _chunk_losses(config, s, t, temperature, mask_c), None
+def _dense_chunk(
+  config: _Config, needs: _Needs, ops: _Operands, chunk: _Chunk, acc: _Arrays
+) -> tuple[_Arrays, _Arrays, _Arrays]:
+  """A chunk's losses and gradients with ``[c, V]`` logits (no vocab blocks)."""
+  compute = ops.temperature.dtype
+  s = _logits_of(chunk.student_hidden, ops.student_weight, ops.student_bias, compute)
+  t = _logits_of(chunk.teacher_hidden, ops.teacher_weight, ops.teacher_bias, compute)
+  if not needs.any() or chunk.weights is None:
+    return {"losses": _chunk_losses(config, s, t, ops.temperature, chunk.mask)}, {}, acc
 
   def losses_fn(s: jax.Array, t: jax.Array, temperature: jax.Array) -> jax.Array:
-    return _chunk_losses(config, s, t, temperature, mask_c)
+    return _chunk_losses(config, s, t, temperature, chunk.mask)
 
-  losses, vjp = jax.vjp(losses_fn, s, t, temperature)
-  assert cotangent is not None  # gradients need their weights
-  weights = rows(cotangent).astype(compute)
-  if fresh is not None:
-    weights = jnp.where(fresh, weights, 0)
-  ds, dt, d_temperature = vjp(weights)
-  grads: _Grads = {}
-  # The gradient blocks enter the matmuls in the operands' dtype (float32
-  # accumulation), as the unfused loss's backward pass does.
-  if needs.student_hidden:
-    grads["student_hidden"] = _matmul(
-      ds.astype(w_s.dtype), w_s, _D_HIDDEN_DIMS, compute
-    )
-  if needs.student_weight:
-    grads["student_weight"] = _weight_grad(h_s_c, ds.astype(h_s.dtype), compute)
-  if needs.teacher_hidden:
-    grads["teacher_hidden"] = _matmul(
-      dt.astype(w_t.dtype), w_t, _D_HIDDEN_DIMS, compute
-    )
-  if needs.teacher_weight:
-    grads["teacher_weight"] = _weight_grad(h_t_c, dt.astype(h_t.dtype), compute)
+  losses, vjp = jax.vjp(losses_fn, s, t, ops.temperature)
+  d_s, d_t, d_temperature = vjp(chunk.weights.astype(compute))
+  hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None, None)
   if needs.temperature:
-    grads["temperature"] = d_temperature
-  return losses, grads
+    acc["temperature"] = acc["temperature"] + d_temperature
+  return {"losses": losses}, hidden, acc
+
+
+def _vocab_chunk(
+  config: _Config, needs: _Needs, ops: _Operands, chunk: _Chunk, acc: _Arrays
+) -> tuple[_Arrays, _Arrays, _Arrays]:
+  """A chunk's losses, statistics and gradients over vocabulary blocks.
+
+  See ``_fused_blocks``: statistics, then values (unless the gradient pass
+  gives them), then gradients (when ``chunk.weights`` is given). With
+  ``chunk.stats`` (the backward pass of ``'none'``) only the gradient pass
+  runs. Returns ``(per-row outputs, hidden-state gradient blocks, acc)``.
+  """
+  vocab = config.vocab
+  assert vocab is not None  # only called with vocabulary blocks
+  compute = ops.temperature.dtype
+  temperature = ops.temperature
+  inverse_t = 1 / temperature
+  divergence, beta = config.divergence, config.beta
+
+  def logits(j: jax.Array) -> _fused_blocks.LogitBlock:
+    def side(h: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+      bias = None if b is None else vocab.take(b, j, 0)
+      x = _logits_of(h, vocab.take(w, j, 1), bias, compute)
+      # Dropped rows: logits 0, as in distillation_loss (``inf * 0`` from a
+      # -inf bias cannot reach the sums).
+      return _logits.zero_dropped_examples(x, chunk.mask, (1,))
+
+    s = side(chunk.student_hidden, ops.student_weight, ops.student_bias)
+    t = side(chunk.teacher_hidden, ops.teacher_weight, ops.teacher_bias)
+    return s, t, vocab.fresh(j)
+
+  rows = chunk.student_hidden.shape[0]
+  like = jnp.zeros_like(chunk.student_hidden[:, 0], compute)
+  out: _Arrays = {}
+  stats = chunk.stats
+  losses = None
+  if stats is None:
+    stream = needs.any() and _fused_blocks.streamed(
+      divergence,
+      needs.teacher() or needs.temperature,
+      needs.student() or needs.temperature,
+    )
+    stats, streamed = _fused_blocks.statistics(
+      logits, vocab.steps, rows, inverse_t, divergence, stream, like
+    )
+    if needs.any() and divergence != "jsd":
+      stats = _fused_blocks.closed_form_derivatives(stats, divergence, streamed)
+    if not needs.any() or divergence == "jsd" or chunk.weights is None:
+      divergences, stats = _fused_blocks.values(
+        logits,
+        vocab.steps,
+        stats,
+        inverse_t,
+        divergence,
+        beta,
+        needs.any() and divergence == "jsd",
+      )
+      losses = _logits._finish(divergences, chunk.mask, True) * jnp.square(temperature)
+    if needs.any() and chunk.weights is None:  # 'none': keep for backward
+      out.update(stats._asdict())
+  if chunk.weights is None or not needs.any():
+    assert losses is not None
+    out["losses"] = losses
+    return out, {}, acc
+
+  weights = chunk.weights.astype(compute)
+  hidden: _Arrays = {
+    name: jnp.zeros_like(getattr(chunk, name), compute)
+    for name in _HIDDEN
+    if getattr(needs, name)
+  }
+  carry = (jnp.zeros_like(like), hidden, acc)
+
+  def body(
+    j: jax.Array, carry: tuple[jax.Array, _Arrays, _Arrays]
+  ) -> tuple[jax.Array, _Arrays, _Arrays]:
+    total, hidden, acc = carry
+    assert stats is not None
+    block = _fused_blocks.block_gradients(
+      logits(j), stats, temperature, weights, divergence, beta
+    )
+    blocks, acc = _contract(
+      needs, ops, chunk, block.d_student, block.d_teacher, acc, vocab, j
+    )
+    hidden = {name: hidden[name] + blocks[name] for name in hidden}
+    if needs.temperature:
+      acc = dict(acc, temperature=acc["temperature"] + block.d_temperature)
+    return total + block.losses, hidden, acc
+
+  total, hidden, acc = lax.fori_loop(0, vocab.steps, body, carry)
+  if losses is None:
+    out["losses"] = _logits._finish(total, chunk.mask, True)
+  else:
+    out["losses"] = losses
+  return out, hidden, acc
 
 
 def _loop(
   config: _Config,
   needs: _Needs,
-  operands: _Operands,
+  ops: _Operands,
   cotangent: jax.Array | None = None,
-) -> tuple[jax.Array, _Grads]:
-  """Runs ``_chunk`` over all rows; returns per-token losses and gradients.
+  stats: RowStats | None = None,
+) -> tuple[_Arrays, _Arrays]:
+  """Runs the chunks over all tokens; returns per-row outputs and gradients.
 
-  The rows are processed in ``ceil(N / c)`` chunks of ``c = min(chunk_size,
-  N)`` rows by one ``lax.fori_loop``. When ``c`` does not divide ``N``, the
-  last chunk is the last ``c`` rows, overlapping the previous chunk: its rows
-  already done get zero weight in the gradients and keep their earlier
-  results (no padding, no copy of the inputs, one compiled chunk; at most
-  ``c - 1`` rows are computed twice). The gradients with respect to the hidden
-  states are written block by block into ``[N, H]`` buffers of the hidden
-  states' dtype; those with respect to the weights and the temperature are
-  accumulated in the compute dtype.
+  The tokens are cut into ``config.tokens`` blocks (``Blocks``: strided when
+  a divisor of ``N`` allows, else contiguous with an overlapping last chunk
+  whose repeated rows get zero weight and keep their earlier results). The
+  per-row outputs are ``'losses'`` (and the vocabulary passes' statistics,
+  for the backward pass of ``'none'``); the gradients with respect to the
+  hidden states are written chunk by chunk into ``[N, H]`` buffers of the
+  hidden states' dtype, those with respect to the weights, biases and the
+  temperature are accumulated in the compute dtype.
   """
-  h_s, w_s, h_t, w_t, temperature, _ = operands
-  compute = temperature.dtype
-  n = h_s.shape[0]
-  size = max(1, min(config.chunk_size, n))
-  steps = -(-n // size)
-  overlap = n % size != 0
+  compute = ops.temperature.dtype
+  tokens = config.tokens
+  h_s = ops.student_hidden
+  row = jnp.zeros_like(h_s[:, 0], compute)  # [N], typed like the tokens
+  outputs: _Arrays = {"losses": row}
+  if config.vocab is not None and needs.any() and cotangent is None and stats is None:
+    outputs.update(dict.fromkeys(RowStats._fields, row))
+  grads: _Arrays = {}
+  for name, operand in zip(_Needs._fields, ops, strict=False):
+    if cotangent is not None and getattr(needs, name):
+      assert operand is not None
+      dtype = operand.dtype if name in _HIDDEN else compute
+      grads[name] = jnp.zeros_like(operand, dtype)
+  chunk_fn = _dense_chunk if config.vocab is None else _vocab_chunk
 
-  carry: _Grads = {"losses": jnp.zeros((n,), compute)}
-  if needs.student_hidden:
-    carry["student_hidden"] = jnp.zeros(h_s.shape, h_s.dtype)
-  if needs.student_weight:
-    carry["student_weight"] = jnp.zeros(w_s.shape, compute)
-  if needs.teacher_hidden:
-    carry["teacher_hidden"] = jnp.zeros(h_t.shape, h_t.dtype)
-  if needs.teacher_weight:
-    carry["teacher_weight"] = jnp.zeros(w_t.shape, compute)
-  if needs.temperature:
-    carry["temperature"] = jnp.zeros((), compute)
+  def body(i: jax.Array, carry: tuple[_Arrays, _Arrays]) -> tuple[_Arrays, _Arrays]:
+    outputs, grads = carry
+    fresh = tokens.fresh(i)
 
-  def write(
-    buffer: jax.Array, block: jax.Array, start: jax.Array, fresh: jax.Array | None
-  ) -> jax.Array:
-    """Stores ``block`` as rows ``start...``, keeping rows not ``fresh``."""
-    block = block.astype(buffer.dtype)
-    if fresh is not None:
-      old = lax.dynamic_slice_in_dim(buffer, start, size, axis=0)
-      fresh = fresh.reshape(fresh.shape + (1,) * (block.ndim - 1))
-      block = jnp.where(fresh, block, old)
-    return lax.dynamic_update_slice_in_dim(buffer, block, start, axis=0)
+    def rows(x: jax.Array) -> jax.Array:
+      return tokens.take(x, i, 0)
 
-  def body(i: jax.Array, carry: _Grads) -> _Grads:
-    start = i * size
-    fresh: jax.Array | None = None
-    if overlap:
-      start = jnp.minimum(start, n - size)
-      fresh = start + jnp.arange(size) >= i * size
-    losses, grads = _chunk(config, needs, operands, start, size, cotangent, fresh)
-    carry = dict(carry)
-    carry["losses"] = write(carry["losses"], losses, start, fresh)
-    for name, value in (grads or {}).items():
-      if name in ("student_hidden", "teacher_hidden"):
-        carry[name] = write(carry[name], value, start, fresh)
-      else:
-        carry[name] = carry[name] + value
-    return carry
+    mask = None if ops.mask is None else rows(ops.mask)
+    # Excluded tokens may hold anything (NaN hidden states of padding): their
+    # hidden states are replaced by 0, so that ``0 * NaN`` cannot reach the
+    # weight gradients (``h.T @ d logits``); their logits are replaced again
+    # inside the per-row code (``inf * 0`` from a -inf bias).
+    weights = None
+    if cotangent is not None:
+      weights = rows(cotangent).astype(compute)
+      if fresh is not None:
+        weights = jnp.where(fresh, weights, 0)
+    chunk = _Chunk(
+      _logits.zero_dropped_examples(rows(h_s), mask, (1,)),
+      _logits.zero_dropped_examples(rows(ops.teacher_hidden), mask, (1,)),
+      mask,
+      weights,
+      None if stats is None else RowStats(*map(rows, stats)),
+    )
+    acc = {name: g for name, g in grads.items() if name not in _HIDDEN}
+    out, hidden, acc = chunk_fn(config, needs, ops, chunk, acc)
+    outputs = {name: tokens.put(outputs[name], out[name], i, 0) for name in outputs}
+    grads = dict(acc)
+    for name in _HIDDEN:
+      if name in hidden:
+        grads[name] = tokens.put(carry[1][name], hidden[name], i, 0)
+    return outputs, grads
 
-  if steps:
-    carry = lax.fori_loop(0, steps, body, carry)
-  losses = carry.pop("losses")
-  return losses, carry
+  if tokens.steps == 0:  # no tokens
+    return outputs, grads
+  if tokens.steps == 1:
+    outputs, grads = body(jnp.zeros((), jnp.int32), (outputs, grads))
+  else:
+    outputs, grads = lax.fori_loop(0, tokens.steps, body, (outputs, grads))
+  return outputs, grads
 
 
 def _reduction_vjp(
-  config: _Config, mask: jax.Array | None, n: int, dtype: DTypeLike
+  config: _Config, mask: jax.Array | None, dtype: DTypeLike, like: jax.Array
 ) -> Callable[[jax.Array], jax.Array]:
-  """The (linear) map from the reduced loss' cotangent to per-token weights."""
+  """The (linear) map from the reduced loss' cotangent to per-token weights.
+
+  ``like`` is ``[N, ...]``, typed like the tokens (in ``shard_map``: varying
+  as the operands are); the weights are typed the same way.
+  """
 
   def reduce(values: jax.Array) -> jax.Array:
     return _reduction.reduce_loss(values, config.reduction, where=mask)
 
-  _, vjp = jax.vjp(reduce, jnp.zeros((n,), dtype))
+  # Typed like the tokens (varying over shard_map axes as the operands are):
+  # the per-token weights must vary like the per-token losses.
+  out, vjp = jax.vjp(reduce, jnp.zeros_like(like[:, 0], dtype))
 
   def weights(g: jax.Array) -> jax.Array:
+    g = _checks.pcast_varying(g, _missing_axes(g, _varying_axes(out)))
     per_token: jax.Array = vjp(g)[0]
     return per_token
 
@@ -313,83 +457,69 @@ def _reduction_vjp(
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(
-  config: _Config,
-  h_s: jax.Array,
-  w_s: jax.Array,
-  h_t: jax.Array,
-  w_t: jax.Array,
-  temperature: jax.Array,
-  mask: jax.Array | None,
-) -> jax.Array:
-  losses, _ = _loop(config, _NO_GRADS, (h_s, w_s, h_t, w_t, temperature, mask))
-  return _reduction.reduce_loss(losses, config.reduction, where=mask)
+def _fused(config: _Config, ops: _Operands) -> jax.Array:
+  outputs, _ = _loop(config, _NO_GRADS, ops)
+  return _reduction.reduce_loss(outputs["losses"], config.reduction, where=ops.mask)
 
 
-def _fused_fwd(
-  config: _Config,
-  h_s: CustomVJPPrimal,
-  w_s: CustomVJPPrimal,
-  h_t: CustomVJPPrimal,
-  w_t: CustomVJPPrimal,
-  temperature: CustomVJPPrimal,
-  mask: CustomVJPPrimal | None,
-) -> tuple[jax.Array, _Residuals]:
+def _primal(x: CustomVJPPrimal | None) -> jax.Array | None:
+  return None if x is None else x.value
+
+
+def _fused_fwd(config: _Config, ops: _Operands) -> tuple[jax.Array, _Residuals]:
+  primal = cast("tuple[CustomVJPPrimal | None, ...]", tuple(ops))
   needs = _Needs(
-    h_s.perturbed, w_s.perturbed, h_t.perturbed, w_t.perturbed, temperature.perturbed
+    *(x is not None and x.perturbed for x in primal[: len(_Needs._fields)])
   )
-  operands: _Operands = (
-    h_s.value,
-    w_s.value,
-    h_t.value,
-    w_t.value,
-    temperature.value,
-    None if mask is None else mask.value,
-  )
-  token_mask = operands[5]
-  n, compute = operands[0].shape[0], operands[4].dtype
+  values = _Operands(*map(_primal, primal))  # type: ignore[arg-type]  # hidden, weights, temperature are never None
+  compute = values.temperature.dtype
   # `needs` travels as the keys of a dict of Nones: pytree structure, static
   # under every transformation (unlike Python bools as leaves).
   needs_keys = {name: None for name, need in needs._asdict().items() if need}
   if config.reduction == "none":
-    losses, _ = _loop(config, _NO_GRADS, operands)
-    value = _reduction.reduce_loss(losses, config.reduction, where=token_mask)
-    return value, (needs_keys, operands, None)
+    outputs, _ = _loop(config, needs, values)
+    value = _reduction.reduce_loss(
+      outputs.pop("losses"), config.reduction, where=values.mask
+    )
+    stats = RowStats(**outputs) if outputs else None
+    return value, (needs_keys, values, None, stats)
   # Scalar reduction: loss = sum_i weight_i * loss_i, weights known now.
-  weights = _reduction_vjp(config, token_mask, n, compute)(jnp.ones((), compute))
-  losses, grads = _loop(config, needs, operands, weights)
-  value = _reduction.reduce_loss(losses, config.reduction, where=token_mask)
-  return value, (needs_keys, operands, grads)
+  weights = _reduction_vjp(config, values.mask, compute, values.student_hidden)(
+    jnp.ones((), compute)
+  )
+  outputs, grads = _loop(config, needs, values, weights)
+  value = _reduction.reduce_loss(outputs["losses"], config.reduction, where=values.mask)
+  return value, (needs_keys, values, grads, None)
 
 
 def _fused_bwd(
   config: _Config, residuals: _Residuals, g: jax.Array | SymbolicZero
-) -> tuple[jax.Array | None, ...]:
-  needs_keys, operands, grads = residuals
+) -> tuple[_Operands]:
+  needs_keys, ops, grads, stats = residuals
   if isinstance(g, SymbolicZero):
-    return (None,) * 6
-  compute = operands[4].dtype
+    return (_Operands(*(None,) * len(_Operands._fields)),)  # type: ignore[arg-type]  # all-None cotangents
+  compute = ops.temperature.dtype
   if config.reduction == "none":
     needs = _Needs(**dict.fromkeys(needs_keys, True))
-    weights = _reduction_vjp(config, operands[5], operands[0].shape[0], compute)(
+    weights = _reduction_vjp(config, ops.mask, compute, ops.student_hidden)(
       g.astype(compute)
     )
-    _, grads = _loop(config, needs, operands, weights)
+    _, grads = _loop(config, needs, ops, weights, stats)
     scale = None
   else:
     assert grads is not None  # computed in the forward pass
     scale = g.astype(compute)
   cotangents: list[jax.Array | None] = []
-  for name, operand in zip(_Needs._fields, operands, strict=False):
+  for name, operand in zip(_Operands._fields, ops, strict=False):
     if name not in grads:
       cotangents.append(None)
       continue
     grad = grads[name]
     if scale is not None:
       grad = grad.astype(compute) * scale
-    assert operand is not None  # the mask gets no gradient
+    assert operand is not None
     cotangents.append(grad.astype(operand.dtype))
-  return (*tuple(cotangents), None)
+  return (_Operands(*cotangents),)  # type: ignore[arg-type]  # None: no cotangent
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
@@ -417,6 +547,8 @@ def fused_linear_distillation_loss(
   teacher_hidden: ArrayLike,
   teacher_weight: ArrayLike,
   *,
+  student_bias: ArrayLike | None = None,
+  teacher_bias: ArrayLike | None = None,
   temperature: ArrayLike = 1.0,
   divergence: _logits.Divergence = "forward",
   beta: float = 0.5,
@@ -424,7 +556,9 @@ def fused_linear_distillation_loss(
   labels: ArrayLike | None = None,
   ignore_index: int = -100,
   reduction: str = "mean",
-  chunk_size: int = 1024,
+  chunk_size: int | Literal["auto"] = "auto",
+  vocab_chunk: int | Literal["auto"] | None = "auto",
+  extra_teacher_classes: Literal["error", "zero_mass"] = "error",
 ) -> jax.Array:
   r"""Distillation loss of two linear heads, without materializing the logits.
 
@@ -613,12 +747,9 @@ def fused_linear_distillation_loss(
       f"teacher_hidden.shape[1] = {h_t.shape[1]} rows; got shape "
       f"{w_t.shape}."
     )
-  if w_t.shape[1] != w_s.shape[1]:
-    raise ValueError(
-      f"`student_weight` and `teacher_weight` must have the same vocabulary "
-      f"size (last axis); got shapes {w_s.shape} and {w_t.shape}."
-    )
-  _checks.check_positive_int(chunk_size, "chunk_size", "static")
+  b_s = _check_bias(student_bias, "student_bias", w_s.shape[1], "student_weight")
+  b_t = _check_bias(teacher_bias, "teacher_bias", w_t.shape[1], "teacher_weight")
+  w_s, b_s = _match_vocabularies(w_s, b_s, w_t, extra_teacher_classes)
   if not isinstance(ignore_index, (int, np.integer)) or isinstance(
     ignore_index, (bool, np.bool_)
   ):
@@ -628,13 +759,181 @@ def fused_linear_distillation_loss(
   temperature = _logits.check_temperature(temperature)
   mask = _logits.token_mask((n,), where, labels, ignore_index)
   # Logits, softmaxes and accumulators: float32, or float64 if an input is.
-  wide = any(x.dtype.itemsize > 4 for x in (h_s, w_s, h_t, w_t))
+  inputs = [x for x in (h_s, w_s, b_s, h_t, w_t, b_t) if x is not None]
+  wide = any(x.dtype.itemsize > 4 for x in inputs)
   compute = jnp.float64 if wide else jnp.float32
-  # The dtype of distillation_loss(h_s @ w_s, h_t @ w_t): that of the logits.
-  out_dtype = jnp.promote_types(
-    jnp.promote_types(h_s.dtype, w_s.dtype), jnp.promote_types(h_t.dtype, w_t.dtype)
+  # The dtype of distillation_loss(h_s @ w_s + b_s, h_t @ w_t + b_t).
+  out_dtype = functools.reduce(jnp.promote_types, [x.dtype for x in inputs])
+  # Tokens sharded over an explicit mesh axis: one chunk of all tokens (the
+  # loop then never slices the sharded axis).
+  rows_spec = _checks.partition_spec(h_s)
+  tokens, vocab = chunk_sizes(
+    n,
+    w_t.shape[1],
+    chunk_size=chunk_size,
+    vocab_chunk=vocab_chunk,
+    dtype=compute,
+    sharded_tokens=bool(rows_spec) and rows_spec[0] is not None,
   )
-  temperature = jnp.asarray(temperature, compute)
-  config = _Config(divergence, beta, reduction, int(chunk_size))
-  loss: jax.Array = _fused_jit(config, h_s, w_s, h_t, w_t, temperature, mask)
+  config = _Config(
+    divergence,
+    beta,
+    reduction,
+    Blocks.make(n, tokens),
+    None if vocab is None else Blocks.make(w_t.shape[1], vocab),
+  )
+  ops = _Operands(h_s, w_s, b_s, h_t, w_t, b_t, jnp.asarray(temperature, compute), mask)
+  # shard_map (check_vma=True): every operand varies over the same manual axes.
+  varying = _varying_axes(*ops)
+  ops = _Operands(*(_to_varying(x, varying) for x in ops))  # type: ignore[arg-type]  # None stays None
+  call = functools.partial(_fused_jit, config)
+  mesh, explicit = _explicit_axes(*ops)
+  if explicit:
+    rows = _checks.partition_spec(h_s)
+    # A scalar loss is replicated; per-token losses are sharded as tokens.
+    axis = rows[0] if rows and reduction == "none" else None
+    spec = PartitionSpec() if axis is None else PartitionSpec(axis)  # type: ignore[no-untyped-call]  # PartitionSpec is unannotated
+    call = jax.sharding.auto_axes(
+      call, axes=explicit, out_sharding=NamedSharding(mesh, spec)
+    )
+  loss: jax.Array = call(ops)
   return loss.astype(out_dtype)
+
+
+def _varying_axes(*arrays: jax.Array | None) -> tuple[str, ...]:
+  """The ``shard_map`` axes over which any of ``arrays`` varies (sorted)."""
+  axes: set[str] = set()
+  for x in arrays:
+    if x is not None:
+      axes |= _checks.varying_axes(x)
+  return tuple(sorted(axes))
+
+
+def _to_varying(x: jax.Array | None, axes: tuple[str, ...]) -> jax.Array | None:
+  """``x`` typed as varying over every axis in ``axes`` (no-op outside)."""
+  if x is None:
+    return None
+  return _checks.pcast_varying(x, _missing_axes(x, axes))
+
+
+def _missing_axes(x: jax.Array, axes: tuple[str, ...]) -> tuple[str, ...]:
+  return tuple(a for a in axes if a not in _checks.varying_axes(x))
+
+
+def _explicit_axes(*arrays: jax.Array | None) -> tuple[Any, tuple[str, ...]]:
+  """``(mesh, its Explicit axis names)`` of the first operand on a mesh."""
+  for x in arrays:
+    if x is None:
+      continue
+    mesh = _checks.abstract_mesh(x)
+    if mesh is not None:
+      axes = tuple(
+        name
+        for name, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)
+        if kind == AxisType.Explicit
+      )
+      if axes:
+        return mesh, axes
+  return None, ()
+
+
+def _check_bias(
+  bias: ArrayLike | None, name: str, vocab: int, weight_name: str
+) -> jax.Array | None:
+  if bias is None:
+    return None
+  array = _checks.as_float_array(bias, name)
+  if array.shape != (vocab,):
+    raise ValueError(
+      f"`{name}` must have shape [V] = ({vocab},), the last axis of "
+      f"`{weight_name}`; got shape {array.shape}."
+    )
+  return array
+
+
+def _match_vocabularies(
+  w_s: jax.Array, b_s: jax.Array | None, w_t: jax.Array, extra_teacher_classes: str
+) -> tuple[jax.Array, jax.Array | None]:
+  """The student head over the teacher's vocabulary (see the docstring)."""
+  vocab = w_t.shape[1]
+  if extra_teacher_classes not in ("error", "zero_mass"):
+    raise ValueError(
+      "`extra_teacher_classes` must be 'error' or 'zero_mass'; got "
+      f"{extra_teacher_classes!r}."
+    )
+  student = w_s.shape[1]
+  if student == vocab:
+    return w_s, b_s
+  if student > vocab or extra_teacher_classes == "error":
+    raise ValueError(
+      f"`student_weight` and `teacher_weight` must have the same vocabulary "
+      f"size (last axis); got shapes {w_s.shape} and {w_t.shape}. "
+      + (
+        "Pass extra_teacher_classes='zero_mass' to give the teacher's extra "
+        "classes zero student probability."
+        if student < vocab
+        else "A student vocabulary larger than the teacher's is not supported."
+      )
+    )
+  extra = vocab - student
+  w_s = jnp.pad(w_s, ((0, 0), (0, extra)))
+  b_s = jnp.zeros((student,), w_s.dtype) if b_s is None else b_s
+  b_s = jnp.pad(b_s, (0, extra), constant_values=-jnp.inf)
+  return w_s, b_s
+
+
+def chunk_sizes(
+  tokens: int,
+  vocab: int,
+  *,
+  chunk_size: int | str = "auto",
+  vocab_chunk: int | str | None = "auto",
+  dtype: DTypeLike = jnp.float32,
+  sharded_tokens: bool = False,
+) -> tuple[int, int | None]:
+  """The ``(chunk_size, vocab_chunk)`` that the fused loss uses.
+
+  Resolves ``'auto'`` by the rule of :func:`fused_linear_distillation_loss`
+  (the docstring's "Chunk sizes") and validates explicit values.
+
+  Args:
+    tokens: ``N``, the number of tokens.
+    vocab: ``V``, the vocabulary size.
+    chunk_size: rows per chunk, or ``'auto'``.
+    vocab_chunk: classes per vocabulary block, ``None`` (whole vocabulary per
+      chunk) or ``'auto'``.
+    dtype: the compute dtype (float32, or float64 for float64 inputs).
+    sharded_tokens: whether the tokens are sharded over devices (then
+      ``'auto'`` takes all tokens in one chunk).
+
+  Returns:
+    ``(rows per chunk, classes per block or None)``; both at most ``N`` and
+    ``V``.
+
+  Raises:
+    TypeError, ValueError: a size that is not a positive int or ``'auto'``.
+  """
+  auto_rows = isinstance(chunk_size, str) and chunk_size == "auto"
+  auto_vocab = isinstance(vocab_chunk, str) and vocab_chunk == "auto"
+  if not auto_rows:
+    _checks.check_positive_int(chunk_size, "chunk_size", "static, or 'auto'")
+  if not auto_vocab and vocab_chunk is not None:
+    _checks.check_positive_int(vocab_chunk, "vocab_chunk", "static, None or 'auto'")
+  tokens, vocab = max(tokens, 1), max(vocab, 1)
+  budget = max(1, _fused_blocks.BLOCK_BYTES // np.dtype(dtype).itemsize)
+  if auto_rows and auto_vocab:
+    rows, block = _fused_blocks.default_sizes(
+      tokens, vocab, np.dtype(dtype).itemsize, sharded_tokens
+    )
+  elif auto_rows:
+    block = None if vocab_chunk is None else min(int(vocab_chunk), vocab)
+    rows = tokens if sharded_tokens else min(tokens, max(1, budget // (block or vocab)))
+  elif auto_vocab:
+    rows = min(int(chunk_size), tokens)
+    block = None if rows * vocab <= budget else max(1, budget // rows)
+  else:
+    rows = min(int(chunk_size), tokens)
+    block = None if vocab_chunk is None else int(vocab_chunk)
+  if block is not None and block >= vocab:
+    block = None
+  return min(rows, tokens), block

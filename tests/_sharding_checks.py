@@ -791,9 +791,8 @@ def spmd_checks():
 
 
 # ----------------------------------------------------------------------------
-# GSPMD: the rest of the public API (losses, fused linear loss, closed forms,
-# estimators, k-NN), batch-/token-/sample-sharded; vocabulary-sharded weights
-# for the fused loss.
+# GSPMD: the rest of the public API (losses, closed forms, estimators, k-NN),
+# batch-/sample-sharded.
 
 
 def weighted_sum(out):
@@ -813,17 +812,28 @@ def api_check(
   row_spec=None,
   rtol=RTOL,
   atol=None,
+  reference_fn=None,
+  reference=None,
 ):
   """fn on NamedSharding-placed inputs equals fn on one device.
 
-  With ``row_spec``, outputs of rank 1 must be sharded as ``row_spec``.
-  Returns the failures, the multi-device outputs and the compiled HLO text.
+  The one-device result is that of ``reference_fn`` (default ``fn``), kept
+  in the dict ``reference`` (when given) to be computed once for several
+  layouts. With ``row_spec``, outputs of rank 1 must be sharded as
+  ``row_spec``. Returns the failures, the multi-device outputs and the
+  compiled HLO text.
   """
   mesh = make_mesh(mesh_shape, axis_names, kind)
   args = [put(a, mesh, s) for a, s in zip(host_args, specs, strict=False)]
   got, hlo = compile_and_run(fn, args)
   fail = Failures()
-  fail.tree_close("", got, one_device(fn, host_args), rtol=rtol, atol=atol)
+  if reference is None or "value" not in reference:
+    want = one_device(reference_fn or fn, host_args)
+    if reference is not None:
+      reference["value"] = want
+  else:
+    want = reference["value"]
+  fail.tree_close("", got, want, rtol=rtol, atol=atol)
   if row_spec is not None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(got):
       if leaf.ndim == 1:
@@ -874,149 +884,6 @@ def losses_check(kind):
     (spec, spec, spec, spec, P("data")),
     row_spec=P("data"),
   )
-  return fail
-
-
-# Fused linear loss: N tokens, hidden sizes H (student) and H_T (teacher).
-N, H, H_T = 64, 16, 24
-
-
-def fused_data(seed=8):
-  rng = np.random.default_rng(seed)
-
-  def normal(*shape, scale=1.0):
-    return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-  labels = rng.integers(0, V, N)
-  labels[::5] = -100
-  return (
-    normal(N, H),
-    normal(H, V, scale=0.5),
-    normal(N, H_T),
-    normal(H_T, V, scale=0.5),
-    labels,
-  )
-
-
-FUSED_LAYOUTS = {
-  # name: (mesh shape, axis names, spec of hidden [N, H], of weights [H, V])
-  "tokens": ((8,), ("data",), P("data", None), P()),
-  "vocab": ((8,), ("model",), P(), P(None, "model")),
-}
-FUSED_VARIANTS = (  # (divergence, reduction, chunk_size)
-  ("forward", "mean", 24),  # 24 does not divide N = 64: chunks overlap
-  ("jsd", "none", 16),
-)
-
-
-def fused_grads(h_s, w_s, h_t, w_t, labels):
-  """{variant: (value, (d student_hidden, d student_weight))}."""
-  out = {}
-  for d, reduction, chunk in FUSED_VARIANTS:
-    f = functools.partial(
-      jaxkl.fused_linear_distillation_loss,
-      teacher_hidden=h_t,
-      teacher_weight=w_t,
-      temperature=2.0,
-      divergence=d,
-      beta=0.3,
-      labels=labels,
-      reduction=reduction,
-      chunk_size=chunk,
-    )
-    out[f"{d}/{reduction}/chunk={chunk}"] = jax.value_and_grad(
-      lambda a, b, f=f: weighted_sum(f(a, b)), argnums=(0, 1)
-    )(h_s, w_s)
-  return out
-
-
-def fused_check(kind, layout):
-  """fused_linear_distillation_loss under GSPMD: value, d h_s and d W_s.
-
-  Vocabulary-sharded weights: the loop runs on [chunk, V / 8] blocks (no
-  all-gather of a vocabulary row) and d W_s keeps the weights' sharding.
-  Token-sharded hidden states give the right numbers, but GSPMD gathers
-  them (the chunk loop slices the token axis): see fused_shard_map_check.
-  """
-  mesh_shape, axis_names, h_spec, w_spec = FUSED_LAYOUTS[layout]
-  host = fused_data()
-  label_spec = P(h_spec[0]) if h_spec else P()
-  fail, got, hlo = api_check(
-    kind,
-    mesh_shape,
-    axis_names,
-    fused_grads,
-    host,
-    (h_spec, w_spec, h_spec, w_spec, label_spec),
-  )
-  if layout == "vocab":
-    check_collectives(fail, hlo, V, "HLO")
-    for name, (_, (_, d_w)) in got.items():
-      fail.check(
-        d_w.sharding.spec == w_spec,
-        f"{name}: d student_weight sharded as {d_w.sharding.spec}",
-      )
-  return fail
-
-
-def fused_shard_map_check():
-  """Token parallelism: the fused loss per device in shard_map, then psum."""
-  mesh = make_mesh((DEVICES,), ("data",), "Explicit")
-  h_s, w_s, h_t, w_t, labels = fused_data()
-  rows = P("data", None)
-
-  def mean_loss(h_s, w_s, h_t, w_t, labels):
-    def local(h_s, w_s, h_t, w_t, labels):
-      total = jaxkl.fused_linear_distillation_loss(
-        h_s,
-        w_s,
-        h_t,
-        w_t,
-        temperature=2.0,
-        labels=labels,
-        reduction="sum",
-        chunk_size=3,
-      )
-      count = jnp.sum(labels != -100).astype(total.dtype)
-      return jax.lax.psum(total, "data"), jax.lax.psum(count, "data")
-
-    # check_vma=False: the loss' zero-initialized loop carries and cotangent
-    # seeds are not typed as varying over 'data' (see the fused loss'
-    # docstring, "Many devices").
-    total, count = jax.shard_map(
-      local,
-      mesh=mesh,
-      in_specs=(rows, P(), rows, P(), P("data")),
-      out_specs=(P(), P()),
-      check_vma=False,
-    )(h_s, w_s, h_t, w_t, labels)
-    return total / count
-
-  def sharded(*args):
-    return jax.value_and_grad(mean_loss, argnums=(0, 1))(*args)
-
-  def reference(h_s, w_s, h_t, w_t, labels):
-    return jax.value_and_grad(
-      lambda a, b: jaxkl.fused_linear_distillation_loss(
-        a, b, h_t, w_t, temperature=2.0, labels=labels, chunk_size=24
-      ),
-      argnums=(0, 1),
-    )(h_s, w_s)
-
-  args = [
-    put(a, mesh, s)
-    for a, s in zip(
-      (h_s, w_s, h_t, w_t, labels), (rows, P(), rows, P(), P("data")), strict=False
-    )
-  ]
-  got, hlo = compile_and_run(sharded, args)
-  fail = Failures()
-  fail.tree_close("", got, one_device(reference, (h_s, w_s, h_t, w_t, labels)))
-  fail.check(
-    got[1][0].sharding.is_equivalent_to(NamedSharding(mesh, rows), 2),
-    f"d student_hidden sharded as {got[1][0].sharding.spec}",
-  )
-  fail.check(not all_gathers(hlo), f"all-gathers {all_gathers(hlo)}")
   return fail
 
 
@@ -1102,19 +969,349 @@ def knn_check(kind):
 
 def api_checks():
   # Explicit axes (jax.make_mesh's default) where supported; knn_kl (x's rows
-  # sharded) and the fused loss raise ShardingTypeError there, so they run on
-  # Auto axes (see the fused loss' docstring, "Many devices").
+  # sharded) raises ShardingTypeError there, so it runs on Auto axes. The
+  # fused loss: fused_checks.
   checks = {
     "Explicit/losses": functools.partial(losses_check, "Explicit"),
     "Explicit/closed_forms": functools.partial(closed_forms_check, "Explicit"),
     "Explicit/kl_estimator_terms": functools.partial(estimator_terms_check, "Explicit"),
     "Auto/knn_kl": functools.partial(knn_check, "Auto"),
   }
-  for layout in FUSED_LAYOUTS:
-    checks[f"Auto/fused_linear/{layout}"] = functools.partial(
-      fused_check, "Auto", layout
+  return checks
+
+
+# ----------------------------------------------------------------------------
+# The fused linear loss: GSPMD (explicit and automatic axes) and shard_map.
+#
+# Shapes are chosen so that every per-device dimension in the compiled HLO
+# tells what it is: tokens (64 and its per-chunk / per-device parts), hidden
+# sizes 12 and 20, vocabulary 448 (blocks of 112, and their 8- and 4-way
+# shards). A collective whose result has a token dimension and a vocabulary
+# dimension moves logits; an all-gather of more than a per-token vector
+# gathers hidden states or weights.
+
+N, H, H_T, FUSED_V = 64, 12, 20, 448
+VOCAB_CHUNK = 112  # 4 strided vocabulary blocks
+TOKEN_DIMS = {64, 32, 16, 8, 4, 2}  # N and chunk sizes, whole or split
+VOCAB_DIMS = {448, 224, 112, 56, 28, 14}  # V and blocks, whole or split
+FUSED_VARIANTS = {  # name: (divergence, reduction, chunk_size, vocab_chunk)
+  "blocks": ("forward", "mean", 16, VOCAB_CHUNK),  # token chunks x vocab blocks
+  "rows": ("jsd", "none", 16, None),  # token chunks over the whole vocabulary
+  "one_chunk": ("reverse", "sum", N, VOCAB_CHUNK),  # all tokens, vocab blocks
+}
+FUSED_LAYOUTS = {
+  # name: (mesh shape, axis names, spec of hidden [N, *], of weights [*, V],
+  # {mesh axis type: variant}): one variant per check (compiling is the
+  # cost); every variant on each kind of axes, both vocab_chunk settings on
+  # each kind and on the 1-D layouts.
+  "tokens": (
+    (8,),
+    ("data",),
+    P("data", None),
+    P(None, None),
+    {"Explicit": "one_chunk", "Auto": "rows"},
+  ),
+  "vocab": (
+    (8,),
+    ("model",),
+    P(None, None),
+    P(None, "model"),
+    {"Explicit": "rows", "Auto": "blocks"},
+  ),
+  "2d": (
+    (2, 4),
+    ("data", "model"),
+    P("data", None),
+    P(None, "model"),
+    {"Explicit": "blocks", "Auto": "one_chunk"},
+  ),
+}
+
+
+def fused_data(seed=8):
+  """(h_s, w_s, b_s, h_t, w_t, labels) on the host, float32."""
+  rng = np.random.default_rng(seed)
+
+  def normal(*shape, scale=1.0):
+    return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+  labels = rng.integers(0, FUSED_V, N)
+  labels[::5] = -100
+  return (
+    normal(N, H),
+    normal(H, FUSED_V, scale=0.5),
+    normal(FUSED_V, scale=0.5),
+    normal(N, H_T),
+    normal(H_T, FUSED_V, scale=0.5),
+    labels,
+  )
+
+
+def fused_specs(h_spec, w_spec):
+  """In-specs of fused_data's arrays for hidden and weight specs."""
+  return (h_spec, w_spec, P(w_spec[1]), h_spec, w_spec, P(h_spec[0]))
+
+
+def fused_values_and_grads(fused, variants):
+  """fn(h_s, w_s, b_s, h_t, w_t, labels) -> {variant: (value, grads)}.
+
+  ``fused`` is the fused loss or its dense reference (same signature); the
+  gradients are with respect to h_s, w_s, b_s, h_t and w_t, of a weighted
+  sum of the per-token losses for ``'none'``.
+  """
+
+  def fn(h_s, w_s, b_s, h_t, w_t, labels):
+    out = {}
+    for variant in variants:
+      d, reduction, chunk, vocab_chunk = FUSED_VARIANTS[variant]
+
+      def loss(
+        h_s,
+        w_s,
+        b_s,
+        h_t,
+        w_t,
+        d=d,
+        reduction=reduction,
+        chunk=chunk,
+        vocab_chunk=vocab_chunk,
+      ):
+        value = fused(
+          h_s,
+          w_s,
+          h_t,
+          w_t,
+          student_bias=b_s,
+          temperature=2.0,
+          divergence=d,
+          beta=0.3,
+          labels=labels,
+          reduction=reduction,
+          chunk_size=chunk,
+          vocab_chunk=vocab_chunk,
+        )
+        return weighted_sum(value), value
+
+      (_, value), grads = jax.value_and_grad(
+        loss, argnums=(0, 1, 2, 3, 4), has_aux=True
+      )(h_s, w_s, b_s, h_t, w_t)
+      out[variant] = (value, grads)
+    return out
+
+  return fn
+
+
+def dense_fused(h_s, w_s, h_t, w_t, *, student_bias, chunk_size, vocab_chunk, **kw):
+  """The reference: distillation_loss on materialized logits."""
+  del chunk_size, vocab_chunk
+  return jaxkl.distillation_loss(h_s @ w_s + student_bias[None, :], h_t @ w_t, **kw)
+
+
+def fused_collectives(hlo):
+  """(op, [result shapes]) of every collective in compiled HLO text."""
+  found = []
+  for line in hlo.splitlines():
+    match = re.search(
+      r"=\s*(.*?)\s+(all-gather|all-reduce|all-to-all|reduce-scatter|"
+      r"collective-permute)(-start)?\(",
+      line,
     )
-  checks["fused_linear/tokens_shard_map"] = fused_shard_map_check
+    if match:
+      shapes = [
+        tuple(int(d) for d in dims.split(",") if d)
+        for dims in re.findall(r"[a-z]+\d*\[([\d,]*)\]", match.group(1))
+      ]
+      found.append((match.group(2), shapes))
+  return found
+
+
+def check_fused_collectives(fail, hlo, vocab_sharded, what):
+  """Only per-row statistics (and d weight blocks over 'data') cross devices.
+
+  No collective moves a [tokens, vocabulary] block; nothing but per-token
+  vectors is gathered (hidden states and weights stay where they are); with
+  the tokens replicated and the vocabulary sharded, no collective has a
+  vocabulary dimension at all.
+  """
+  for op, shapes in fused_collectives(hlo):
+    for shape in shapes:
+      dims = set(shape)
+      fail.check(
+        not (dims & TOKEN_DIMS and dims & VOCAB_DIMS),
+        f"{what}: {op} of {list(shape)} (a [tokens, vocabulary] block)",
+      )
+      if op != "all-reduce":
+        fail.check(
+          int(np.prod(shape)) <= N,
+          f"{what}: {op} of {list(shape)} (more than a per-token vector)",
+        )
+      if vocab_sharded == "only":
+        fail.check(
+          not dims & VOCAB_DIMS,
+          f"{what}: {op} of {list(shape)} with the tokens replicated",
+        )
+
+
+def fused_detector_check():
+  """check_fused_collectives flags gathers and logits, passes statistics."""
+  hlo = "\n".join(
+    (
+      "  %a = f32[64,12]{1,0} all-gather(f32[8,12]{1,0} %h), dimensions={0}",
+      "  %b = (f32[16]{0}, f32[16,12]{1,0}) all-reduce(%m, %d), to_apply=%add",
+      "  %c = f32[16,14]{1,0} all-reduce(f32[16,14]{1,0} %s), to_apply=%add",
+      "  %d = f32[12,56]{1,0} all-reduce(f32[12,56]{1,0} %w), to_apply=%add",
+      "  %e = f32[64]{0} all-gather-start(f32[8]{0} %l), dimensions={0}",
+    )
+  )
+  fail = Failures()
+  fail.check(len(fused_collectives(hlo)) == 5, f"parsed {fused_collectives(hlo)}")
+  probe = Failures()
+  check_fused_collectives(probe, hlo, True, "probe")
+  want = ["all-gather of [64, 12]", "all-reduce of [16, 14]"]
+  fail.check(
+    sorted(m.split(": ")[1].split(" (")[0] for m in probe) == sorted(want),
+    f"flagged {list(probe)}, want {want}",
+  )
+  probe = Failures()
+  check_fused_collectives(probe, hlo, "only", "probe")
+  fail.check(
+    any("[12, 56] with the tokens replicated" in m for m in probe),
+    f"d weight all-reduce not flagged with replicated tokens: {list(probe)}",
+  )
+  return fail
+
+
+_FUSED_REFERENCE = {}
+
+
+def fused_check(kind, layout):
+  """fused_linear_distillation_loss under GSPMD on explicit or auto axes.
+
+  The layout's variant for this kind of axes (token chunks and/or
+  vocabulary blocks: see FUSED_LAYOUTS): values and the gradients w.r.t.
+  both hidden states, both weights and the student bias against the dense
+  loss on one device; per-token losses and d hidden keep the tokens'
+  sharding, d weight and d bias the vocabulary's; the compiled HLO moves no
+  logits and gathers neither hidden states nor weights.
+  """
+  mesh_shape, axis_names, h_spec, w_spec, variant = FUSED_LAYOUTS[layout]
+  variants = (variant[kind],)
+  host = fused_data()
+  specs = fused_specs(h_spec, w_spec)
+  fail, got, hlo = api_check(
+    kind,
+    mesh_shape,
+    axis_names,
+    fused_values_and_grads(jaxkl.fused_linear_distillation_loss, variants),
+    host,
+    specs,
+    rtol=1e-4,
+    reference=_FUSED_REFERENCE.setdefault(variants, {}),
+    reference_fn=fused_values_and_grads(dense_fused, variants),
+  )
+  mesh = make_mesh(mesh_shape, axis_names, kind)
+  vocab_sharded = "only" if layout == "vocab" else layout == "2d"
+  check_fused_collectives(fail, hlo, vocab_sharded, "HLO")
+  for name, (value, grads) in got.items():
+    if value.ndim:
+      fail.check(
+        value.sharding.is_equivalent_to(NamedSharding(mesh, P(h_spec[0])), 1),
+        f"{name}: per-token losses sharded as {value.sharding.spec}, not "
+        f"{P(h_spec[0])}",
+      )
+    for grad, spec, what in zip(
+      grads, specs, ("h_s", "w_s", "b_s", "h_t", "w_t"), strict=False
+    ):
+      fail.check(
+        grad.sharding.is_equivalent_to(NamedSharding(mesh, spec), grad.ndim),
+        f"{name}: d {what} sharded as {grad.sharding.spec}, not as the input {spec}",
+      )
+  return fail
+
+
+def fused_shard_map_check(vocab_chunk):
+  """Token parallelism in shard_map (check_vma=True): per-device sums, psum.
+
+  Values and gradients of the mean over kept tokens (w.r.t. both hidden
+  states, both weights and the student bias) equal the dense loss on one
+  device; the gradients keep the inputs' shardings; nothing is gathered.
+  """
+  mesh = make_mesh((DEVICES,), ("data",), "Explicit")
+  h_s, w_s, b_s, h_t, w_t, labels = fused_data()
+  rows = P("data", None)
+  in_specs = (rows, P(), P(), rows, P(), P("data"))
+
+  def mean_loss(h_s, w_s, b_s, h_t, w_t, labels):
+    def local(h_s, w_s, b_s, h_t, w_t, labels):
+      total = jaxkl.fused_linear_distillation_loss(
+        h_s,
+        w_s,
+        h_t,
+        w_t,
+        student_bias=b_s,
+        temperature=2.0,
+        divergence="jsd",
+        labels=labels,
+        reduction="sum",
+        chunk_size=4,  # 8 tokens per device: 2 chunks
+        vocab_chunk=vocab_chunk,
+      )
+      count = jnp.sum(labels != -100).astype(total.dtype)
+      return jax.lax.psum(total, "data"), jax.lax.psum(count, "data")
+
+    total, count = jax.shard_map(
+      local, mesh=mesh, in_specs=in_specs, out_specs=(P(), P())
+    )(h_s, w_s, b_s, h_t, w_t, labels)
+    return total / count
+
+  def sharded(*args):
+    return jax.value_and_grad(mean_loss, argnums=(0, 1, 2, 3, 4))(*args)
+
+  def reference(h_s, w_s, b_s, h_t, w_t, labels):
+    return jax.value_and_grad(
+      lambda *a: dense_fused(
+        a[0],
+        a[1],
+        a[3],
+        a[4],
+        student_bias=a[2],
+        temperature=2.0,
+        divergence="jsd",
+        labels=labels,
+        chunk_size=None,
+        vocab_chunk=None,
+      ),
+      argnums=(0, 1, 2, 3, 4),
+    )(h_s, w_s, b_s, h_t, w_t)
+
+  host = (h_s, w_s, b_s, h_t, w_t, labels)
+  args = [put(a, mesh, s) for a, s in zip(host, in_specs, strict=False)]
+  got, hlo = compile_and_run(sharded, args)
+  fail = Failures()
+  if "shard_map" not in _FUSED_REFERENCE:  # the same for every vocab_chunk
+    _FUSED_REFERENCE["shard_map"] = one_device(reference, host)
+  fail.tree_close("", got, _FUSED_REFERENCE["shard_map"], rtol=1e-4)
+  names = ("h_s", "w_s", "b_s", "h_t", "w_t")
+  for grad, spec, what in zip(got[1], in_specs, names, strict=False):
+    fail.check(
+      grad.sharding.is_equivalent_to(NamedSharding(mesh, spec), grad.ndim),
+      f"d {what} sharded as {grad.sharding.spec}, not {spec}",
+    )
+  fail.check(not all_gathers(hlo), f"all-gathers {all_gathers(hlo)}")
+  return fail
+
+
+def fused_checks():
+  checks = {"fused_linear/hlo_parser": fused_detector_check}
+  for kind in ("Explicit", "Auto"):
+    for layout in FUSED_LAYOUTS:
+      checks[f"{kind}/fused_linear/{layout}"] = functools.partial(
+        fused_check, kind, layout
+      )
+  for vocab_chunk in (None, VOCAB_CHUNK):
+    checks[f"fused_linear/shard_map/vocab_chunk={vocab_chunk}"] = functools.partial(
+      fused_shard_map_check, vocab_chunk
+    )
   return checks
 
 
@@ -1123,6 +1320,7 @@ GROUPS = {
   "gspmd_auto": lambda: gspmd_checks("Auto"),
   "shard_map": spmd_checks,
   "api": api_checks,
+  "fused": fused_checks,
 }
 
 

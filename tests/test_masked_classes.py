@@ -95,6 +95,11 @@ for _d in ("forward", "reverse", "jsd"):
   FUNCTIONS[f"fused_linear_distillation_loss/{_d}"] = functools.partial(
     lambda w_s, w_t, T, b, d: _fused(w_s, w_t, T, b, d), d=_d
   )
+  # Vocabulary blocks of 2 (not dividing 3, 4 or 5 classes), the bias row
+  # passed as the biases.
+  FUNCTIONS[f"fused_linear_distillation_loss(vocab_chunk=2)/{_d}"] = functools.partial(
+    lambda w_s, w_t, T, b, d: _fused(w_s, w_t, T, b, d, vocab_chunk=2), d=_d
+  )
 FUSED = tuple(name for name in FUNCTIONS if name.startswith("fused"))
 
 
@@ -107,9 +112,14 @@ def _fused_inputs():
   return np.concatenate([h_s, ones], 1), np.concatenate([h_t, ones], 1)
 
 
-def _fused(w_s, w_t, temperature, beta, divergence):
-  """The fused loss; the last row of each weight is the bias row."""
+def _fused(w_s, w_t, temperature, beta, divergence, vocab_chunk=None):
+  """The fused loss; the last row of each weight is the bias row (with
+  ``vocab_chunk``, passed as ``student_bias`` and ``teacher_bias``)."""
   h_s, h_t = (jnp.asarray(h, w_s.dtype) for h in _fused_inputs())
+  kwargs = {}
+  if vocab_chunk is not None:
+    kwargs = dict(student_bias=w_s[-1], teacher_bias=w_t[-1], vocab_chunk=vocab_chunk)
+    h_s, w_s, h_t, w_t = h_s[:, :-1], w_s[:-1], h_t[:, :-1], w_t[:-1]
   return jaxkl.fused_linear_distillation_loss(
     h_s,
     w_s,
@@ -120,6 +130,7 @@ def _fused(w_s, w_t, temperature, beta, divergence):
     beta=beta,
     reduction="sum",
     chunk_size=3,
+    **kwargs,
   )
 
 
@@ -588,10 +599,18 @@ def test_fused_and_vocab_parallel_are_never_negative():
   w = jnp.asarray(rng.normal(size=(8, 100)), jnp.float32)
   mesh = jax.make_mesh((1,), ("model",))
   for divergence in ("forward", "reverse", "jsd"):
-    fused = jaxkl.fused_linear_distillation_loss(
-      h, w, h, w, divergence=divergence, reduction="none", chunk_size=16
-    )
-    assert np.all(np.asarray(fused) >= 0)
+    for vocab_chunk in (None, 32):
+      fused = jaxkl.fused_linear_distillation_loss(
+        h,
+        w,
+        h,
+        w,
+        divergence=divergence,
+        reduction="none",
+        chunk_size=16,
+        vocab_chunk=vocab_chunk,
+      )
+      assert np.all(np.asarray(fused) >= 0)
     per_device = jax.shard_map(
       functools.partial(
         jaxkl.vocab_parallel_kl_from_logits, axis_name="model", divergence=divergence

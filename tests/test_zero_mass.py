@@ -123,6 +123,26 @@ def _fused(t, s):
   return jaxkl.fused_linear_distillation_loss(s, eye, t, eye, reduction="none")
 
 
+def _fused_vocab_chunks(t, s):
+  # Each row's logits as the biases of a zero head (h @ W + b = 0 + b,
+  # exact, -inf allowed), the vocabulary in blocks of 3 (not dividing 4).
+  def row(t, s):
+    one = jnp.ones((1, 1), t.dtype)
+    zero = jnp.zeros((1, t.shape[-1]), t.dtype)
+    return jaxkl.fused_linear_distillation_loss(
+      one,
+      zero,
+      one,
+      zero,
+      student_bias=s,
+      teacher_bias=t,
+      reduction="none",
+      vocab_chunk=3,
+    )[0]
+
+  return jax.vmap(row)(t, s)
+
+
 PATHS = {
   "kl_div": _rows(
     lambda t, s: jaxkl.kl_div(log_softmax(s), softmax(t), reduction="sum")
@@ -153,6 +173,7 @@ PATHS = {
   ),
   "distillation_loss": lambda t, s: jaxkl.distillation_loss(s, t, reduction="none"),
   "fused_linear_distillation_loss": _fused,
+  "fused_linear_distillation_loss(vocab_chunk=3, biases)": _fused_vocab_chunks,
   "vocab_parallel_kl_from_logits": _vocab_parallel,
   "kl_categorical": lambda t, s: jaxkl.kl_categorical(t, s),
 }
