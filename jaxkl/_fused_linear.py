@@ -1,45 +1,56 @@
-"""Distillation loss fused with the output projections, chunked over tokens.
+"""Distillation loss fused with the output projections, chunked over tokens
+and over the vocabulary.
 
 In LLM distillation the logits are ``hidden @ weight`` with a vocabulary of up
 to ~256k entries: for N tokens, the student and teacher logits, their softmaxes
 and the gradient of the loss with respect to the logits are several
 ``[N, V]`` buffers, which dominate the memory of a training step. This module
 computes the same loss as ``jaxkl.distillation_loss(student_hidden @
-student_weight, teacher_hidden @ teacher_weight, ...)`` a block of
-``chunk_size`` tokens at a time, so that at most one ``[chunk, V]`` block of
-logits (and its softmax and gradient) exists at any time, in the forward pass
-and in the backward pass.
+student_weight + student_bias, teacher_hidden @ teacher_weight +
+teacher_bias, ...)`` a block of tokens at a time, and optionally a block of
+the vocabulary at a time, so that the largest buffer is one
+``[chunk_size, V]`` or ``[chunk_size, vocab_chunk]`` block, in the forward
+pass and in the backward pass.
 
 Design (see ``benchmarks/bench_fused_linear.py`` for the measurements):
 
-* A ``jax.custom_vjp`` around a ``lax.fori_loop`` over row chunks. Each
-  iteration computes the two ``[chunk, V]`` logit blocks with float32
-  accumulation, the per-token losses with the same per-row code as
-  ``jaxkl.divergence_from_logits`` and, when differentiating, the gradient of
-  the chunk's losses with respect to its logits (``jax.vjp`` of that per-row
-  code), which is immediately contracted with the weights (``d hidden``, one
-  ``[chunk, H]`` block written into the result) and with the hidden states
-  (``d weight``, accumulated in a float32 ``[H, V]`` carry).
+* A ``jax.custom_vjp`` around a loop over token chunks (``_loop``; the cut of
+  the token axis is a ``_fused_blocks.Blocks``). Without vocabulary blocks
+  (``_dense_chunk``), each iteration computes the two ``[chunk, V]`` logit
+  blocks with float32 accumulation, the per-token losses with the same
+  per-row code as ``jaxkl.divergence_from_logits`` and, when differentiating,
+  the gradient of the chunk's losses with respect to its logits (``jax.vjp``
+  of that per-row code), which is immediately contracted with the weights
+  (``d hidden``) and with the hidden states (``d weight``, accumulated in
+  float32). With vocabulary blocks (``_vocab_chunk``), each token chunk runs
+  the passes of ``_fused_blocks``: an online log-sum-exp, then the values,
+  then the gradients, one ``[chunk, vocab_chunk]`` block of logits at a time.
 * Scalar reductions (``'mean' | 'sum' | 'batchmean'``) are linear in the
   per-token losses, so the per-token weight of each loss (the gradient of
   ``jaxkl.reduce_loss``) is known before the loop: the forward pass of
   ``jax.grad`` computes the gradients in the same loop as the loss and the
-  backward pass only multiplies them by the incoming cotangent. The logits are
-  computed once per step, as in the unfused loss. ``'none'`` returns per-token
-  losses whose cotangent is only known in the backward pass, which therefore
-  recomputes the logits chunk by chunk.
+  backward pass only multiplies them by the incoming cotangent. ``'none'``
+  returns per-token losses whose cotangent is only known in the backward
+  pass, which therefore computes the gradients in a second loop (from the
+  saved per-token statistics, with vocabulary blocks; by recomputing each
+  chunk, without).
 * Only the inputs that are being differentiated get gradients computed (the
   ``perturbed`` flags of ``custom_vjp``'s symbolic zeros): a frozen teacher
   costs nothing, while a teacher (or temperature) that *is* differentiated gets
   its exact gradient.
-* ``N`` need not be a multiple of ``chunk_size``: the last chunk is then the
-  last ``chunk_size`` rows, overlapping the previous one, and its rows that
-  are already done are given zero weight and keep their first results. Unlike
-  padding, this copies nothing, and the loop has a single compiled body.
+* Many devices: the blocks are strided where a divisor allows, so a
+  contiguous sharding of the tokens or of the vocabulary stays a sharding of
+  every block (no gather under GSPMD); inputs on ``Explicit`` mesh axes run
+  under ``jax.sharding.auto_axes``; inside ``shard_map`` every operand is
+  typed as varying over the same manual axes, so ``check_vma=True`` holds and
+  the gradients of replicated operands are summed by JAX's own transpose of
+  that cast.
 
 The chunking idea is the one of Liger-Kernel's fused linear losses (Hsu et al.,
 "Liger Kernel: Efficient Triton Kernels for LLM Training", arXiv:2410.10989,
-2024); the code here is written from the formulas.
+2024) and the online log-sum-exp the one of Milakov & Gimelshein ("Online
+normalizer calculation for softmax", arXiv:1805.02867, 2018); the code here is
+written from the formulas.
 """
 
 from __future__ import annotations
@@ -124,7 +135,14 @@ _Arrays = dict[str, jax.Array]
 # gradients needed (dict keys: static), the operands, the gradients when they
 # were computed with the loss (scalar reductions), and the per-row statistics
 # of the vocabulary passes ('none' with vocabulary blocks).
-_Residuals = tuple[dict[str, None], _Operands, "_Arrays | None", "RowStats | None"]
+# ... and, when the whole problem is one block, autodiff's vjp of it.
+_Residuals = tuple[
+  dict[str, None],
+  _Operands,
+  "_Arrays | None",
+  "RowStats | None",
+  "Callable[[jax.Array], tuple[jax.Array, ...]] | None",
+]
 _DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple[()]]]
 
 # Contract the hidden axis of x [c, H] with the rows of w [H, V] -> [c, V];
@@ -456,14 +474,22 @@ def _reduction_vjp(
   return weights
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused(config: _Config, ops: _Operands) -> jax.Array:
+def _value(config: _Config, ops: _Operands) -> jax.Array:
+  """The loss, computed chunk by chunk (plain JAX: differentiable as is)."""
   outputs, _ = _loop(config, _NO_GRADS, ops)
   return _reduction.reduce_loss(outputs["losses"], config.reduction, where=ops.mask)
 
 
+_fused = jax.custom_vjp(_value, nondiff_argnums=(0,))
+
+
 def _primal(x: CustomVJPPrimal | None) -> jax.Array | None:
   return None if x is None else x.value
+
+
+def _names(needs_keys: dict[str, None]) -> tuple[str, ...]:
+  """The needed operands in the operands' order (a pytree dict is sorted)."""
+  return tuple(name for name in _Needs._fields if name in needs_keys)
 
 
 def _fused_fwd(config: _Config, ops: _Operands) -> tuple[jax.Array, _Residuals]:
@@ -476,30 +502,46 @@ def _fused_fwd(config: _Config, ops: _Operands) -> tuple[jax.Array, _Residuals]:
   # `needs` travels as the keys of a dict of Nones: pytree structure, static
   # under every transformation (unlike Python bools as leaves).
   needs_keys = {name: None for name, need in needs._asdict().items() if need}
+  if config.tokens.steps == 1 and config.vocab is None:
+    # One block (the problem fits the budget): the dense computation, whose
+    # autodiff vjp applies the cotangent inside the logits' gradient rather
+    # than in an extra pass over the [H, V] weight gradient.
+    names = _names(needs_keys)
+
+    def loss_of(*differentiated: jax.Array) -> jax.Array:
+      return _value(
+        config, values._replace(**dict(zip(names, differentiated, strict=True)))
+      )
+
+    value, vjp = jax.vjp(loss_of, *(getattr(values, name) for name in names))
+    return value, (needs_keys, values, None, None, vjp)
   if config.reduction == "none":
     outputs, _ = _loop(config, needs, values)
     value = _reduction.reduce_loss(
       outputs.pop("losses"), config.reduction, where=values.mask
     )
     stats = RowStats(**outputs) if outputs else None
-    return value, (needs_keys, values, None, stats)
+    return value, (needs_keys, values, None, stats, None)
   # Scalar reduction: loss = sum_i weight_i * loss_i, weights known now.
   weights = _reduction_vjp(config, values.mask, compute, values.student_hidden)(
     jnp.ones((), compute)
   )
   outputs, grads = _loop(config, needs, values, weights)
   value = _reduction.reduce_loss(outputs["losses"], config.reduction, where=values.mask)
-  return value, (needs_keys, values, grads, None)
+  return value, (needs_keys, values, grads, None, None)
 
 
 def _fused_bwd(
   config: _Config, residuals: _Residuals, g: jax.Array | SymbolicZero
 ) -> tuple[_Operands]:
-  needs_keys, ops, grads, stats = residuals
+  needs_keys, ops, grads, stats, vjp = residuals
   if isinstance(g, SymbolicZero):
     return (_Operands(*(None,) * len(_Operands._fields)),)  # type: ignore[arg-type]  # all-None cotangents
   compute = ops.temperature.dtype
-  if config.reduction == "none":
+  if vjp is not None:
+    grads = dict(zip(_names(needs_keys), vjp(g), strict=True))
+    scale = None
+  elif config.reduction == "none":
     needs = _Needs(**dict.fromkeys(needs_keys, True))
     weights = _reduction_vjp(config, ops.mask, compute, ops.student_hidden)(
       g.astype(compute)
@@ -562,8 +604,8 @@ def fused_linear_distillation_loss(
 ) -> jax.Array:
   r"""Distillation loss of two linear heads, without materializing the logits.
 
-  With student logits :math:`s_i = h^S_i W_S` and teacher logits
-  :math:`t_i = h^T_i W_T` for tokens :math:`i = 1..N`,
+  With student logits :math:`s_i = h^S_i W_S + b_S` and teacher logits
+  :math:`t_i = h^T_i W_T + b_T` for tokens :math:`i = 1..N`,
 
   .. math::
 
@@ -571,10 +613,11 @@ def fused_linear_distillation_loss(
        D\!\left(\mathrm{softmax}(t_i / T),\ \mathrm{softmax}(s_i / T)\right),
 
   exactly :func:`jaxkl.distillation_loss` applied to
-  ``student_hidden @ student_weight`` and ``teacher_hidden @ teacher_weight``
-  (same divergences, temperature scaling, token masks and reductions; equal
-  to float32 rounding, values and gradients). For the forward KL the gradient
-  with respect to the student weight is
+  ``student_hidden @ student_weight + student_bias`` and
+  ``teacher_hidden @ teacher_weight + teacher_bias`` (same divergences,
+  temperature scaling, token masks and reductions; equal to float32
+  rounding, values and gradients). For the forward KL the gradient with
+  respect to the student weight is
 
   .. math::
 
@@ -585,19 +628,50 @@ def fused_linear_distillation_loss(
   with :math:`w_i` the reduction's weight of token :math:`i` (e.g.
   :math:`m_i / \sum_j m_j` for ``'mean'`` under a mask :math:`m`).
 
-  **Memory.** The tokens are processed in chunks of ``chunk_size`` rows: at
-  most one ``[chunk_size, V]`` block of logits (student and teacher, their
-  softmaxes and their gradient) exists at a time, in the forward and in the
-  backward pass, so the working memory is
-  :math:`O(\text{chunk\_size} \cdot V + H \cdot V)` (the ``[H, V]`` float32
-  accumulator of the weight's gradient) on top of the inputs and the
-  ``[N, H]`` gradients, instead of :math:`O(N \cdot V)` for the unfused loss.
-  When ``N`` is not a multiple of ``chunk_size``, the last chunk is the last
-  ``chunk_size`` rows, overlapping the previous chunk (whose rows it leaves
-  as they are): nothing is padded or copied, and fewer than ``chunk_size``
-  rows are computed twice. Larger chunks make bigger, faster matmuls and
-  fewer passes over the ``[H, V]`` accumulator; 256-1024 rows is a good
-  start (see ``benchmarks/bench_fused_linear.py``).
+  **Memory.** The tokens are processed in chunks of ``chunk_size`` rows, and
+  with ``vocab_chunk`` each chunk's vocabulary in blocks of ``vocab_chunk``
+  classes: the largest buffers are ``[chunk_size, V]`` blocks (or
+  ``[chunk_size, vocab_chunk]``) of logits, softmaxes and their gradients,
+  in the forward and in the backward pass. The working memory is
+  :math:`O(\text{chunk\_size} \cdot \text{block} + H \cdot V)` (the
+  ``[H, V]`` float32 accumulator of the weight's gradient) on top of the
+  inputs and the ``[N, H]`` gradients, instead of :math:`O(N \cdot V)` for
+  the unfused loss. Blocks are *strided* when a divisor of ``N`` (of ``V``)
+  gives blocks between half and all of the requested size (block ``j`` holds
+  the rows, classes ``k * blocks + j``); otherwise they are contiguous and
+  the last block is the last ``chunk_size`` rows (classes), overlapping the
+  previous one, whose entries it leaves as they are. Nothing is padded or
+  copied.
+
+  **Passes over the vocabulary.** Without vocabulary blocks the logits are
+  computed once per step (twice for ``reduction='none'`` with gradients: the
+  backward pass recomputes them). With vocabulary blocks each token chunk
+  first streams the per-token maximum and log-normalizer of both models
+  (online log-sum-exp; for the forward and reverse KL also the divergence
+  itself), then the divergence block by block, then the gradients block by
+  block; the logits are computed 2 times for the value alone, 2 times with
+  gradients for the forward and reverse KL under a scalar reduction (values
+  and gradients share a pass), 3 times for JSD with gradients and for
+  ``'none'`` with gradients. That is up to 50% more matmul work than without
+  blocks, for a memory that no longer grows with ``V``.
+
+  **Chunk sizes** (``'auto'``, the default; ``_fused_linear.chunk_sizes``
+  resolves it). A budget of 32 MiB per ``[chunk, block]`` buffer of the
+  compute dtype (8M float32 entries):
+
+  1. if ``N * V`` fits, one chunk of all tokens, no vocabulary blocks;
+  2. if the tokens are sharded over an ``Explicit`` mesh axis, one chunk of
+     all tokens (the loop then never slices the sharded axis) with blocks of
+     ``budget // N`` classes;
+  3. if 256 rows of ``V`` fit, chunks of ``budget // V`` rows over the whole
+     vocabulary (fewest matmuls);
+  4. otherwise chunks of ``min(N, 1024)`` rows and blocks of
+     ``budget // rows`` classes (e.g. 1024 x 8192 for V = 128256).
+
+  ``H`` does not enter: the ``[chunk, H]`` buffers and the ``[H, V]``
+  accumulator do not depend on the cut. Either size may be given while the
+  other stays ``'auto'`` (it is then chosen to fit the budget);
+  ``vocab_chunk=None`` turns vocabulary blocks off.
 
   **Gradients.** Reverse mode (``jax.grad``, ``jax.vjp``,
   ``jax.value_and_grad``): the function is a ``jax.custom_vjp``, so
@@ -606,67 +680,74 @@ def fused_linear_distillation_loss(
   the chunked passes are ordinary differentiable JAX code: forward over
   reverse (``jax.hessian``, ``jax.jvp`` of ``jax.grad``, Hessian-vector
   products) keeps the chunked memory profile, while reverse over reverse
-  (``jax.grad(jax.grad(...))``) stores every chunk's ``[chunk_size, V]``
-  intermediates. Gradients are computed only for the arguments being
-  differentiated: for a scalar ``reduction`` they are computed in the same
-  pass over the chunks as the loss (the logits are computed once); for
-  ``'none'`` the backward pass recomputes the logits chunk by chunk. The
+  (``jax.grad(jax.grad(...))``) stores every block's intermediates.
+  Gradients are computed only for the arguments being differentiated. The
   teacher is treated like any other input, as in
   :func:`jaxkl.distillation_loss`: if you differentiate with respect to
-  ``teacher_hidden``, ``teacher_weight`` or ``temperature`` you get their
-  exact gradients (at the cost of two more matmuls per chunk for the teacher);
-  a frozen teacher (not differentiated, or wrapped in
-  ``jax.lax.stop_gradient``) costs nothing.
+  ``teacher_hidden``, ``teacher_weight``, ``teacher_bias`` or
+  ``temperature`` you get their exact gradients (at the cost of two more
+  matmuls per block for the teacher); a frozen teacher (not differentiated,
+  or wrapped in ``jax.lax.stop_gradient``) costs nothing.
 
   **Dtypes.** Each matmul takes its operands in their promoted dtype (e.g.
-  bfloat16) and accumulates in float32 (``preferred_element_type``); the
-  softmaxes, the divergences, the reduction and the weight-gradient
-  accumulation are float32 (float64 for float64 inputs). The loss is returned
-  in the dtype :func:`jaxkl.distillation_loss` returns for the logits
-  ``student_hidden @ student_weight`` and ``teacher_hidden @ teacher_weight``:
-  the promoted dtype of the inputs (bfloat16 for bfloat16 inputs), as
-  everywhere in jaxkl. Gradients are returned in the dtype of the
-  corresponding input.
+  bfloat16) and accumulates in float32 (``preferred_element_type``): the
+  logits are never rounded to bfloat16. The softmaxes, the divergences, the
+  reduction and the weight-gradient accumulation are float32 (float64 for
+  float64 inputs). The loss is returned in the dtype
+  :func:`jaxkl.distillation_loss` returns for the logits: the promoted dtype
+  of the inputs (bfloat16 for bfloat16 inputs), as everywhere in jaxkl.
+  Gradients are returned in the dtype of the corresponding input.
 
-  **Masked classes.** A class can be given zero probability in both models
-  (e.g. vocabulary padding) with a ``-inf`` bias: append a feature of ones to
-  each hidden state and a weight row holding ``-inf`` at the masked classes
-  and 0 elsewhere. The loss, its derivatives (of every order) with respect to
-  the weights and to the other hidden features, and the temperature's, are
-  then those of the vocabulary without the class, and the masked columns of
-  the weight gradients are 0. The gradient with respect to the appended
-  ones-feature itself is NaN (``0 * -inf`` in ``d hidden = d logits @
-  weight.T``, as for the unfused loss); it is a constant, so nothing
-  should differentiate it.
+  **Masked classes.** A class given a ``-inf`` bias in both heads (e.g.
+  vocabulary padding) has zero probability in both models: the loss and its
+  derivatives of every order are those of the vocabulary without the class,
+  and the masked columns of the weight gradients are 0.
 
-  **Many devices** (tested on 8 devices in ``tests/_sharding_checks.py``).
-  Under ``jax.jit`` with ``Auto`` mesh axes (the default), weights sharded
-  over the vocabulary (``[H, V]`` with ``PartitionSpec(None, 'model')``)
-  are handled well: each device computes ``[chunk, V / devices]`` logit
-  blocks, only ``[chunk]``-sized statistics are all-reduced, and the weight
-  gradient keeps the weights' sharding. Hidden states sharded over tokens
-  give the same values and gradients, but the chunk loop slices the token
-  axis, so GSPMD all-gathers the hidden states and every device processes
-  all tokens (no token parallelism; the ``[N, H]`` gradient comes back
-  replicated). For token (data) parallelism call the loss per device inside
-  ``jax.shard_map`` with ``reduction='sum'`` and ``psum`` the sums (and the
-  token counts, for a mean); this currently needs
-  ``shard_map(..., check_vma=False)``, because the loop's zero-initialized
-  accumulators and cotangent seeds are not typed as varying over the mesh
-  axis. Inputs sharded
-  over ``Explicit`` mesh axes are not supported yet: tracing raises
-  ``ShardingTypeError`` (the loop's accumulators are created unsharded).
+  **Different vocabularies.** A student vocabulary smaller than the
+  teacher's (``V_s < V_t``, the first ``V_s`` classes shared) is an error
+  unless ``extra_teacher_classes='zero_mass'``: then the teacher's extra
+  classes are classes to which the student gives zero probability (student
+  logit ``-inf``), as the zero-mass rule of jaxkl has it. The forward KL is
+  then ``+inf`` wherever the teacher gives them mass (mask them in the
+  teacher with a ``-inf`` ``teacher_bias`` if they are padding); the reverse
+  KL and JSD stay finite. This pads a copy of the student weight to
+  ``[H, V_t]``.
+
+  **Many devices** (tested on 8 devices in ``tests/_sharding_checks.py``,
+  1-D and 2-D meshes, ``Auto`` and ``Explicit`` axes). Under ``jax.jit``:
+
+  * Weights sharded over the vocabulary (``[H, V]`` with
+    ``PartitionSpec(None, 'model')``, a tensor-parallel LM head): each
+    device computes its part of every block, only per-token statistics
+    cross devices, and the weight gradient keeps the weights' sharding (use
+    a ``vocab_chunk`` whose block count divides ``V`` with the blocks
+    divisible by the devices, so that the blocks are strided).
+  * Hidden states sharded over tokens (data parallelism): no hidden state and
+    no ``[*, V]`` block is gathered, per-token losses and hidden-state
+    gradients keep the token sharding. With one chunk of all tokens (the
+    ``'auto'`` choice for tokens on an ``Explicit`` axis; pass
+    ``chunk_size=N`` under ``Auto`` axes) the weight gradient is all-reduced
+    once; with several (strided) chunks, once per chunk.
+  * ``Explicit`` mesh axes (``jax.make_mesh``'s default): the computation
+    runs under ``jax.sharding.auto_axes``; the loss is replicated (sharded as
+    the tokens for ``'none'``) and every gradient has its input's sharding.
+  * Inside ``jax.shard_map`` (with the default ``check_vma=True``): the loss
+    is the local one (e.g. ``reduction='sum'`` then ``jax.lax.psum``); the
+    gradients of replicated operands are summed over the mesh by JAX.
 
   Args:
     student_hidden: :math:`h^S`, shape ``[N, H]`` (flatten batch and sequence
       axes into ``N``).
     student_weight: :math:`W_S`, shape ``[H, V]``: input features by
       vocabulary, the layout of a ``flax.linen.Dense`` kernel (the transpose
-      of a ``torch.nn.Linear`` weight). Logits are ``student_hidden @
-      student_weight``; add any bias as an extra hidden feature of ones.
+      of a ``torch.nn.Linear`` weight).
     teacher_hidden: :math:`h^T`, shape ``[N, H_t]`` (``H_t`` may differ from
       ``H``).
-    teacher_weight: :math:`W_T`, shape ``[H_t, V]``, the same vocabulary.
+    teacher_weight: :math:`W_T`, shape ``[H_t, V]``, the same vocabulary
+      (or a larger one, see ``extra_teacher_classes``).
+    student_bias: optional :math:`b_S`, shape ``[V]``; ``-inf`` entries mask
+      classes.
+    teacher_bias: optional :math:`b_T`, shape ``[V]`` (``[V_t]``).
     temperature: :math:`T > 0`, a Python float or a 0-d array (NumPy or
       JAX). A concrete value is checked to be finite and > 0, whatever its
       form; a traced one (e.g. a scheduled temperature under ``jax.jit``)
@@ -685,46 +766,62 @@ def fused_linear_distillation_loss(
     reduction: ``'mean'`` (over kept tokens; 0 if none is kept), ``'sum'``,
       ``'batchmean'`` (sum divided by ``N``) or ``'none'`` (per-token losses,
       masked tokens 0). Static.
-    chunk_size: rows per chunk, a positive int. Static.
+    chunk_size: rows per chunk, a positive int, or ``'auto'``. Static.
+    vocab_chunk: classes per vocabulary block, a positive int, ``None`` (the
+      whole vocabulary per chunk) or ``'auto'``. Static.
+    extra_teacher_classes: ``'error'`` or ``'zero_mass'``: what a teacher
+      vocabulary larger than the student's means (see above). Static.
 
   Returns:
     The loss: a scalar, or shape ``[N]`` for ``reduction='none'``, in the
-    promoted dtype of the four inputs (computed in float32, or float64 for
+    promoted dtype of the inputs (computed in float32, or float64 for
     float64 inputs).
 
   Raises:
-    ValueError: inconsistent shapes (``N``, ``H``, ``H_t``, ``V``), bad
-      ``chunk_size``, ``reduction``, ``divergence``, ``beta`` or
-      ``temperature`` (a concrete value that is not finite and > 0, or an
-      array that is not 0-d).
+    ValueError: inconsistent shapes (``N``, ``H``, ``H_t``, ``V``, biases),
+      a student vocabulary larger than the teacher's or smaller without
+      ``extra_teacher_classes='zero_mass'``, bad ``chunk_size``,
+      ``vocab_chunk``, ``reduction``, ``divergence``, ``beta``,
+      ``extra_teacher_classes`` or ``temperature`` (a concrete value that is
+      not finite and > 0, or an array that is not 0-d).
     TypeError: non-floating inputs, non-boolean ``where``, non-integer
-      ``labels``, ``chunk_size`` or ``ignore_index``.
+      ``labels``, ``chunk_size``, ``vocab_chunk`` or ``ignore_index``.
 
   Examples:
     >>> import jax
     >>> import jax.numpy as jnp
     >>> import jaxkl
     >>> k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-    >>> h_s = jax.random.normal(k1, (5, 4))     # 5 tokens, student width 4
-    >>> w_s = jax.random.normal(k2, (4, 7))     # vocabulary of 7
-    >>> h_t = jax.random.normal(k3, (5, 3))     # teacher width 3
-    >>> w_t = jax.random.normal(k4, (3, 7))
+    >>> h_s = jax.random.normal(k1, (6, 4))     # 6 tokens, student width 4
+    >>> w_s = jax.random.normal(k2, (4, 10))    # vocabulary of 10
+    >>> h_t = jax.random.normal(k3, (6, 3))     # teacher width 3
+    >>> w_t = jax.random.normal(k4, (3, 10))
     >>> loss = jaxkl.fused_linear_distillation_loss(
-    ...     h_s, w_s, h_t, w_t, temperature=2.0, chunk_size=2)
+    ...     h_s, w_s, h_t, w_t, temperature=2.0, chunk_size=2, vocab_chunk=5)
     >>> unfused = jaxkl.distillation_loss(h_s @ w_s, h_t @ w_t,
     ...                                   temperature=2.0)
     >>> bool(jnp.allclose(loss, unfused, rtol=1e-6))
     True
     >>> d_h, d_w = jax.grad(jaxkl.fused_linear_distillation_loss,
-    ...                     argnums=(0, 1))(h_s, w_s, h_t, w_t, chunk_size=2)
+    ...                     argnums=(0, 1))(h_s, w_s, h_t, w_t, vocab_chunk=4)
     >>> d_h.shape, d_w.shape
-    ((5, 4), (4, 7))
+    ((6, 4), (4, 10))
+
+    A padded vocabulary: the last two classes masked in both heads.
+
+    >>> pad = jnp.where(jnp.arange(10) < 8, 0.0, -jnp.inf)
+    >>> masked = jaxkl.fused_linear_distillation_loss(
+    ...     h_s, w_s, h_t, w_t, student_bias=pad, teacher_bias=pad)
+    >>> reduced = jaxkl.distillation_loss(h_s @ w_s[:, :8], h_t @ w_t[:, :8])
+    >>> bool(jnp.allclose(masked, reduced, rtol=1e-6))
+    True
 
   References:
     Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
     arXiv:1503.02531, 2015. Hsu et al., "Liger Kernel: Efficient Triton
     Kernels for LLM Training", arXiv:2410.10989, 2024 (the chunked fused
-    linear losses).
+    linear losses). Milakov & Gimelshein, "Online normalizer calculation for
+    softmax", arXiv:1805.02867, 2018 (the online log-sum-exp).
   """
   h_s = _check_matrix(student_hidden, "student_hidden", "[N, H]")
   w_s = _check_matrix(student_weight, "student_weight", "[H, V]")
