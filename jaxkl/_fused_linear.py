@@ -90,6 +90,9 @@ class _Config(NamedTuple):
   reduction: str
   tokens: Blocks
   vocab: Blocks | None  # None: each chunk's logits over the whole vocabulary
+  # Without vocab: the blocks in which the weight gradient is accumulated
+  # (None: all at once), so that no [H, V] temporary exists per chunk.
+  contract: Blocks | None = None
 
 
 class _Needs(NamedTuple):
@@ -151,6 +154,7 @@ _DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple
 _LOGITS_DIMS: _DotDims = (((1,), (0,)), ((), ()))
 _D_HIDDEN_DIMS: _DotDims = (((1,), (1,)), ((), ()))
 _HIDDEN = ("student_hidden", "teacher_hidden")
+_WEIGHTS = ("student_weight", "student_bias", "teacher_weight", "teacher_bias")
 
 
 def _weight_grad(x: jax.Array, g: jax.Array, accumulate_dtype: DTypeLike) -> jax.Array:
@@ -274,7 +278,22 @@ def _dense_chunk(
 
   losses, vjp = jax.vjp(losses_fn, s, t, ops.temperature)
   d_s, d_t, d_temperature = vjp(chunk.weights.astype(compute))
-  hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None, None)
+  blocks = config.contract
+  if blocks is None:
+    hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None, None)
+  else:  # d hidden at once, d weight and d bias block by block
+    only_hidden = _Needs(
+      student_hidden=needs.student_hidden, teacher_hidden=needs.teacher_hidden
+    )
+    hidden, acc = _contract(only_hidden, ops, chunk, d_s, d_t, acc, None, None)
+    no_hidden = needs._replace(student_hidden=False, teacher_hidden=False)
+
+    def body(j: jax.Array, acc: _Arrays) -> _Arrays:
+      d_s_j, d_t_j = blocks.take(d_s, j, 1), blocks.take(d_t, j, 1)
+      return _contract(no_hidden, ops, chunk, d_s_j, d_t_j, acc, blocks, j)[1]
+
+    if any(name in acc for name in _WEIGHTS):
+      acc = lax.fori_loop(0, blocks.steps, body, acc)
   if needs.temperature:
     acc["temperature"] = acc["temperature"] + d_temperature
   return {"losses": losses}, hidden, acc
@@ -663,14 +682,19 @@ def fused_linear_distillation_loss(
   2. if the tokens are sharded over an ``Explicit`` mesh axis, one chunk of
      all tokens (the loop then never slices the sharded axis) with blocks of
      ``budget // N`` classes;
-  3. if 256 rows of ``V`` fit, chunks of ``budget // V`` rows over the whole
-     vocabulary (fewest matmuls);
+  3. if 256 rows of ``V`` fit (32 rows on CPU), chunks of ``budget // V``
+     rows over the whole vocabulary (fewest matmuls);
   4. otherwise chunks of ``min(N, 1024)`` rows and blocks of
-     ``budget // rows`` classes (e.g. 1024 x 8192 for V = 128256).
+     ``budget // rows`` classes (e.g. 1024 x 8192 for V = 128256 on a GPU).
 
-  ``H`` does not enter: the ``[chunk, H]`` buffers and the ``[H, V]``
-  accumulator do not depend on the cut. Either size may be given while the
-  other stays ``'auto'`` (it is then chosen to fit the budget);
+  The CPU threshold differs because there the matmuls, not the memory
+  traffic of many small chunks (each adds its part to the ``[H, V]`` weight
+  gradient), set the time, so vocabulary blocks' extra matmuls cost more
+  than small chunks. Without vocabulary blocks the weight gradient is
+  accumulated in blocks of ``budget // max(H, H_t)`` classes when ``H * V``
+  exceeds the budget, so that no ``[H, V]`` temporary exists per chunk;
+  that is where ``H`` enters. Either size may be given while the other
+  stays ``'auto'`` (it is then chosen to fit the budget);
   ``vocab_chunk=None`` turns vocabulary blocks off.
 
   **Gradients.** Reverse mode (``jax.grad``, ``jax.vjp``,
@@ -872,12 +896,17 @@ def fused_linear_distillation_loss(
     dtype=compute,
     sharded_tokens=bool(rows_spec) and rows_spec[0] is not None,
   )
+  budget = _fused_blocks.BLOCK_BYTES // np.dtype(compute).itemsize
+  widest = max(hidden, h_t.shape[1])
   config = _Config(
     divergence,
     beta,
     reduction,
     Blocks.make(n, tokens),
     None if vocab is None else Blocks.make(w_t.shape[1], vocab),
+    Blocks.make(w_t.shape[1], max(1, budget // widest))
+    if vocab is None and widest * w_t.shape[1] > budget
+    else None,
   )
   ops = _Operands(h_s, w_s, b_s, h_t, w_t, b_t, jnp.asarray(temperature, compute), mask)
   # shard_map (check_vma=True): every operand varies over the same manual axes.
@@ -987,6 +1016,7 @@ def chunk_sizes(
   vocab_chunk: int | str | None = "auto",
   dtype: DTypeLike = jnp.float32,
   sharded_tokens: bool = False,
+  backend: str | None = None,
 ) -> tuple[int, int | None]:
   """The ``(chunk_size, vocab_chunk)`` that the fused loss uses.
 
@@ -1002,6 +1032,7 @@ def chunk_sizes(
     dtype: the compute dtype (float32, or float64 for float64 inputs).
     sharded_tokens: whether the tokens are sharded over devices (then
       ``'auto'`` takes all tokens in one chunk).
+    backend: ``'cpu'``, ``'gpu'``, ``'tpu'``...; None: JAX's default backend.
 
   Returns:
     ``(rows per chunk, classes per block or None)``; both at most ``N`` and
@@ -1020,7 +1051,11 @@ def chunk_sizes(
   budget = max(1, _fused_blocks.BLOCK_BYTES // np.dtype(dtype).itemsize)
   if auto_rows and auto_vocab:
     rows, block = _fused_blocks.default_sizes(
-      tokens, vocab, np.dtype(dtype).itemsize, sharded_tokens
+      tokens,
+      vocab,
+      np.dtype(dtype).itemsize,
+      sharded_tokens,
+      jax.default_backend() if backend is None else backend,
     )
   elif auto_rows:
     block = None if vocab_chunk is None else min(int(vocab_chunk), vocab)

@@ -648,14 +648,23 @@ def test_chunk_sizes_rule(tokens, vocab, dtype, chunk_size, vocab_chunk):
 
 def test_chunk_sizes_documented_examples():
   """The docstring's numbers: a 32 MiB budget (8M float32 entries); 1024 x
-  8192 for V = 128256; chunks over the whole vocabulary when 256 rows fit."""
+  8192 for V = 128256 on a GPU, chunks of 65 rows over the whole vocabulary
+  on CPU; chunks over the whole vocabulary when 256 rows fit."""
   assert _fused_blocks.BLOCK_BYTES == 32 * 2**20
-  assert _fused_linear.chunk_sizes(8192, 128256) == (1024, 8192)
-  assert _fused_linear.chunk_sizes(8192, 32768) == (256, None)
-  assert _fused_linear.chunk_sizes(8192, 16384) == (512, None)
+  sizes = _fused_linear.chunk_sizes
+  assert sizes(8192, 128256, backend="gpu") == (1024, 8192)
+  assert sizes(8192, 128256, backend="cpu") == (65, None)
+  assert sizes(2048, 262144, backend="cpu") == (32, None)
+  assert sizes(2048, 2**20, backend="cpu") == (1024, 8192)  # 32 rows too many
+  for backend in ("cpu", "gpu", "tpu"):
+    assert sizes(8192, 32768, backend=backend) == (256, None)
+    assert sizes(8192, 16384, backend=backend) == (512, None)
+    assert sizes(64, 32768, backend=backend) == (64, None)  # N * V fits
+    # Tokens on an explicit mesh axis: all of them in one chunk.
+    assert sizes(8192, 128256, sharded_tokens=True, backend=backend) == (8192, 1024)
   # float64: 4M entries; 256 rows of 32768 do not fit.
-  assert _fused_linear.chunk_sizes(8192, 2**15, dtype=jnp.float64) == (1024, 4096)
-  assert _fused_linear.chunk_sizes(64, 32768) == (64, None)  # N * V fits
+  assert sizes(8192, 2**15, dtype=jnp.float64, backend="gpu") == (1024, 4096)
+  assert sizes(8192, 2**15, dtype=jnp.float64, backend="cpu") == (128, None)
 
 
 @pytest.mark.parametrize(
@@ -679,15 +688,46 @@ def test_auto_sizes_bound_the_compiled_buffers():
   gradient hold [64, block] buffers and no [64, V] one."""
   n, hidden = 64, 8
   vocab = 2 * _fused_blocks.BLOCK_BYTES // (4 * n)
-  rows, block = _fused_linear.chunk_sizes(n, vocab, dtype=jnp.float32)
-  assert block is not None and rows * block * 4 <= _fused_blocks.BLOCK_BYTES
   shapes = ((n, hidden), (hidden, vocab)) * 2
   args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
-  hlo = (
-    jax.jit(jax.value_and_grad(jaxkl.fused_linear_distillation_loss, argnums=(0, 1)))
-    .lower(*args)
-    .compile()
-    .as_text()
-  )
-  assert not re.search(rf"\[{n},{vocab}\]|\[{vocab},{n}\]", hlo)
-  assert re.search(rf"\[{rows},{block}\]|\[{block},{rows}\]", hlo)
+  for backend in ("cpu", "gpu"):  # the two rules: row chunks, vocabulary blocks
+    rows, block = _fused_linear.chunk_sizes(n, vocab, backend=backend)
+    assert rows * (block or vocab) * 4 <= _fused_blocks.BLOCK_BYTES
+    loss = functools.partial(
+      jaxkl.fused_linear_distillation_loss, chunk_size=rows, vocab_chunk=block
+    )
+    hlo = (
+      jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*args).compile().as_text()
+    )
+    assert not re.search(rf"\[{n},{vocab}\]|\[{vocab},{n}\]", hlo)
+    width = vocab if block is None else block
+    assert re.search(rf"\[{rows},{width}\]|\[{width},{rows}\]", hlo)
+
+
+# ----------------------------------------------------------------------------
+# 7. The weight gradient accumulated in vocabulary blocks (no vocabulary
+# blocks for the logits, ``H * V`` over the budget): a small budget makes
+# the blocks appear at tiny shapes, strided (V = 36) and overlapping (V = 37).
+
+
+@pytest.mark.parametrize("vocab", [36, 37])
+@pytest.mark.parametrize(
+  "divergence,reduction", [("forward", "mean"), ("jsd", "none"), ("reverse", "sum")]
+)
+def test_weight_gradient_blocks_equal_dense(monkeypatch, vocab, divergence, reduction):
+  # 40 float64 entries: blocks of 40 // 5 = 8 classes of the [5, V] gradient.
+  monkeypatch.setattr(_fused_blocks, "BLOCK_BYTES", 8 * 40)
+  rng = np.random.default_rng(vocab)
+  with jax.enable_x64(True):
+    h_s, w_s, h_t, w_t = _problem(rng, 12, 5, 4, vocab, vocab, jnp.float64)
+    b_s = jnp.asarray(rng.normal(size=vocab)).at[3].set(-jnp.inf)
+    b_t = jnp.asarray(rng.normal(size=vocab)).at[3].set(-jnp.inf)
+    args = (h_s, w_s, h_t, w_t, b_s, b_t, jnp.asarray(1.5))
+    cotangent = jnp.asarray(rng.normal(size=12))
+    kwargs = dict(divergence=divergence, beta=0.3, reduction=reduction, chunk_size=5)
+    got = _value_and_grads(_fused, args, cotangent, vocab_chunk=None, **kwargs)
+    want = _value_and_grads(_dense, args, cotangent, **kwargs)
+  for g, w, what in zip(
+    jax.tree.leaves(got), jax.tree.leaves(want), ("value", *"hwHWbBT"), strict=True
+  ):
+    _assert_close(g, w, 1e-9, what)
