@@ -787,7 +787,8 @@ def fused_linear_distillation_loss(
     labels: optional integer labels, shape ``[N]``; tokens whose label is
       ``ignore_index`` are excluded.
     ignore_index: the label value to exclude. Static.
-    reduction: ``'mean'`` (over kept tokens; 0 if none is kept), ``'sum'``,
+    reduction: ``'mean'`` (over kept tokens; 0 if none is kept; NaN for
+      ``N = 0``, as :func:`jaxkl.distillation_loss`), ``'sum'``,
       ``'batchmean'`` (sum divided by ``N``) or ``'none'`` (per-token losses,
       masked tokens 0). Static.
     chunk_size: rows per chunk, a positive int, or ``'auto'``. Static.
@@ -947,20 +948,29 @@ def _missing_axes(x: jax.Array, axes: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _explicit_axes(*arrays: jax.Array | None) -> tuple[Any, tuple[str, ...]]:
-  """``(mesh, its Explicit axis names)`` of the first operand on a mesh."""
+  """``(mesh, its Explicit axes that shard an operand)``; ``(None, ())``.
+
+  Only axes that actually shard an operand need ``auto_axes``: e.g. inside a
+  ``shard_map`` manual over ``'data'`` on a mesh whose ``'model'`` axis is
+  explicit, operands replicated over ``'model'`` run as they are.
+  """
+  mesh: Any = None
+  used: set[str] = set()
   for x in arrays:
     if x is None:
       continue
-    mesh = _checks.abstract_mesh(x)
-    if mesh is not None:
-      axes = tuple(
-        name
-        for name, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)
-        if kind == AxisType.Explicit
-      )
-      if axes:
-        return mesh, axes
-  return None, ()
+    mesh = mesh or _checks.abstract_mesh(x)
+    for entry in _checks.partition_spec(x):
+      if entry is not None:
+        used.update((entry,) if isinstance(entry, str) else entry)
+  if mesh is None:
+    return None, ()
+  axes = tuple(
+    name
+    for name, kind in zip(mesh.axis_names, mesh.axis_types, strict=True)
+    if kind == AxisType.Explicit and name in used
+  )
+  return (mesh, axes) if axes else (None, ())
 
 
 def _check_bias(

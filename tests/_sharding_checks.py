@@ -1229,14 +1229,20 @@ def fused_check(kind, layout):
   return fail
 
 
-def fused_shard_map_check(vocab_chunk):
+def fused_shard_map_check(vocab_chunk, partial=False):
   """Token parallelism in shard_map (check_vma=True): per-device sums, psum.
 
   Values and gradients of the mean over kept tokens (w.r.t. both hidden
   states, both weights and the student bias) equal the dense loss on one
   device; the gradients keep the inputs' shardings; nothing is gathered.
+  ``partial``: a 2 x 4 mesh with explicit axes, manual over 'data' only
+  (the 'model' axis stays explicit inside).
   """
-  mesh = make_mesh((DEVICES,), ("data",), "Explicit")
+  if partial:
+    mesh = make_mesh((2, DEVICES // 2), ("data", "model"), "Explicit")
+  else:
+    mesh = make_mesh((DEVICES,), ("data",), "Explicit")
+  manual = {"axis_names": {"data"}} if partial else {}
   h_s, w_s, b_s, h_t, w_t, labels = fused_data()
   rows = P("data", None)
   in_specs = (rows, P(), P(), rows, P(), P("data"))
@@ -1260,7 +1266,7 @@ def fused_shard_map_check(vocab_chunk):
       return jax.lax.psum(total, "data"), jax.lax.psum(count, "data")
 
     total, count = jax.shard_map(
-      local, mesh=mesh, in_specs=in_specs, out_specs=(P(), P())
+      local, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()), **manual
     )(h_s, w_s, b_s, h_t, w_t, labels)
     return total / count
 
@@ -1312,6 +1318,9 @@ def fused_checks():
     checks[f"fused_linear/shard_map/vocab_chunk={vocab_chunk}"] = functools.partial(
       fused_shard_map_check, vocab_chunk
     )
+  checks["fused_linear/shard_map/partial_explicit"] = functools.partial(
+    fused_shard_map_check, VOCAB_CHUNK, partial=True
+  )
   return checks
 
 
