@@ -21,9 +21,16 @@
 #    ``pip install "jax[cuda12]"`` and ``pip install "jax[cuda13]"`` (machines
 #    without internet access fail these quickly and the script stops, saying
 #    so). jaxkl itself is always imported from this working tree (PYTHONPATH),
-#    so nothing needs installing where jax with CUDA is already present. It
-#    prints the interpreter, the jax/jaxlib versions, the plugin, the devices
-#    and what it installed.
+#    so nothing needs installing where jax with CUDA is already present. Its
+#    runtime dependency chex (pyproject.toml) is checked up front: if missing,
+#    it tries (unless GPU_SH_INSTALL=0 or --dry-run) ``pip install --no-deps
+#    -e .`` and ``pip install chex`` (jax and jaxlib pinned to the versions
+#    found); if chex still does not import, the script stops, saying so. It
+#    then checks the imports each step needs (the top-level imports of each
+#    test file, of tests/conftest.py and of local helpers, and of each
+#    benchmark script): a step, or a test file, whose packages are missing is
+#    skipped and reported (below). It prints the interpreter, the jax/jaxlib
+#    versions, the plugin, the devices, what is missing and what it installed.
 # 2. Tests on the GPU (JAX_PLATFORMS=cuda,cpu, overriding tests/conftest.py's
 #    CPU default; float32 matmuls at 'highest' precision, as on CPU, set by
 #    GPU_SH_TEST_MATMUL_PRECISION): tests/test_discrete.py tests/test_logits.py
@@ -31,7 +38,15 @@
 #    (files that do not exist are left out; test_sharding.py runs its checks
 #    in child processes on 8 virtual CPU devices, so it needs no second GPU),
 #    ``-x -q``, with pytest-xdist workers if installed, capped at
-#    GPU_SH_TEST_TIMEOUT seconds (default 170).
+#    GPU_SH_TEST_TIMEOUT seconds (default 170). Besides jax, jaxkl, numpy and
+#    pytest, test_discrete.py needs hypothesis, mpmath, scipy and torch;
+#    test_logits.py hypothesis and torch; test_fused_vocab.py hypothesis;
+#    test_fused_linear.py and test_sharding.py nothing more. A file whose
+#    imports are missing is left out (named, with the missing packages) and
+#    the others run; without pytest the step is skipped. Without pytest-xdist
+#    the tests run serially: the default cap becomes 240 s and the default
+#    budget 520 s (a warning says how to rerun only the tests if the cap is
+#    hit: GPU_SH_STEPS=tests with a larger GPU_SH_TEST_TIMEOUT).
 # 3. benchmarks/bench_fused_linear.py --preset gpu: 8192 x 4096 x 128256,
 #    bfloat16 inputs, forward KL, the materialized loss (float32 logits) against
 #    the fused loss (chunk_size='auto', vocab_chunk='auto'), one fresh process
@@ -39,15 +54,20 @@
 #    ['peak_bytes_in_use'], times from a process alternating the two.
 # 4. benchmarks/bench_kl_div.py and benchmarks/bench_distillation.py at 4096 x
 #    128256 (jaxkl and optax on the GPU, PyTorch on the CPU; float32: these
-#    scripts have no dtype flag).
+#    scripts have no dtype flag). Both import optax and torch: without them
+#    the step is skipped, saying so.
 # 5. benchmarks/bench_fused_linear.py --grid small: N = 256, 1024, 4096 at
 #    H=1024, V=32768, float32, fused against materialized (target <= 1.0).
 # 6. One summary table, printed and written with the results:
 #    benchmarks/results/{fused_linear,fused_linear_grid,kl_div,distillation,
 #    summary}_gpu.{md,json} and tests_gpu.log.
 #
-# The exit status is the number of steps that failed, timed out or were
-# skipped (0: all ran; targets missed are shown in the table, not counted).
+# Exit status: 99 when it stops before the steps (a bad argument, no GPU,
+# no jax, jaxkl or chex that does not import); otherwise the number of steps
+# that failed, timed out or were skipped for lack of time (0: every step that
+# could run ran). Steps and test files skipped because a package is missing
+# are listed in the output and the summary ("skipped (missing: ...)") but not
+# counted; targets missed are shown in the table, not counted either.
 #
 # Environment variables: PYTHON, GPU_SH_BUDGET, GPU_SH_TEST_TIMEOUT,
 # GPU_SH_TESTS (test files, or 'none'), GPU_SH_PYTEST_ARGS (e.g. "-k fused"),
@@ -154,6 +174,106 @@ if [ -z "$PY" ]; then
     done
   fi
 fi
+
+# missing_modules ARG...: one line "mod<TAB>NAME<TAB>why" for each module ARG
+# that $PY cannot import; for each ARG ending in .py, one line
+# "file<TAB>ARG<TAB>missing modules" (space-separated, empty when none) from
+# its top-level imports, those of the conftest.py files above it and of the
+# local modules it imports (stdlib, jaxkl and local modules are not checked).
+missing_modules() {
+  timeout 300 "$PY" - "$ROOT" "$@" <<'EOF' 2>/dev/null
+import ast, importlib, os, sys
+
+root, args = sys.argv[1], sys.argv[2:]
+stdlib = set(getattr(sys, "stdlib_module_names", ())) | {"__future__"}
+why = {}
+
+def check(name):
+  if name not in why:
+    try:
+      importlib.import_module(name)
+      why[name] = ""
+    except BaseException as e:  # ImportError, or any error of a broken install
+      msg = str(e).splitlines()[0] if str(e) else ""
+      why[name] = f"{type(e).__name__}: {msg}"[:160] or "import failed"
+  return why[name]
+
+def imports(path, seen):
+  if path in seen or not os.path.exists(path):
+    return []
+  seen.add(path)
+  here = os.path.dirname(path)
+  names = []
+  for node in ast.parse(open(path, encoding="utf-8").read()).body:
+    if isinstance(node, ast.Import):
+      names += [a.name.split(".")[0] for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      names.append(node.module.split(".")[0])
+  out = []
+  for n in names:
+    local = os.path.join(here, n + ".py")
+    if os.path.exists(local):
+      out += imports(local, seen)
+    elif n not in stdlib and n != "jaxkl" and not os.path.exists(os.path.join(root, n)):
+      out.append(n)
+  return out
+
+for arg in args:
+  if arg.endswith(".py"):
+    path = os.path.abspath(arg)
+    seen = set()
+    needed = imports(path, seen)
+    d = os.path.dirname(path)
+    while d.startswith(root):
+      needed += imports(os.path.join(d, "conftest.py"), seen)
+      if d == root:
+        break
+      d = os.path.dirname(d)
+    missing = sorted({n for n in needed if check(n)})
+    print(f"file\t{arg}\t{' '.join(missing)}", flush=True)
+  elif check(arg):
+    print(f"mod\t{arg}\t{why[arg]}", flush=True)
+for name, w in sorted(why.items()):
+  if w and name not in args:
+    print(f"mod\t{name}\t{w}", flush=True)
+EOF
+}
+
+# jaxkl's runtime dependency besides jax (pyproject.toml): chex. Without it
+# `import jaxkl` fails, also where jax with CUDA needed no installing.
+RUNTIME_MISSING=$(missing_modules chex)
+if [ -n "$RUNTIME_MISSING" ]; then
+  echo "jaxkl's runtime dependency chex does not import in $PY:" \
+    "$(cut -f3 <<<"$RUNTIME_MISSING")"
+  if [ "$DRY_RUN" = 1 ] || [ "${GPU_SH_INSTALL:-1}" = 0 ]; then
+    echo "(not installing it: --dry-run or GPU_SH_INSTALL=0)"
+  elif JAX_VERSIONS=$(timeout 180 "$PY" -c \
+    'import jax, jaxlib; print(jax.__version__, jaxlib.__version__)' 2>/dev/null); then
+    read -r JAXV JAXLIBV <<<"$JAX_VERSIONS"
+    echo "trying pip install --no-deps -e . (jaxkl is imported from this tree" \
+      "either way)"
+    timeout 240 "$PY" -m pip install -q --retries 1 --timeout 20 --no-deps -e . ||
+      echo "(pip install --no-deps -e . failed; not needed: PYTHONPATH has $ROOT)"
+    echo "trying pip install chex jax==$JAXV jaxlib==$JAXLIBV (keeps this jax)"
+    if timeout 240 "$PY" -m pip install -q --retries 1 --timeout 20 chex \
+      "jax==$JAXV" "jaxlib==$JAXLIBV"; then
+      case "$INSTALLED" in
+        nothing*) INSTALLED="pip install chex" ;;
+        *) INSTALLED="$INSTALLED; pip install chex" ;;
+      esac
+    fi
+    RUNTIME_MISSING=$(missing_modules chex)
+  fi
+  if [ -n "$RUNTIME_MISSING" ] && [ "$DRY_RUN" != 1 ]; then
+    echo "gpu.sh: jaxkl needs chex>=0.1.86 (pyproject.toml), which $PY cannot" \
+      "import and pip could not install (no internet access, or" \
+      "GPU_SH_INSTALL=0). Install chex and its dependencies (absl-py, toolz," \
+      "typing-extensions) into that environment, e.g. from wheels with" \
+      "'pip install --no-index --no-deps', or set PYTHON to an interpreter" \
+      "that has them; stopping" >&2
+    exit 99
+  fi
+fi
 echo "python: $PY"
 echo "installed by this script: $INSTALLED"
 command -v nvidia-smi >/dev/null 2>&1 &&
@@ -162,7 +282,11 @@ ENV_INFO=$(
   timeout 180 "$PY" - <<'EOF'
 import importlib.metadata as md, platform, sys
 import jax, jaxlib
-import jaxkl
+try:
+  import jaxkl
+except Exception as e:  # reported below; the script stops unless --dry-run
+  print(f"JAXKL_ERROR={type(e).__name__}: {e}".splitlines()[0])
+  jaxkl = None
 plugins = sorted(
   f"{d.metadata['Name']} {d.version}" for d in md.distributions()
   if (d.metadata["Name"] or "").lower().startswith(("jax-cuda", "jax_cuda", "jax-rocm"))
@@ -180,7 +304,8 @@ print(f"BACKEND={jax.default_backend()}")
 print(f"python {platform.python_version()} ({sys.executable})", file=sys.stderr)
 print(f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, plugins: "
       f"{', '.join(plugins) or 'none'}", file=sys.stderr)
-print(f"jaxkl {jaxkl.__version__} from {jaxkl.__file__}", file=sys.stderr)
+if jaxkl is not None:
+  print(f"jaxkl {jaxkl.__version__} from {jaxkl.__file__}", file=sys.stderr)
 print(f"devices: {[f'{d} ({d.device_kind})' for d in jax.devices()]}",
       file=sys.stderr)
 EOF
@@ -190,6 +315,16 @@ EOF
 }
 PLATFORMS=$(sed -n 's/^PLATFORMS=//p' <<<"$ENV_INFO")
 BACKEND=$(sed -n 's/^BACKEND=//p' <<<"$ENV_INFO")
+JAXKL_ERROR=$(sed -n 's/^JAXKL_ERROR=//p' <<<"$ENV_INFO")
+if [ -n "$JAXKL_ERROR" ]; then
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "(dry run) jaxkl does not import in $PY ($JAXKL_ERROR): a real run" \
+      "stops here"
+  else
+    echo "gpu.sh: $PY cannot import jaxkl: $JAXKL_ERROR; stopping" >&2
+    exit 99
+  fi
+fi
 if [ "$BACKEND" != gpu ] && [ "$ALLOW_CPU" != 1 ]; then
   echo "gpu.sh: jax's backend is '$BACKEND', not gpu (installed: $INSTALLED)." >&2
   echo "Set GPU_SH_ALLOW_CPU=1 for a CPU smoke test with tiny shapes." >&2
@@ -214,21 +349,82 @@ mkdir -p "$RESULTS"
 echo "JAX_PLATFORMS=$JAX_PLATFORMS; results in $RESULTS/*_$SUFFIX.*;" \
   "budget ${BUDGET}s"
 
+# What each step imports, checked before anything runs: test files and
+# benchmark scripts whose packages are missing are skipped (not failed).
+STEPS=" ${GPU_SH_STEPS:-tests fused_linear kl_div distillation fused_linear_grid} "
+wanted() { [[ "$STEPS" == *" $1 "* ]]; }
+TESTS=${GPU_SH_TESTS:-$DEFAULT_TESTS}
+FILES=()
+if [ "$TESTS" != none ] && wanted tests; then
+  for f in $TESTS; do
+    if [ -e "$f" ]; then FILES+=("$f"); else echo "(no $f: left out)"; fi
+  done
+fi
+declare -A NEEDS=()        # file -> its missing modules ("" when none)
+declare -A STEP_MISSING=() # step -> why it is skipped ("" when it can run)
+XDIST_OK=0
+say "dependencies"
+DEPS=$(missing_modules xdist "${FILES[@]}" benchmarks/bench_fused_linear.py \
+  benchmarks/bench_kl_div.py benchmarks/bench_distillation.py) ||
+  echo "WARNING: the import check failed or timed out; steps run regardless"
+while IFS=$'\t' read -r kind name what; do
+  case "$kind" in
+    file) NEEDS[$name]=$what ;;
+    mod) echo "missing in $PY: $name ($what)" ;;
+  esac
+done <<<"$DEPS"
+grep -q $'^mod\txdist\t' <<<"$DEPS" || XDIST_OK=1
+for pair in fused_linear:bench_fused_linear kl_div:bench_kl_div \
+  distillation:bench_distillation fused_linear_grid:bench_fused_linear; do
+  miss=${NEEDS[benchmarks/${pair#*:}.py]-}
+  [ -n "$miss" ] && STEP_MISSING[${pair%%:*}]="no ${miss// /, } in $PY"
+done
+RUN_FILES=()
+SKIPPED_FILES=()
+for f in "${FILES[@]}"; do
+  miss=${NEEDS[$f]-}
+  if [ -n "$miss" ]; then
+    SKIPPED_FILES+=("$(basename "$f") (no ${miss// /, })")
+  else
+    RUN_FILES+=("$f")
+  fi
+done
+TESTS_NOTE=""
+if [ "${#SKIPPED_FILES[@]}" -gt 0 ]; then
+  TESTS_NOTE="left out, imports missing in $PY: $(printf '%s; ' "${SKIPPED_FILES[@]}")"
+  TESTS_NOTE=${TESTS_NOTE%; }
+  echo "test files $TESTS_NOTE"
+fi
+if [ "$TESTS" != none ] && wanted tests && [ "${#RUN_FILES[@]}" = 0 ]; then
+  STEP_MISSING[tests]="no test file can run: ${TESTS_NOTE:-none of $TESTS exists}"
+fi
+for name in "${!STEP_MISSING[@]}"; do
+  wanted "$name" && echo "step $name will be skipped: ${STEP_MISSING[$name]}"
+done
+grep -q '^mod' <<<"$DEPS" || echo "(all imports available)"
+
 # --------------------------------------------------------------------------- #
 # Steps
 # --------------------------------------------------------------------------- #
 STATUS_FILE=$(mktemp)
 # step NAME CAP_SECONDS COMMAND...: runs COMMAND under min(CAP, what is left
-# of the budget - 20 s); records "NAME rc seconds" in $STATUS_FILE.
-STEPS=" ${GPU_SH_STEPS:-tests fused_linear kl_div distillation fused_linear_grid} "
+# of the budget - 20 s); records "NAME rc seconds [note]" in $STATUS_FILE (rc
+# 'missing': skipped, a package missing, note says which; 'skipped': out of
+# time). The note is ${STEP_MISSING[NAME]}, else $STEP_NOTE.
+STEP_NOTE=""
 step() {
   local name=$1 cap=$2
   shift 2
-  [[ "$STEPS" == *" $name "* ]] || return 0
+  wanted "$name" || return 0
   local left=$((DEADLINE - $(date +%s) - 20))
   local limit=$((cap < left ? cap : left))
   say "$name (cap ${limit}s)"
   echo "+ $*"
+  if [ -n "${STEP_MISSING[$name]-}" ]; then
+    echo "SKIPPED: ${STEP_MISSING[$name]} (not counted as a failure)"
+    echo "$name missing 0 ${STEP_MISSING[$name]}" >>"$STATUS_FILE"
+    return 0
+  fi
   if [ "$DRY_RUN" = 1 ]; then
     echo "$name dry-run 0" >>"$STATUS_FILE"
     return 0
@@ -242,7 +438,7 @@ step() {
   t0=$(date +%s)
   timeout --kill-after=10 "$limit" "$@"
   rc=$?
-  echo "$name $rc $(($(date +%s) - t0))" >>"$STATUS_FILE"
+  echo "$name $rc $(($(date +%s) - t0))${STEP_NOTE:+ $STEP_NOTE}" >>"$STATUS_FILE"
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     echo "TIMED OUT after ${limit}s"
   fi
@@ -255,23 +451,33 @@ eval "PYTEST_EXTRA=(${GPU_SH_PYTEST_ARGS:-})"
 eval "FUSED_EXTRA=(${GPU_SH_FUSED_ARGS:-})"
 eval "GRID_EXTRA=(${GPU_SH_GRID_ARGS:-})"
 
-# 2. Tests.
-TESTS=${GPU_SH_TESTS:-$DEFAULT_TESTS}
+# 2. Tests (only the files whose imports are available: see "dependencies").
 if [ "$TESTS" != none ]; then
-  FILES=()
-  for f in $TESTS; do
-    if [ -e "$f" ]; then FILES+=("$f"); else echo "(no $f: left out)"; fi
-  done
   XDIST=()
+  TEST_CAP=${GPU_SH_TEST_TIMEOUT:-170}
   workers=${GPU_SH_XDIST:-$([ "$TINY" = 1 ] && echo 0 || echo 8)}
-  if [ "$workers" != 0 ] && "$PY" -c "import xdist" 2>/dev/null; then
+  if [ "$workers" != 0 ] && [ "$XDIST_OK" = 1 ]; then
     XDIST=(-n "$workers")
+  elif [ "$workers" != 0 ] && wanted tests && [ -z "${STEP_MISSING[tests]-}" ]; then
+    # Serial tests take longer: raise the defaults (not what the user set).
+    [ -z "${GPU_SH_TEST_TIMEOUT:-}" ] && TEST_CAP=240
+    if [ -z "${GPU_SH_BUDGET:-}" ]; then
+      BUDGET=$((BUDGET + 70))
+      DEADLINE=$((START + BUDGET))
+    fi
+    echo "WARNING: pytest-xdist is not installed in $PY: the tests run" \
+      "serially, capped at ${TEST_CAP}s (budget now ${BUDGET}s), and may hit" \
+      "the cap. To rerun only the tests with more time:" \
+      "GPU_SH_STEPS=tests GPU_SH_TEST_TIMEOUT=540 GPU_SH_BUDGET=580" \
+      "bash benchmarks/gpu.sh"
   fi
-  step tests "${GPU_SH_TEST_TIMEOUT:-170}" \
+  STEP_NOTE=$TESTS_NOTE
+  step tests "$TEST_CAP" \
     env JAX_DEFAULT_MATMUL_PRECISION="${GPU_SH_TEST_MATMUL_PRECISION:-highest}" \
     bash -c 'set -o pipefail; "$@" 2>&1 | tee "'"$RESULTS/tests_$SUFFIX.log"'"' _ \
-    "$PY" -m pytest -x -q -p no:cacheprovider "${XDIST[@]}" "${FILES[@]}" \
+    "$PY" -m pytest -x -q -p no:cacheprovider "${XDIST[@]}" "${RUN_FILES[@]}" \
     "${PYTEST_EXTRA[@]}"
+  STEP_NOTE=""
 fi
 
 # 3.-5. Benchmarks.
@@ -314,9 +520,12 @@ import json, os, sys
 
 results, suffix, status_file, start, installed, python = sys.argv[1:7]
 steps = {}
+notes = {}  # why a step was skipped (rc 'missing'), or which test files were
 for line in open(status_file, encoding="utf-8"):
-  name, rc, seconds = line.split()
+  name, rc, seconds, *note = line.split(maxsplit=3)
   steps[name] = (rc, int(seconds))
+  if note:
+    notes[name] = note[0].strip()
 
 
 def load(stem):
@@ -331,11 +540,14 @@ def state(name):
   if name not in steps:
     return "not run"
   rc, seconds = steps[name]
+  note = f"; {notes[name]}" if name in notes else ""
+  if rc == "missing":
+    return f"skipped (missing: {notes.get(name, '?')})"
   if rc == "skipped":
     return "skipped (out of time)"
   if rc in ("124", "137"):
-    return f"TIMED OUT ({seconds} s)"
-  return f"exit {rc} ({seconds} s)"
+    return f"TIMED OUT ({seconds} s){note}"
+  return f"exit {rc} ({seconds} s){note}"
 
 
 rows = []  # benchmark, problem, measure, jaxkl, reference, ratio, target, result
@@ -348,7 +560,9 @@ def verdict(value, target, op="<="):
   return "PASS" if ok else "FAIL"
 
 
-if "tests" in steps:
+if "tests" in steps and steps["tests"][0] == "missing":
+  rows.append(("tests", "pytest -x", state("tests"), "", "", "", "", "skipped"))
+elif "tests" in steps:
   tail = ""
   log = os.path.join(results, f"tests_{suffix}.log")
   if os.path.exists(log):
@@ -451,7 +665,8 @@ with open(path, "w", encoding="utf-8") as f:
   f.write(text)
 with open(os.path.join(results, f"summary_{suffix}.json"), "w", encoding="utf-8") as f:
   json.dump({"steps": steps, "rows": [dict(zip(head, row)) for row in rows],
-             "python": python, "installed": installed, "environment": env}, f,
+             "notes": notes, "python": python, "installed": installed,
+             "environment": env}, f,
             indent=2)
 print(f"wrote {path} and summary_{suffix}.json")
 
@@ -462,12 +677,17 @@ fresh.update({stem: load(stem) for stem in ("kl_div", "distillation")})
 failed = [
   name
   for name, (rc, _) in steps.items()
-  if rc != "0" and (name == "tests" or fresh.get(name) is None)
+  if rc not in ("0", "missing") and (name == "tests" or fresh.get(name) is None)
 ]
-print(f"failed, timed out or skipped: {', '.join(failed) or 'none'}")
+missing = [f"{name} ({notes.get(name, '?')})" for name, (rc, _) in steps.items()
+           if rc == "missing"]
+if "tests" in notes and steps["tests"][0] != "missing":
+  missing.append(f"test files {notes['tests']}")
+print(f"skipped, packages missing (not counted): {'; '.join(missing) or 'none'}")
+print(f"failed, timed out or out of time (counted): {', '.join(failed) or 'none'}")
 sys.exit(len(failed))
 EOF
 FAILED=$?
 rm -f "$STATUS_FILE"
-say "done: $FAILED step(s) failed, timed out or skipped"
+say "done: $FAILED step(s) failed, timed out or skipped for lack of time"
 exit "$FAILED"

@@ -682,15 +682,16 @@ def fused_linear_distillation_loss(
   2. if the tokens are sharded over an ``Explicit`` mesh axis, one chunk of
      all tokens (the loop then never slices the sharded axis) with blocks of
      ``budget // N`` classes;
-  3. if 256 rows of ``V`` fit (32 rows on CPU), chunks of ``budget // V``
-     rows over the whole vocabulary (fewest matmuls);
+  3. if 256 rows of ``V`` fit, chunks of ``budget // V`` rows over the
+     whole vocabulary (fewest matmuls);
   4. otherwise chunks of ``min(N, 1024)`` rows and blocks of
-     ``budget // rows`` classes (e.g. 1024 x 8192 for V = 128256 on a GPU).
+     ``budget // rows`` classes (e.g. 1024 x 8192 for V = 128256).
 
-  The CPU threshold differs because there the matmuls, not the memory
-  traffic of many small chunks (each adds its part to the ``[H, V]`` weight
-  gradient), set the time, so vocabulary blocks' extra matmuls cost more
-  than small chunks. Without vocabulary blocks the weight gradient is
+  The rule puts memory first: vocabulary blocks cost up to 50% more matmul
+  work (see "Passes"), so where memory allows, ``vocab_chunk=None`` with
+  ``chunk_size`` 256-1024 is faster (``benchmarks/bench_fused_linear.py``
+  and README's Speed section have the numbers; chunks much smaller than
+  256 rows are slower still). Without vocabulary blocks the weight gradient is
   accumulated in blocks of ``budget // max(H, H_t)`` classes when ``H * V``
   exceeds the budget, so that no ``[H, V]`` temporary exists per chunk;
   that is where ``H`` enters. Either size may be given while the other
