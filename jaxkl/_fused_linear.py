@@ -90,9 +90,6 @@ class _Config(NamedTuple):
   reduction: str
   tokens: Blocks
   vocab: Blocks | None  # None: each chunk's logits over the whole vocabulary
-  # Without vocab: the blocks in which the weight gradient is accumulated
-  # (None: all at once), so that no [H, V] temporary exists per chunk.
-  contract: Blocks | None = None
 
 
 class _Needs(NamedTuple):
@@ -154,7 +151,6 @@ _DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple
 _LOGITS_DIMS: _DotDims = (((1,), (0,)), ((), ()))
 _D_HIDDEN_DIMS: _DotDims = (((1,), (1,)), ((), ()))
 _HIDDEN = ("student_hidden", "teacher_hidden")
-_WEIGHTS = ("student_weight", "student_bias", "teacher_weight", "teacher_bias")
 
 
 def _weight_grad(x: jax.Array, g: jax.Array, accumulate_dtype: DTypeLike) -> jax.Array:
@@ -278,22 +274,7 @@ def _dense_chunk(
 
   losses, vjp = jax.vjp(losses_fn, s, t, ops.temperature)
   d_s, d_t, d_temperature = vjp(chunk.weights.astype(compute))
-  blocks = config.contract
-  if blocks is None:
-    hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None, None)
-  else:  # d hidden at once, d weight and d bias block by block
-    only_hidden = _Needs(
-      student_hidden=needs.student_hidden, teacher_hidden=needs.teacher_hidden
-    )
-    hidden, acc = _contract(only_hidden, ops, chunk, d_s, d_t, acc, None, None)
-    no_hidden = needs._replace(student_hidden=False, teacher_hidden=False)
-
-    def body(j: jax.Array, acc: _Arrays) -> _Arrays:
-      d_s_j, d_t_j = blocks.take(d_s, j, 1), blocks.take(d_t, j, 1)
-      return _contract(no_hidden, ops, chunk, d_s_j, d_t_j, acc, blocks, j)[1]
-
-    if any(name in acc for name in _WEIGHTS):
-      acc = lax.fori_loop(0, blocks.steps, body, acc)
+  hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None, None)
   if needs.temperature:
     acc["temperature"] = acc["temperature"] + d_temperature
   return {"losses": losses}, hidden, acc
@@ -691,12 +672,11 @@ def fused_linear_distillation_loss(
   work (see "Passes"), so where memory allows, ``vocab_chunk=None`` with
   ``chunk_size`` 256-1024 is faster (``benchmarks/bench_fused_linear.py``
   and README's Speed section have the numbers; chunks much smaller than
-  256 rows are slower still). Without vocabulary blocks the weight gradient is
-  accumulated in blocks of ``budget // max(H, H_t)`` classes when ``H * V``
-  exceeds the budget, so that no ``[H, V]`` temporary exists per chunk;
-  that is where ``H`` enters. Either size may be given while the other
-  stays ``'auto'`` (it is then chosen to fit the budget);
-  ``vocab_chunk=None`` turns vocabulary blocks off.
+  256 rows are slower still). ``H`` does not enter: the ``[chunk, H]``
+  buffers and the ``[H, V]`` weight-gradient accumulator do not depend on
+  the cut. Either size may be given while the other stays ``'auto'`` (it is
+  then chosen to fit the budget); ``vocab_chunk=None`` turns vocabulary
+  blocks off.
 
   **Gradients.** Reverse mode (``jax.grad``, ``jax.vjp``,
   ``jax.value_and_grad``): the function is a ``jax.custom_vjp``, so
@@ -898,17 +878,12 @@ def fused_linear_distillation_loss(
     dtype=compute,
     sharded_tokens=bool(rows_spec) and rows_spec[0] is not None,
   )
-  budget = _fused_blocks.BLOCK_BYTES // np.dtype(compute).itemsize
-  widest = max(hidden, h_t.shape[1])
   config = _Config(
     divergence,
     beta,
     reduction,
     Blocks.make(n, tokens),
     None if vocab is None else Blocks.make(w_t.shape[1], vocab),
-    Blocks.make(w_t.shape[1], max(1, budget // widest))
-    if vocab is None and widest * w_t.shape[1] > budget
-    else None,
   )
   ops = _Operands(h_s, w_s, b_s, h_t, w_t, b_t, jnp.asarray(temperature, compute), mask)
   # shard_map (check_vma=True): every operand varies over the same manual axes.

@@ -698,32 +698,3 @@ def test_auto_sizes_bound_the_compiled_buffers():
     assert not re.search(rf"\[{n},{vocab}\]|\[{vocab},{n}\]", hlo)
     width = vocab if block is None else block
     assert re.search(rf"\[{rows},{width}\]|\[{width},{rows}\]", hlo)
-
-
-# ----------------------------------------------------------------------------
-# 7. The weight gradient accumulated in vocabulary blocks (no vocabulary
-# blocks for the logits, ``H * V`` over the budget): a small budget makes
-# the blocks appear at tiny shapes, strided (V = 36) and overlapping (V = 37).
-
-
-@pytest.mark.parametrize("vocab", [36, 37])
-@pytest.mark.parametrize(
-  "divergence,reduction", [("forward", "mean"), ("jsd", "none"), ("reverse", "sum")]
-)
-def test_weight_gradient_blocks_equal_dense(monkeypatch, vocab, divergence, reduction):
-  # 40 float64 entries: blocks of 40 // 5 = 8 classes of the [5, V] gradient.
-  monkeypatch.setattr(_fused_blocks, "BLOCK_BYTES", 8 * 40)
-  rng = np.random.default_rng(vocab)
-  with jax.enable_x64(True):
-    h_s, w_s, h_t, w_t = _problem(rng, 12, 5, 4, vocab, vocab, jnp.float64)
-    b_s = jnp.asarray(rng.normal(size=vocab)).at[3].set(-jnp.inf)
-    b_t = jnp.asarray(rng.normal(size=vocab)).at[3].set(-jnp.inf)
-    args = (h_s, w_s, h_t, w_t, b_s, b_t, jnp.asarray(1.5))
-    cotangent = jnp.asarray(rng.normal(size=12))
-    kwargs = dict(divergence=divergence, beta=0.3, reduction=reduction, chunk_size=5)
-    got = _value_and_grads(_fused, args, cotangent, vocab_chunk=None, **kwargs)
-    want = _value_and_grads(_dense, args, cotangent, **kwargs)
-  for g, w, what in zip(
-    jax.tree.leaves(got), jax.tree.leaves(want), ("value", *"hwHWbBT"), strict=True
-  ):
-    _assert_close(g, w, 1e-9, what)
