@@ -207,12 +207,6 @@ def _log_softmaxes(
   return log_q, log_p
 
 
-def _zero_safe_product(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``a * b``, exactly 0 where ``a == 0`` (for any ``b``, also infinite)."""
-  is_zero = a == 0
-  return jnp.where(is_zero, 0, a * jnp.where(is_zero, 0, b))
-
-
 def streamed(divergence: str, needs_teacher: bool, needs_student: bool) -> bool:
   """Whether the statistics pass streams the divergence (for its ``g``)."""
   if divergence == "forward":
@@ -252,7 +246,7 @@ def statistics(
       shift = jnp.where(jnp.isfinite(m), m, 0)[:, None]
       weights = jnp.exp(_logits._scaled(x - shift, inverse_t))
       difference = _logits._scaled(x, inverse_t) - _logits._scaled(y, inverse_t)
-      e = e * f + jnp.sum(_zero_safe_product(weights, difference), axis=1)
+      e = e * f + jnp.sum(_logits._zero_safe_product(weights, difference), axis=1)
     return m_s, z_s, m_t, z_t, e
 
   init = (minus_inf, zero, minus_inf, zero, zero)
@@ -378,19 +372,11 @@ def block_gradients(
   return BlockGrads(losses, d_student, d_teacher, d_temperature)
 
 
-def pass_count(divergence: str, gradients: bool) -> int:
-  """How many times ``vocab_chunk`` computes the logits (see the module)."""
-  if not gradients:
-    return 2
-  return 3 if divergence == "jsd" else 2
-
-
 def default_sizes(
   tokens: int,
   vocab: int,
   itemsize: int,
   all_tokens: bool = False,
-  backend: str = "cpu",
 ) -> tuple[int, int | None]:
   """The automatic ``(chunk_size, vocab_chunk)`` (see the public docstring).
 
@@ -399,12 +385,10 @@ def default_sizes(
   fits; else chunks of tokens over the whole vocabulary when they can have at
   least ``MIN_ROWS`` rows; else vocabulary blocks, with ``ROWS`` tokens (or
   all) per chunk. ``all_tokens`` (tokens sharded over devices): one chunk of
-  all tokens, with vocabulary blocks when they do not fit. ``backend`` is
-  accepted for rules that differ by backend; there are none yet (on CPU,
-  chunks of 32-64 rows over a 131072-class vocabulary measured slower than
-  vocabulary blocks).
+  all tokens, with vocabulary blocks when they do not fit. The same rule on
+  every backend (on CPU, chunks of 32-64 rows over a 131072-class
+  vocabulary measured slower than vocabulary blocks).
   """
-  del backend
   budget = BLOCK_BYTES // itemsize
   if tokens * vocab <= budget:
     return tokens, None

@@ -222,13 +222,13 @@ def _contract(
   d_student: jax.Array,
   d_teacher: jax.Array,
   acc: _Arrays,
-  vocab: Blocks | None,
-  j: jax.Array | None,
+  block: tuple[Blocks, jax.Array] | None,
 ) -> tuple[_Arrays, _Arrays]:
   """Hidden-state gradient blocks and updated weight/bias accumulators.
 
   ``d_student``/``d_teacher`` are the (weighted) gradients with respect to a
-  block of logits: all classes (``vocab`` None), or vocabulary block ``j``.
+  block of logits: all classes (``block`` None), or block ``j`` of the
+  vocabulary ``block = (blocks, j)``.
   They enter the matmuls in the operands' dtype (float32 accumulation), as
   the unfused loss's backward pass does.
   """
@@ -240,7 +240,7 @@ def _contract(
     ("teacher", d_teacher, chunk.teacher_hidden, ops.teacher_weight),
   )
   for side, d_logits, h, w in sides:
-    w_block = w if vocab is None or j is None else vocab.take(w, j, 1)
+    w_block = w if block is None else block[0].take(w, block[1], 1)
     if getattr(needs, f"{side}_hidden"):
       hidden[f"{side}_hidden"] = _matmul(
         d_logits.astype(w.dtype), w_block, _D_HIDDEN_DIMS, compute
@@ -252,10 +252,10 @@ def _contract(
         grad, axis = _weight_grad(h, d_logits.astype(h.dtype), compute), 1
       else:
         grad, axis = jnp.sum(d_logits, axis=0), 0
-      if vocab is None or j is None:
+      if block is None:
         acc[name] = acc[name] + grad.astype(acc[name].dtype)
       else:
-        acc[name] = vocab.add(acc[name], grad, j, axis)
+        acc[name] = block[0].add(acc[name], grad, block[1], axis)
   return hidden, acc
 
 
@@ -274,7 +274,7 @@ def _dense_chunk(
 
   losses, vjp = jax.vjp(losses_fn, s, t, ops.temperature)
   d_s, d_t, d_temperature = vjp(chunk.weights.astype(compute))
-  hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None, None)
+  hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None)
   if needs.temperature:
     acc["temperature"] = acc["temperature"] + d_temperature
   return {"losses": losses}, hidden, acc
@@ -356,16 +356,16 @@ def _vocab_chunk(
   ) -> tuple[jax.Array, _Arrays, _Arrays]:
     total, hidden, acc = carry
     assert stats is not None
-    block = _fused_blocks.block_gradients(
+    grads = _fused_blocks.block_gradients(
       logits(j), stats, temperature, weights, divergence, beta
     )
     blocks, acc = _contract(
-      needs, ops, chunk, block.d_student, block.d_teacher, acc, vocab, j
+      needs, ops, chunk, grads.d_student, grads.d_teacher, acc, (vocab, j)
     )
     hidden = {name: hidden[name] + blocks[name] for name in hidden}
     if needs.temperature:
-      acc = dict(acc, temperature=acc["temperature"] + block.d_temperature)
-    return total + block.losses, hidden, acc
+      acc = dict(acc, temperature=acc["temperature"] + grads.d_temperature)
+    return total + grads.losses, hidden, acc
 
   total, hidden, acc = lax.fori_loop(0, vocab.steps, body, carry)
   if losses is None:
@@ -1002,7 +1002,6 @@ def chunk_sizes(
   vocab_chunk: int | str | None = "auto",
   dtype: DTypeLike = jnp.float32,
   sharded_tokens: bool = False,
-  backend: str | None = None,
 ) -> tuple[int, int | None]:
   """The ``(chunk_size, vocab_chunk)`` that the fused loss uses.
 
@@ -1018,7 +1017,6 @@ def chunk_sizes(
     dtype: the compute dtype (float32, or float64 for float64 inputs).
     sharded_tokens: whether the tokens are sharded over devices (then
       ``'auto'`` takes all tokens in one chunk).
-    backend: ``'cpu'``, ``'gpu'``, ``'tpu'``...; None: JAX's default backend.
 
   Returns:
     ``(rows per chunk, classes per block or None)``; both at most ``N`` and
@@ -1041,7 +1039,6 @@ def chunk_sizes(
       vocab,
       np.dtype(dtype).itemsize,
       sharded_tokens,
-      jax.default_backend() if backend is None else backend,
     )
   elif auto_rows:
     block = None if vocab_chunk is None else min(int(vocab_chunk), vocab)

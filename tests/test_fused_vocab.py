@@ -651,15 +651,13 @@ def test_chunk_sizes_documented_examples():
   8192 for V = 128256; chunks over the whole vocabulary when 256 rows fit."""
   assert _fused_blocks.BLOCK_BYTES == 32 * 2**20
   sizes = _fused_linear.chunk_sizes
-  for backend in ("cpu", "gpu"):
-    assert sizes(8192, 128256, backend=backend) == (1024, 8192)
-    assert sizes(2048, 262144, backend=backend) == (1024, 8192)
-  for backend in ("cpu", "gpu", "tpu"):
-    assert sizes(8192, 32768, backend=backend) == (256, None)
-    assert sizes(8192, 16384, backend=backend) == (512, None)
-    assert sizes(64, 32768, backend=backend) == (64, None)  # N * V fits
-    # Tokens on an explicit mesh axis: all of them in one chunk.
-    assert sizes(8192, 128256, sharded_tokens=True, backend=backend) == (8192, 1024)
+  assert sizes(8192, 128256) == (1024, 8192)
+  assert sizes(2048, 262144) == (1024, 8192)
+  assert sizes(8192, 32768) == (256, None)
+  assert sizes(8192, 16384) == (512, None)
+  assert sizes(64, 32768) == (64, None)  # N * V fits
+  # Tokens on an explicit mesh axis: all of them in one chunk.
+  assert sizes(8192, 128256, sharded_tokens=True) == (8192, 1024)
   # float64: 4M entries; 256 rows of 32768 do not fit.
   assert sizes(8192, 2**15, dtype=jnp.float64) == (1024, 4096)
 
