@@ -30,11 +30,11 @@ from jaxkl._analytic import kl_normal
 from jaxkl._analytic import kl_poisson
 from jaxkl._discrete import KLDivLoss
 from jaxkl._discrete import kl_div
+from jaxkl._distillation import distillation_loss
 from jaxkl._estimators import kl_estimator_terms
 from jaxkl._estimators import kl_from_samples
 from jaxkl._fused_linear import fused_linear_distillation_loss
 from jaxkl._knn import knn_kl
-from jaxkl._logits import distillation_loss
 from jaxkl._logits import divergence_from_logits
 from jaxkl._logits import jensen_shannon_from_logits
 from jaxkl._logits import kl_divergence_from_logits

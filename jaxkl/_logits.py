@@ -1,4 +1,4 @@
-"""Divergences straight from logits, with temperature: distillation losses."""
+"""Divergences straight from logits, with temperature."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from jax.typing import ArrayLike
 from jaxkl import _checks
 from jaxkl import _per_example
 from jaxkl import _pointwise
-from jaxkl import _reduction
 
 Divergence = Literal["forward", "reverse", "jsd"]
 DIVERGENCES: tuple[str, ...] = ("forward", "reverse", "jsd")
@@ -877,124 +876,3 @@ def token_mask(
     keep = labels != ignore_index
     mask = keep if mask is None else mask & keep
   return mask
-
-
-def distillation_loss(
-  student_logits: ArrayLike,
-  teacher_logits: ArrayLike,
-  *,
-  temperature: ArrayLike = 1.0,
-  divergence: Divergence = "forward",
-  beta: float = 0.5,
-  where: ArrayLike | None = None,
-  labels: ArrayLike | None = None,
-  ignore_index: int = -100,
-  reduction: str = "mean",
-  axis: int = -1,
-) -> jax.Array:
-  r"""Knowledge-distillation loss from logits, scaled by :math:`T^2`.
-
-  .. math::
-
-     \mathcal{L} = T^2 \cdot \operatorname{reduce}_{i \in \text{tokens}}
-       D\!\left(P_T^{(i)}, Q_T^{(i)}\right)
-
-  where :math:`P_T = \mathrm{softmax}(\text{teacher\_logits}/T)`,
-  :math:`Q_T = \mathrm{softmax}(\text{student\_logits}/T)` and :math:`D` is
-  the forward KL, the reverse KL or the generalized JSD (see
-  :func:`jaxkl.divergence_from_logits`). The :math:`T^2` factor (Hinton et al.)
-  keeps gradient magnitudes comparable across temperatures: for the forward KL
-  the gradient with respect to the student logits is
-  :math:`T\,(Q_T - P_T)` times the reduction's weight.
-
-  Tokens are selected by ``where`` (boolean, ``True`` keeps) and/or by
-  ``labels != ignore_index`` (the PyTorch/Hugging Face convention for padded
-  or prompt tokens); ``'mean'`` averages over the kept tokens only and gives 0
-  when none is kept. Excluded tokens may hold any logits, even NaN or all
-  ``-inf``: they reach neither the loss nor its gradient. Classes that are
-  ``-inf`` in both inputs (padded vocabulary) change no value or derivative
-  (see :func:`jaxkl.kl_divergence_from_logits`). The teacher is not
-  differentiated through unless you differentiate with respect to it; wrap it
-  in ``jax.lax.stop_gradient`` if it is computed in the same function.
-
-  Args:
-    student_logits: shape ``[..., V]`` (e.g. ``[B, T, V]``).
-    teacher_logits: same shape.
-    temperature: :math:`T > 0`: a Python number or a 0-d array (NumPy or
-      JAX). A concrete value is checked to be finite and > 0, whatever its
-      form; a traced one (e.g. a scheduled temperature under ``jax.jit``)
-      cannot be checked, and a non-positive or infinite one then gives NaN
-      or meaningless values. Per-example temperatures are not accepted:
-      divide the logits instead (``logits / T[..., None]``).
-    divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
-    beta: JSD weight in ``[0, 1]``; ``jsd`` with 0 is ``forward``, with 1
-      ``reverse``. Static.
-    where: optional boolean mask of tokens, shape ``[...]`` (the logits' shape
-      without the class axis).
-    labels: optional integer labels of shape ``[...]``; tokens whose label is
-      ``ignore_index`` are excluded.
-    ignore_index: the label value to exclude. Static.
-    reduction: ``'mean'`` (over kept tokens), ``'sum'``, ``'batchmean'`` (sum
-      over the leading axis' size) or ``'none'`` (per-token, masked tokens 0).
-    axis: the class axis. Static.
-
-  Returns:
-    A scalar, or per-token losses of shape ``[...]`` for ``'none'``, in the
-    promoted dtype of the logits (computed in float32 for 16-bit logits, as
-    :func:`jaxkl.fused_linear_distillation_loss`, which returns the same
-    dtype).
-
-  Raises:
-    ValueError: different shapes, a bad ``axis``, ``reduction``,
-      ``divergence`` or ``beta``, a mask or labels not of the per-token shape,
-      a concrete ``temperature`` that is not finite and > 0, or a
-      ``temperature`` array that is not 0-d.
-    TypeError: non-floating logits, a non-boolean mask, non-integer labels or
-      a bool ``temperature``.
-
-  Examples:
-    >>> import jax
-    >>> import jax.numpy as jnp
-    >>> import jaxkl
-    >>> student = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    >>> teacher = jnp.zeros((2, 3))
-    >>> labels = jnp.array([1, -100])  # second token ignored
-    >>> loss = jaxkl.distillation_loss(student, teacher, temperature=2.0,
-    ...                                labels=labels)
-    >>> loss
-    Array(0.47799593, dtype=float32)
-    >>> grads = jax.grad(lambda s: jaxkl.distillation_loss(
-    ...     s, teacher, temperature=2.0, labels=labels))(student)
-    >>> grads[1]  # ignored token: no gradient
-    Array([0., 0., 0.], dtype=float32)
-
-  References:
-    Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
-    arXiv:1503.02531, 2015.
-  """
-  student = _checks.as_float_array(student_logits, "student_logits")
-  if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
-    raise TypeError(f"`axis` must be an int; got {axis!r}.")
-  axes = _per_example.normalize_axis(axis, student.ndim)
-  per_token_shape = tuple(d for i, d in enumerate(student.shape) if i not in axes)
-  mask = token_mask(per_token_shape, where, labels, ignore_index)
-  _reduction.validate_reduction(reduction)
-  divergence, beta = check_divergence(divergence, beta)
-  # Per-token values, T^2 and the reduction in the compute dtype (float32 for
-  # 16-bit logits, as the fused loss); one rounding to the result dtype.
-  per_token, out_dtype = _divergence_from_logits(
-    student,
-    teacher_logits,
-    divergence,
-    beta,
-    temperature,
-    axis,
-    # [..., 1]: a per-token mask, never read as a class mask (even when
-    # the number of tokens equals the number of classes). Excluded tokens
-    # may hold anything (padding garbage, all -inf rows): their logits are
-    # replaced before the softmax (``zero_dropped_examples``).
-    None if mask is None else jnp.expand_dims(mask, axes),
-  )
-  scale = jnp.square(jnp.asarray(temperature, per_token.dtype))
-  loss = _reduction.reduce_loss(per_token * scale, reduction, where=mask)
-  return loss.astype(out_dtype)
