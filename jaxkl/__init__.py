@@ -5,7 +5,12 @@
 * ``kl_divergence``: per-example KL over an axis (optax-compatible), with masks.
 * ``kl_divergence_from_logits``, ``jensen_shannon_from_logits``,
   ``divergence_from_logits``, ``distillation_loss``: divergences straight from
-  logits with temperature, for knowledge distillation.
+  logits with temperature, for knowledge distillation (every framework's
+  convention: temperatures, T^2, hard-label term, soft-caps, reductions).
+* ``topk_divergence_from_logits``, ``topk_distillation_loss``,
+  ``topk_metrics``: distillation from a teacher's top-k log-probabilities.
+* ``fused_linear_distillation_loss``, ``fused_linear_topk_distillation_loss``:
+  the same losses from hidden states and LM heads, never materializing logits.
 * ``reduce_loss``: the reductions shared by every loss, with masks.
 * ``kl_normal``, ``kl_multivariate_normal``, ``kl_categorical``, ``kl_gamma``,
   ...: closed-form KL between two distributions of the same family.
@@ -31,6 +36,7 @@ from jaxkl._analytic import kl_poisson
 from jaxkl._discrete import KLDivLoss
 from jaxkl._discrete import kl_div
 from jaxkl._distillation import distillation_loss
+from jaxkl._distillation import topk_distillation_loss
 from jaxkl._estimators import kl_estimator_terms
 from jaxkl._estimators import kl_from_samples
 from jaxkl._fused_linear import fused_linear_distillation_loss
@@ -45,12 +51,16 @@ from jaxkl._per_example import kl_divergence
 from jaxkl._reduction import reduce_loss
 from jaxkl._sharded import sharded_monte_carlo_kl
 from jaxkl._sharded import vocab_parallel_kl_from_logits
+from jaxkl._topk import TopKMetrics
+from jaxkl._topk import topk_divergence_from_logits
+from jaxkl._topk import topk_metrics
 from jaxkl._version import __version__
 
 __all__ = [
   "KLDivLoss",
   "KLEstimate",
   "StandardNormalPushforward",
+  "TopKMetrics",
   "__version__",
   "distillation_loss",
   "divergence_from_logits",
@@ -78,5 +88,8 @@ __all__ = [
   "monte_carlo_kl",
   "reduce_loss",
   "sharded_monte_carlo_kl",
+  "topk_distillation_loss",
+  "topk_divergence_from_logits",
+  "topk_metrics",
   "vocab_parallel_kl_from_logits",
 ]

@@ -9,6 +9,7 @@ teacher) and ``_topk`` (a teacher given by its top-k log-probabilities).
 from __future__ import annotations
 
 from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from jaxkl import _conventions
 from jaxkl import _logits
 from jaxkl import _per_example
 from jaxkl import _reduction
+from jaxkl import _topk
 
 
 def _class_axis(axis: object, ndim: int) -> tuple[int, ...]:
@@ -294,3 +296,274 @@ def _soft_per_token(
     axis,
     token_mask,
   )
+
+
+def _topk_teacher(
+  teacher_indices: ArrayLike,
+  teacher_log_probs: ArrayLike | None,
+  teacher_logits: ArrayLike | None,
+  teacher_log_normalizer: ArrayLike | None,
+  args: _conventions.LossArguments,
+  per_token_shape: tuple[int, ...],
+) -> jax.Array:
+  """The teacher's log-probabilities at its slots, ``[..., k]``.
+
+  Either given (``teacher_log_probs``, used as they are: the teacher's
+  temperature must be 1 and no teacher transform applies), or computed as
+  ``transform(teacher_logits) / T_t - teacher_log_normalizer``.
+  """
+  conventions = args.conventions
+  by_logits = teacher_logits is not None or teacher_log_normalizer is not None
+  if (teacher_log_probs is None) == (not by_logits):
+    raise ValueError(
+      "Give the teacher either as `teacher_log_probs` or as `teacher_logits` "
+      "together with `teacher_log_normalizer`; got "
+      + (
+        "both."
+        if teacher_log_probs is not None
+        else "neither (`teacher_log_probs` is None)."
+      )
+    )
+  if teacher_log_probs is not None:
+    if not _conventions.is_one(args.temperatures.teacher):
+      raise ValueError(
+        "`teacher_log_probs` are used as given (at the temperature the "
+        "teacher computed them), and log-probabilities cannot be re-tempered "
+        "without the teacher's log-normalizer over the whole vocabulary: the "
+        f"teacher's temperature must be 1; got {args.temperatures.teacher!r} "
+        "(from `temperature` or `teacher_temperature`). Set the student's "
+        "temperature with `student_temperature=`, or pass `teacher_logits` "
+        "and `teacher_log_normalizer` (the log-sum-exp of all the teacher's "
+        "logits divided by its temperature)."
+      )
+    if conventions.transforms_teacher:
+      raise ValueError(
+        "`teacher_logit_scale` and `teacher_logit_softcap` apply to logits, "
+        "not to `teacher_log_probs`; pass `teacher_logits` and "
+        "`teacher_log_normalizer` instead (or drop them)."
+      )
+    return _checks.as_float_array(teacher_log_probs, "teacher_log_probs")
+  if teacher_logits is None or teacher_log_normalizer is None:
+    missing = "teacher_logits" if teacher_logits is None else "teacher_log_normalizer"
+    raise ValueError(
+      f"`teacher_logits` and `teacher_log_normalizer` go together; `{missing}` is None."
+    )
+  logits = _checks.as_float_array(teacher_logits, "teacher_logits")
+  log_z = _checks.as_float_array(teacher_log_normalizer, "teacher_log_normalizer")
+  if log_z.shape != per_token_shape:
+    raise ValueError(
+      f"`teacher_log_normalizer` must have the per-token shape {per_token_shape};"
+      f" got {tuple(log_z.shape)}."
+    )
+  if logits.shape != jnp.shape(teacher_indices):
+    raise ValueError(
+      f"`teacher_logits` must have the shape of `teacher_indices`, "
+      f"{tuple(jnp.shape(teacher_indices))}; got {tuple(logits.shape)}."
+    )
+  dtype = _checks.result_dtype(logits, log_z)[1]
+  logits = logits.astype(dtype)
+  if args.mask is not None:  # excluded rows' garbage reaches no derivative
+    logits = jnp.where(args.mask[..., None], logits, 0)
+    log_z = jnp.where(args.mask, log_z.astype(dtype), 0)
+  logits = _conventions.transform_logits(
+    logits, conventions.teacher_logit_scale, conventions.teacher_logit_softcap
+  )
+  inverse_t = 1 / jnp.asarray(args.temperatures.teacher, dtype)
+  return _logits._scaled(logits, inverse_t) - log_z.astype(dtype)[..., None]
+
+
+def topk_distillation_loss(
+  student_logits: ArrayLike,
+  teacher_indices: ArrayLike,
+  teacher_log_probs: ArrayLike | None = None,
+  *,
+  teacher_logits: ArrayLike | None = None,
+  teacher_log_normalizer: ArrayLike | None = None,
+  divergence: _logits.Divergence = "forward",
+  beta: float = 0.5,
+  tail: Literal["bucket", "renormalize"] = "bucket",
+  temperature: ArrayLike = 1.0,
+  student_temperature: ArrayLike | None = None,
+  teacher_temperature: ArrayLike | None = None,
+  temperature_scaling: _conventions.TemperatureScaling = "square",
+  hard_loss_weight: float = 0.0,
+  where: ArrayLike | None = None,
+  labels: ArrayLike | None = None,
+  ignore_index: int = -100,
+  reduction: _reduction.LossReduction = "mean",
+  segment_ids: ArrayLike | None = None,
+  num_items_in_batch: ArrayLike | None = None,
+  student_logit_scale: float | None = None,
+  student_logit_softcap: float | None = None,
+  teacher_logit_scale: float | None = None,
+  teacher_logit_softcap: float | None = None,
+) -> jax.Array:
+  r"""Distillation loss from a teacher's top-k log-probabilities.
+
+  The loss of :func:`jaxkl.distillation_loss` with the soft term replaced by
+  the top-k divergence of :func:`jaxkl.topk_divergence_from_logits`: per
+  token :math:`i`,
+
+  .. math::
+
+     \ell_i = \alpha\, \mathrm{CE}\!\left(y_i, \mathrm{softmax}(s_i)\right)
+       + (1 - \alpha)\, \kappa\, D_k\!\left(P^{(i)}, Q^{(i)}\right),
+     \qquad \mathcal{L} = \operatorname{reduce}_i \ell_i,
+
+  where :math:`Q = \mathrm{softmax}(s / T_s)` is the student's full
+  distribution, :math:`P` the teacher known at its :math:`k` listed classes,
+  and :math:`D_k` the divergence of both coarse-grained onto the listed
+  classes plus the rest (``tail='bucket'``: a lower bound of the full
+  divergence, exact when the listed classes carry all the teacher's mass)
+  or renormalized over the listed classes (``tail='renormalize'``, MaxText's
+  and Tunix's convention). :math:`\kappa = T_s^2` (``'square'``) or 1.
+
+  **The teacher.** Served teachers (vLLM, SGLang) return log-probabilities:
+  pass them as ``teacher_log_probs`` (``[..., k]``, ``-inf`` marks an unused
+  slot). They are used as given, at the temperature the teacher computed
+  them, and cannot be re-tempered: :math:`\log p_i / T` is not a
+  log-probability, and renormalizing over the k classes would change the
+  rest mass. So with log-probabilities the teacher's temperature must be 1
+  (the student's may be anything: ``student_temperature=T``), and a
+  ``ValueError`` says so otherwise. If you have the teacher's logits at the
+  k classes and its log-normalizer :math:`\log \sum_v e^{t_v / T_t}` over
+  the *whole* vocabulary (computed when the teacher ran, at the temperature
+  you want), pass ``teacher_logits`` and ``teacher_log_normalizer``
+  instead: then :math:`\log p_i = t_i / T_t - \log Z_t`, and the teacher's
+  temperature and logit transforms apply to the given logits (the
+  normalizer must have been computed with the same ones).
+
+  The other arguments are those of :func:`jaxkl.distillation_loss`: token
+  masks (``where``, ``labels``/``ignore_index``; excluded tokens' inputs may
+  be anything), the hard term, reductions, per-model logit transforms.
+  Derivatives with respect to the student's logits are closed-form (see
+  :func:`jaxkl.topk_divergence_from_logits`); no ``[..., V]`` buffer is
+  created beyond the logits' own gradient.
+
+  Args:
+    student_logits: shape ``[..., V]``; the class axis is the last.
+    teacher_indices: integer class indices, shape ``[..., k]``, ``k <= V``;
+      the listed (non ``-inf``) ones distinct and in ``[0, V)``.
+    teacher_log_probs: the teacher's log-probabilities at those classes,
+      shape ``[..., k]``, or None when ``teacher_logits`` is given.
+    teacher_logits: the teacher's logits at the k classes, ``[..., k]``
+      (``-inf`` marks an unused slot); with ``teacher_log_normalizer``.
+    teacher_log_normalizer: :math:`\log \sum_v e^{t_v / T_t}` over the
+      whole vocabulary, shape ``[...]``.
+    divergence: ``'forward' | 'reverse' | 'jsd'``. Static.
+    beta: JSD weight in ``[0, 1]`` (as in :func:`jaxkl.distillation_loss`).
+      Static.
+    tail: ``'bucket'`` or ``'renormalize'``. Static.
+    temperature: temperature of both models unless overridden (see above
+      for log-probabilities).
+    student_temperature: :math:`T_s`; defaults to ``temperature``.
+    teacher_temperature: :math:`T_t`; defaults to ``temperature``; must be
+      1 with ``teacher_log_probs``.
+    temperature_scaling: ``'square'`` (:math:`T_s^2`) or ``'none'``. Static.
+    hard_loss_weight: :math:`\alpha \in [0, 1]`, weight of the cross-entropy
+      with ``labels`` at temperature 1. Static.
+    where: optional boolean mask of tokens, shape ``[...]``.
+    labels: optional integer labels, shape ``[...]``; ``ignore_index``
+      excludes a token. Needed when ``hard_loss_weight > 0``.
+    ignore_index: the label value to exclude. Static.
+    reduction: ``'mean' | 'sum' | 'batchmean' | 'sequence_mean' | 'none'``
+      (see :func:`jaxkl.reduce_loss`).
+    segment_ids: optional packed-sequence ids, shape ``[...]``, for
+      ``'sequence_mean'``.
+    num_items_in_batch: optional count replacing the denominator of
+      ``'mean'``.
+    student_logit_scale: optional factor > 0 of the student's logits. Static.
+    student_logit_softcap: optional tanh soft-cap of the student's logits.
+      Static.
+    teacher_logit_scale: as ``student_logit_scale``, for ``teacher_logits``
+      only.
+    teacher_logit_softcap: as ``student_logit_softcap``, for
+      ``teacher_logits`` only.
+
+  Returns:
+    A scalar, or per-token losses of shape ``[...]`` for ``'none'``, in the
+    promoted dtype of the student's logits (computed in float32 for 16-bit
+    inputs).
+
+  Raises:
+    ValueError: shapes that do not fit (``[..., k]`` slots against
+      ``[..., V]`` logits, ``k > V``), both or neither of the two teacher
+      forms, a teacher temperature other than 1 or a teacher transform with
+      ``teacher_log_probs``, and everything
+      :func:`jaxkl.distillation_loss` and
+      :func:`jaxkl.topk_divergence_from_logits` reject.
+    TypeError: non-floating logits or log-probabilities, non-integer
+      indices, labels or segment ids, a non-boolean mask.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import jaxkl
+    >>> student = jnp.log(jnp.array([[0.5, 0.3, 0.1, 0.1]]))
+    >>> indices = jnp.array([[0, 1]])  # the teacher's top-2 ...
+    >>> log_probs = jnp.log(jnp.array([[0.5, 0.3]]))  # ... and their mass
+    >>> jaxkl.topk_distillation_loss(student, indices, log_probs)  # agree
+    Array(0., dtype=float32)
+    >>> jaxkl.topk_distillation_loss(student, indices, log_probs,
+    ...                              tail="renormalize")
+    Array(0., dtype=float32)
+
+  References:
+    Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
+    arXiv:1503.02531, 2015. Cover & Thomas, "Elements of Information
+    Theory", 2nd ed., 2006, Sec. 2.8 (data processing).
+  """
+  student = _checks.as_float_array(student_logits, "student_logits")
+  if student.ndim == 0:
+    raise ValueError("`student_logits` must have a class axis; got a 0-d array.")
+  per_token_shape = tuple(student.shape[:-1])
+  args = _conventions.check_loss_arguments(
+    per_token_shape,
+    where=where,
+    labels=labels,
+    ignore_index=ignore_index,
+    reduction=reduction,
+    segment_ids=segment_ids,
+    num_items_in_batch=num_items_in_batch,
+    divergence=divergence,
+    beta=beta,
+    temperature=temperature,
+    student_temperature=student_temperature,
+    teacher_temperature=teacher_temperature,
+    temperature_scaling=temperature_scaling,
+    hard_loss_weight=hard_loss_weight,
+    student_logit_scale=student_logit_scale,
+    student_logit_softcap=student_logit_softcap,
+    teacher_logit_scale=teacher_logit_scale,
+    teacher_logit_softcap=teacher_logit_softcap,
+  )
+  tail = _topk.check_tail(tail)
+  log_p = _topk_teacher(
+    teacher_indices,
+    teacher_log_probs,
+    teacher_logits,
+    teacher_log_normalizer,
+    args,
+    per_token_shape,
+  )
+  out_dtype, compute_dtype = _checks.result_dtype(student)
+  conventions = args.conventions
+  student = student.astype(compute_dtype)  # 16-bit: no rounding of the values
+  if conventions.transforms_student or conventions.hard:
+    student = _zero_rows(student, args.mask, student.ndim - 1)
+    student = _conventions.transform_logits(
+      student, conventions.student_logit_scale, conventions.student_logit_softcap
+    )
+  soft = None
+  if conventions.soft:
+    soft = _topk.topk_divergence_from_logits(
+      student,
+      teacher_indices,
+      log_p,
+      divergence=args.divergence,
+      beta=args.beta,
+      tail=tail,
+      temperature=args.temperatures.student,
+      where=args.mask,
+    ).astype(compute_dtype)
+  hard = _hard_loss(student, args, student.ndim - 1)
+  return _conventions.finish_loss(soft, hard, args, out_dtype)

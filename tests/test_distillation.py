@@ -329,3 +329,149 @@ def test_errors_name_the_argument(batch, kwargs, error, match):
   kwargs = {"labels": labels} | kwargs
   with pytest.raises(error, match=match):
     jaxkl.distillation_loss(s, t, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# topk_distillation_loss: the conventions around the top-k divergence.
+
+
+def _coarse_forward(s, idx, log_p, t_s, tail):
+  """Forward KL of the coarse (k + 1)-outcome distributions, float64."""
+  log_q = _log_softmax(np.asarray(s, np.float64) / t_s)
+  out = np.zeros(s.shape[:-1])
+  for pos in np.ndindex(*s.shape[:-1]):
+    lp, ix = np.asarray(log_p[pos], np.float64), idx[pos]
+    valid = np.isfinite(lp)
+    p, q = np.exp(lp[valid]), np.exp(log_q[pos][ix[valid]])
+    if tail == "renormalize":
+      p, q = p / p.sum(), q / q.sum()
+    else:
+      p = np.append(p, max(1 - p.sum(), 0.0))
+      q = np.append(
+        q, np.exp(log_q[pos])[np.setdiff1d(np.arange(s.shape[-1]), ix[valid])].sum()
+      )
+    out[pos] = np.where(p > 0, p * np.log(p / q), 0).sum()
+  return out
+
+
+@pytest.fixture(scope="module")
+def topk_batch():
+  rng = np.random.default_rng(1)
+  s = rng.normal(size=(2, 4, 11)) * 2
+  t = rng.normal(size=(2, 4, 11)) * 2
+  idx = np.argsort(-t, -1)[..., :4]
+  log_p = np.take_along_axis(_log_softmax(t), idx, -1)
+  log_p[0, 1, 3] = -np.inf  # an unused slot
+  idx[0, 1, 3] = -1
+  labels = rng.integers(0, 11, size=(2, 4))
+  labels[1, 2] = -100
+  return s, t, idx, log_p, labels
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_topk_loss_matches_reference(topk_batch, tail):
+  s, _, idx, log_p, labels = topk_batch
+  soft = _coarse_forward(s, idx, log_p, 2.0, tail) * 4.0
+  _, keep = _reference(s, s, labels, t_s=1.0, t_t=1.0)
+  hard, _ = _reference(s, s, labels, t_s=1.0, t_t=1.0, alpha=1.0)
+  expected = 0.3 * hard + 0.7 * soft
+  with jax.enable_x64(True):
+    got = jaxkl.topk_distillation_loss(
+      jnp.asarray(s),
+      idx,
+      jnp.asarray(log_p),
+      tail=tail,
+      student_temperature=2.0,
+      labels=labels,
+      hard_loss_weight=0.3,
+      reduction="none",
+    )
+  np.testing.assert_allclose(got, np.where(keep, expected, 0), rtol=1e-9, atol=1e-12)
+
+
+def test_topk_teacher_logits_and_normalizer(topk_batch):
+  """log p = t / T_t - log Z_t: the same loss as the log-probabilities."""
+  s, t, idx, _, labels = topk_batch
+  t_t = 1.7
+  log_z = np.log(np.exp(t / t_t).sum(-1))
+  t_k = np.take_along_axis(t, idx, -1)
+  t_k[0, 1, 3] = -np.inf  # the unused slot (index -1)
+  log_p = t_k / t_t - log_z[..., None]
+  with jax.enable_x64(True):
+    by_logits = jaxkl.topk_distillation_loss(
+      jnp.asarray(s),
+      idx,
+      teacher_logits=t_k,
+      teacher_log_normalizer=log_z,
+      temperature=t_t,
+      labels=labels,
+    )
+    by_log_probs = jaxkl.topk_distillation_loss(
+      jnp.asarray(s), idx, log_p, student_temperature=t_t, labels=labels
+    )
+    grads = jax.grad(
+      lambda T: jaxkl.topk_distillation_loss(
+        jnp.asarray(s),
+        idx,
+        teacher_logits=t_k,
+        teacher_log_normalizer=log_z,
+        student_temperature=1.3,
+        teacher_temperature=T,
+        labels=labels,
+      )
+    )(t_t)
+  assert np.isfinite(by_logits)
+  np.testing.assert_allclose(by_logits, by_log_probs, rtol=1e-12)
+  assert np.isfinite(grads)
+
+
+def test_topk_full_listing_equals_dense(topk_batch):
+  """k = V with the teacher's full log-softmax: the dense loss, any convention."""
+  s, t, _, _, labels = topk_batch
+  idx = np.argsort(t, -1)
+  log_p = np.take_along_axis(_log_softmax(t), idx, -1)
+  kwargs = dict(
+    labels=labels,
+    hard_loss_weight=0.25,
+    student_logit_softcap=2.5,
+    reduction="sequence_mean",
+    divergence="reverse",
+  )
+  with jax.enable_x64(True):
+    dense, dense_grad = jax.value_and_grad(
+      lambda x: jaxkl.distillation_loss(x, jnp.asarray(t), **kwargs)
+    )(jnp.asarray(s))
+    topk, topk_grad = jax.value_and_grad(
+      lambda x: jaxkl.topk_distillation_loss(x, idx, log_p, **kwargs)
+    )(jnp.asarray(s))
+  np.testing.assert_allclose(topk, dense, rtol=1e-10)
+  np.testing.assert_allclose(topk_grad, dense_grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
+    (dict(temperature=2.0), "must be 1"),
+    (dict(teacher_logit_softcap=3.0), "apply to logits"),
+    (dict(teacher_log_probs=None), "neither"),
+    (dict(teacher_logits=np.zeros((2, 4, 4))), "both"),
+    (
+      dict(teacher_log_probs=None, teacher_logits=np.zeros((2, 4, 4))),
+      "`teacher_log_normalizer` is None",
+    ),
+    (
+      dict(
+        teacher_log_probs=None,
+        teacher_logits=np.zeros((2, 4, 4)),
+        teacher_log_normalizer=np.zeros((2, 3)),
+      ),
+      "per-token shape",
+    ),
+    (dict(tail="drop"), "`tail`"),
+  ],
+)
+def test_topk_loss_errors(topk_batch, kwargs, match):
+  s, _, idx, log_p, _ = topk_batch
+  kwargs = {"teacher_log_probs": log_p} | kwargs
+  with pytest.raises(ValueError, match=match):
+    jaxkl.topk_distillation_loss(s, idx, **kwargs)

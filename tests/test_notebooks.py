@@ -38,6 +38,7 @@ EXPECTED = {
   "02_distillation.ipynb",
   "03_monte_carlo.ipynb",
   "04_knn.ipynb",
+  "05_topk_distillation.ipynb",
 }
 CELL_TIMEOUT_S = 300
 
