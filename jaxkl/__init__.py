@@ -40,6 +40,7 @@ from jaxkl._distillation import topk_distillation_loss
 from jaxkl._estimators import kl_estimator_terms
 from jaxkl._estimators import kl_from_samples
 from jaxkl._fused_linear import fused_linear_distillation_loss
+from jaxkl._fused_topk import fused_linear_topk_distillation_loss
 from jaxkl._knn import knn_kl
 from jaxkl._logits import divergence_from_logits
 from jaxkl._logits import jensen_shannon_from_logits
@@ -65,6 +66,7 @@ __all__ = [
   "distillation_loss",
   "divergence_from_logits",
   "fused_linear_distillation_loss",
+  "fused_linear_topk_distillation_loss",
   "jensen_shannon_from_logits",
   "kl_bernoulli",
   "kl_bernoulli_probs",

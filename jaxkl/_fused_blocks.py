@@ -38,6 +38,18 @@ Two pieces of the fused linear loss (``jaxkl/_fused_linear.py``):
   gradient pass (their normalizer derivatives are ``1`` and ``-(D + 1)``):
   2 passes; JSD needs 3. Without gradients: 2 passes.
 
+* ``topk_*``: the same for a teacher given by its top-k classes and
+  log-probabilities. One streaming pass gives the student's maximum,
+  log-normalizer, its log-mass on the classes the teacher does not list (the
+  block's listed classes, located by ``Blocks.locate``, are scattered into a
+  ``[tokens, vocab block]`` mask) and its logits at the listed classes; the
+  divergence follows from these ``k + 1`` coarse masses with no further pass
+  (``_topk.divergence_from_coarse``), and the gradient takes one more pass
+  (``topk_block_gradient``, in closed form).
+
+* ``hard_*``: the cross-entropy with the labels (the hard loss of the
+  distillation conventions), streamed along the first pass of either.
+
 The normalizer terms. With ``log q_j = (s_j - m) / T - log Z`` and ``D`` a sum
 over classes of terms of ``log q`` (and of the teacher's ``log p``),
 
@@ -61,8 +73,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import DTypeLike
 
 from jaxkl import _logits
+from jaxkl import _topk
 
 
 class Blocks(NamedTuple):
@@ -100,6 +114,21 @@ class Blocks(NamedTuple):
     if not self.overlaps:
       return None
     return self.start(j) + jnp.arange(self.size) >= j * self.size
+
+  def locate(self, indices: jax.Array, j: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Which of ``indices`` are fresh classes of block ``j``, and where.
+
+    Returns ``(inside, position in the block)`` (positions of indices not
+    inside are meaningless); indices outside ``[0, length)`` are in no block.
+    """
+    in_range = (indices >= 0) & (indices < self.length)
+    if self.steps == 1:
+      return in_range, indices
+    if self.strided:
+      return in_range & (indices % self.steps == j), indices // self.steps
+    start = self.start(j)
+    inside = in_range & (indices >= j * self.size) & (indices < start + self.size)
+    return inside, indices - start
 
   def _split(self, x: jax.Array, axis: int) -> jax.Array:
     shape = (*x.shape[:axis], self.size, self.steps, *x.shape[axis + 1 :])
@@ -167,6 +196,10 @@ class RowStats(NamedTuple):
   log_z_t: jax.Array
   g_s: jax.Array
   g_t: jax.Array
+  # The hard loss's (``HardStream``; zeros without it).
+  hard_m: jax.Array
+  hard_log_z: jax.Array
+  hard_label: jax.Array
 
 
 # (student logits [c, b], teacher logits [c, b], fresh classes [b] or None)
@@ -224,6 +257,8 @@ def statistics(
   divergence: str,
   stream: bool,
   like: jax.Array,
+  hard: HardStream | None = None,
+  vocab: Blocks | None = None,
 ) -> tuple[RowStats, jax.Array | None]:
   """Pass 1: ``(row statistics, streamed divergence or None)``.
 
@@ -236,9 +271,12 @@ def statistics(
   zero = jnp.zeros((rows,), dtype) + jnp.zeros_like(like)
 
   def body(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-    m_s, z_s, m_t, z_t, e = carry
+    m_s, z_s, m_t, z_t, e, *extra = carry
     s, t, fresh = logits(j)
     s, t = _excluded(s, fresh), _excluded(t, fresh)
+    if hard is not None:
+      assert vocab is not None
+      extra = list(_hard_update(tuple(extra), s, vocab, j, hard))
     m_s, z_s, f_s = _online_log_sum_exp(m_s, z_s, s, inverse_t)
     m_t, z_t, f_t = _online_log_sum_exp(m_t, z_t, t, inverse_t)
     if stream:
@@ -247,12 +285,15 @@ def statistics(
       weights = jnp.exp(_logits._scaled(x - shift, inverse_t))
       difference = _logits._scaled(x, inverse_t) - _logits._scaled(y, inverse_t)
       e = e * f + jnp.sum(_logits._zero_safe_product(weights, difference), axis=1)
-    return m_s, z_s, m_t, z_t, e
+    return m_s, z_s, m_t, z_t, e, *extra
 
-  init = (minus_inf, zero, minus_inf, zero, zero)
-  m_s, z_s, m_t, z_t, e = lax.fori_loop(0, steps, body, init)
+  init: tuple[jax.Array, ...] = (minus_inf, zero, minus_inf, zero, zero)
+  if hard is not None:
+    init = (*init, minus_inf, zero, minus_inf)
+  m_s, z_s, m_t, z_t, e, *extra = lax.fori_loop(0, steps, body, init)
   log_z_s, log_z_t = jnp.log(z_s), jnp.log(z_t)
-  stats = RowStats(m_s, log_z_s, m_t, log_z_t, zero, zero)
+  hard_stats = _hard_finish(tuple(extra), zero)
+  stats = RowStats(m_s, log_z_s, m_t, log_z_t, zero, zero, *hard_stats)
   if not stream:
     return stats, None
   # log-normalizers of x / T: m / T + log Z (m finite for valid rows).
@@ -370,6 +411,257 @@ def block_gradients(
   losses, vjp = jax.vjp(surrogate, s, t, temperature)
   d_student, d_teacher, d_temperature = vjp(weights.astype(losses.dtype))
   return BlockGrads(losses, d_student, d_teacher, d_temperature)
+
+
+# ----------------------------------------------------------------------------
+# One token chunk of the top-k loss over vocabulary blocks.
+
+
+class TopKStats(NamedTuple):
+  """A chunk's student statistics for a top-k teacher, in the compute dtype.
+
+  With ``z = s / T`` and ``m`` the row's largest logit, every log-mass is
+  relative to ``m / T`` (full precision for large logits): ``log_z`` is
+  ``log sum_v exp(z_v - m / T)`` over all classes, ``log_rest`` the same sum
+  over the classes the teacher does not list, ``listed`` ``[c, k]`` the
+  listed classes' ``z_v - m / T`` (-inf for unused slots and out-of-range
+  indices).
+  """
+
+  m: jax.Array
+  log_z: jax.Array
+  log_rest: jax.Array
+  listed: jax.Array
+  hard_m: jax.Array  # the hard loss's, as in RowStats
+  hard_log_z: jax.Array
+  hard_label: jax.Array
+
+
+# (student logits [c, b], fresh classes [b] or None)
+StudentBlockFn = Callable[[jax.Array], tuple[jax.Array, "jax.Array | None"]]
+
+
+def _scatter_rows(
+  like: jax.Array, values: jax.Array, inside: jax.Array, pos: jax.Array, fill: float
+) -> jax.Array:
+  """``[c, b]`` like ``like``, ``fill`` but ``values[r, i]`` at ``pos[r, i]``.
+
+  Entries not ``inside`` the block are dropped; a row's positions are
+  distinct (valid teacher indices are).
+  """
+  target = jnp.where(inside, pos, like.shape[1])  # out of bounds: dropped
+  base = jnp.full_like(like, fill, values.dtype)
+  return _topk._rows_scatter(base, target, values, add=False)
+
+
+def topk_statistics(
+  logits: StudentBlockFn,
+  vocab: Blocks,
+  indices: jax.Array,
+  valid: jax.Array,
+  inverse_t: jax.Array,
+  hard: HardStream | None = None,
+) -> TopKStats:
+  """The one pass of the top-k values: ``TopKStats`` by online log-sum-exps.
+
+  Per block: the listed classes that fall in it (``Blocks.locate``) are
+  scattered into a ``[c, b]`` mask, which excludes them from the running
+  sum of the unlisted mass, and their logits are gathered.
+  """
+  rows, k = indices.shape
+  like = jnp.zeros_like(indices[:, 0], inverse_t.dtype)
+  minus_inf = like - jnp.inf
+  listed = jnp.zeros_like(indices, like.dtype) - jnp.inf
+  init: tuple[jax.Array, ...] = (minus_inf, like, minus_inf, like, listed)
+  if hard is not None:
+    init = (*init, minus_inf, like, minus_inf)
+
+  def body(j: jax.Array, carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    m, z, m_r, z_r, listed, *extra = carry
+    s, fresh = logits(j)
+    s = _excluded(s, fresh)
+    if hard is not None:
+      extra = list(_hard_update(tuple(extra), s, vocab, j, hard))
+    inside, pos = vocab.locate(indices, j)
+    inside = inside & valid
+    is_listed = _scatter_rows(s, jnp.ones_like(valid), inside, pos, False)
+    m, z, _ = _online_log_sum_exp(m, z, s, inverse_t)
+    rest = jnp.where(is_listed, -jnp.inf, s)
+    m_r, z_r, _ = _online_log_sum_exp(m_r, z_r, rest, inverse_t)
+    gathered = jnp.take_along_axis(s, jnp.clip(pos, 0, s.shape[1] - 1), axis=1)
+    listed = jnp.where(inside, gathered, listed)
+    return m, z, m_r, z_r, listed, *extra
+
+  del rows, k
+  m, z, m_r, z_r, listed, *extra = lax.fori_loop(0, vocab.steps, body, init)
+  shift = jnp.where(jnp.isfinite(m), m, 0)
+  log_rest = _logits._scaled(m_r - shift, inverse_t) + jnp.log(z_r)
+  listed = _logits._scaled(listed - shift[:, None], inverse_t)
+  hard_stats = _hard_finish(tuple(extra), like)
+  return TopKStats(m, jnp.log(z), log_rest, listed, *hard_stats)
+
+
+class Coarse(NamedTuple):
+  """The coarse divergence of a chunk and its (linear) vjp.
+
+  ``vjp`` maps per-row cotangents ``[c]`` to the derivatives with respect to
+  the student's listed log-masses ``[c, k]`` (0 at unused slots), its
+  unlisted log-mass ``[c]`` and the teacher's log-probabilities ``[c, k]``.
+  """
+
+  value: jax.Array
+  vjp: Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+
+
+def topk_coarse(
+  stats: TopKStats,
+  log_probs: jax.Array,
+  divergence: str,
+  beta: float,
+  tail: str,
+  eps_dtype: DTypeLike,
+) -> Coarse:
+  """The divergence from the coarse masses (no pass over the vocabulary).
+
+  As ``_topk``'s per-row code: the teacher's rest from its log-probabilities,
+  a teacher rest within ``rest_tolerance`` (of ``eps_dtype``, the dtype the
+  log-probabilities came in) taken as 0 where the student has no rest.
+  """
+  valid = log_probs != -jnp.inf  # NaN counts as used, as in _topk
+  log_q_listed = stats.listed - stats.log_z[:, None]
+  log_q_rest = stats.log_rest - stats.log_z
+  atol = _topk.rest_tolerance(log_probs, eps_dtype)
+
+  def divergence_of(
+    log_q_listed: jax.Array, log_q_rest: jax.Array, log_probs: jax.Array
+  ) -> jax.Array:
+    if tail == "bucket":
+      log_p_rest = _topk.teacher_rest_log_mass(log_probs)
+    else:
+      log_p_rest = jnp.zeros_like(log_q_rest)
+    return _topk.divergence_from_coarse(
+      log_q_listed,
+      log_q_rest,
+      log_probs,
+      log_p_rest,
+      divergence=divergence,
+      beta=beta,
+      tail=tail,
+      p_rest_atol=atol,
+    )
+
+  value, vjp = jax.vjp(divergence_of, log_q_listed, log_q_rest, log_probs)
+
+  def derivatives(g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    d_listed, d_rest, d_log_probs = vjp(g.astype(value.dtype))
+    zero = jnp.zeros((), d_listed.dtype)
+    return jnp.where(valid, d_listed, zero), d_rest, d_log_probs
+
+  return Coarse(value, derivatives)
+
+
+def topk_block_gradient(
+  block: tuple[jax.Array, jax.Array | None],
+  vocab: Blocks,
+  j: jax.Array,
+  indices: jax.Array,
+  valid: jax.Array,
+  stats: TopKStats,
+  d_listed: jax.Array,
+  d_rest: jax.Array,
+  inverse_t: jax.Array,
+) -> jax.Array:
+  """The gradient with respect to block ``j`` of ``z = s / T``, ``[c, b]``.
+
+  With ``a_c`` the derivatives with respect to the coarse log-masses
+  ``log Q_c`` (``d_listed``, ``d_rest``, already weighted) and
+  ``A = sum_c a_c``,
+
+    dD/dz_v = a_{c(v)} q_v / Q_{c(v)} - q_v A,
+
+  where ``q_v / Q_c`` is 1 for a listed class and ``exp(z_v - log R)`` for
+  an unlisted one (0 when the unlisted mass ``R`` is 0).
+  """
+  s, fresh = block
+  shift = jnp.where(jnp.isfinite(stats.m), stats.m, 0)
+  z = _logits._scaled(_excluded(s, fresh) - shift[:, None], inverse_t)
+  inside, pos = vocab.locate(indices, j)
+  inside = inside & valid
+  is_listed = _scatter_rows(s, jnp.ones_like(valid), inside, pos, False)
+  a_listed = _scatter_rows(s, d_listed, inside, pos, 0.0)
+  total = jnp.sum(d_listed, axis=1) + d_rest
+  q = jnp.exp(z - stats.log_z[:, None])
+  log_rest = jnp.where(stats.log_rest > -jnp.inf, stats.log_rest, 0)
+  rest_share = jnp.exp(z - log_rest[:, None])
+  d_z = jnp.where(is_listed, a_listed, d_rest[:, None] * rest_share)
+  return d_z - q * total[:, None]
+
+
+# ----------------------------------------------------------------------------
+# The hard loss (cross-entropy with the labels at temperature 1) streamed
+# along the statistics pass of either loss: the passes see the student's
+# view ``z = s' / T_s`` (``s'`` the transformed logits), so the
+# cross-entropy's log-normalizer is an online log-sum-exp of ``z`` at
+# "inverse temperature" ``T_s``, in the same pass.
+
+
+class HardStream(NamedTuple):
+  """What the statistics pass needs for the hard loss."""
+
+  labels: jax.Array  # [c], in [0, V) (others: +inf cross-entropy)
+  temperature: jax.Array  # T_s: the pass's student blocks are s' / T_s
+
+
+def _hard_update(
+  carry: tuple[jax.Array, ...],
+  z: jax.Array,
+  vocab: Blocks,
+  j: jax.Array,
+  hard: HardStream,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Adds block ``j`` of ``z`` (non-fresh classes -inf) to ``(m, sum, z_y)``."""
+  m, total, label = carry
+  m, total, _ = _online_log_sum_exp(m, total, z, hard.temperature)
+  inside, pos = vocab.locate(hard.labels[:, None], j)
+  got = jnp.take_along_axis(z, jnp.clip(pos, 0, z.shape[1] - 1), axis=1)
+  return m, total, jnp.where(inside[:, 0], got[:, 0], label)
+
+
+def _hard_finish(
+  carry: tuple[jax.Array, ...], zero: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(hard_m, hard_log_z, hard_label)``; zeros without a hard stream."""
+  if not carry:
+    return zero, zero, zero
+  m, total, label = carry
+  return m, jnp.log(total), label
+
+
+def hard_losses(stats: RowStats | TopKStats, temperature: jax.Array) -> jax.Array:
+  """Per-row ``log sum_v exp(s'_v) - s'_y`` from the streamed statistics.
+
+  With ``s' = T_s z``: ``T_s (m - z_y) + log sum exp(T_s (z - m))``;
+  ``+inf`` for a label outside ``[0, V)`` (its ``z_y`` stays ``-inf``).
+  """
+  return temperature * (stats.hard_m - stats.hard_label) + stats.hard_log_z
+
+
+def hard_block_gradient(
+  s: jax.Array,
+  fresh: jax.Array | None,
+  vocab: Blocks,
+  j: jax.Array,
+  labels: jax.Array,
+  stats: RowStats | TopKStats,
+  temperature: jax.Array,
+  weights: jax.Array,
+) -> jax.Array:
+  """``weights * (softmax(s') - onehot(label))`` on block ``j`` of ``s'``."""
+  log_z = temperature * stats.hard_m + stats.hard_log_z
+  p = jnp.exp(_excluded(s, fresh) - log_z[:, None])
+  inside, pos = vocab.locate(labels[:, None], j)
+  is_label = _scatter_rows(s, jnp.ones_like(inside), inside, pos, False)
+  return weights[:, None] * (p - is_label.astype(p.dtype))
 
 
 def default_sizes(

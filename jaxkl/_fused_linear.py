@@ -75,11 +75,15 @@ from jax.typing import ArrayLike
 from jax.typing import DTypeLike
 
 from jaxkl import _checks
+from jaxkl import _conventions
 from jaxkl import _fused_blocks
 from jaxkl import _logits
 from jaxkl import _reduction
+from jaxkl import _topk
+from jaxkl._conventions import Conventions
 from jaxkl._fused_blocks import Blocks
 from jaxkl._fused_blocks import RowStats
+from jaxkl._fused_blocks import TopKStats
 
 
 class _Config(NamedTuple):
@@ -90,6 +94,14 @@ class _Config(NamedTuple):
   reduction: str
   tokens: Blocks
   vocab: Blocks | None  # None: each chunk's logits over the whole vocabulary
+  tail: str | None = None  # None: a teacher head; else a top-k teacher's tail
+  conventions: Conventions = Conventions()
+  shared: bool = True  # one temperature for both models (no teacher_temperature)
+
+  @property
+  def plain(self) -> bool:
+    """Today's conventions (one temperature, T^2, no transform, no hard loss)."""
+    return self.shared and self.conventions == Conventions()
 
 
 class _Needs(NamedTuple):
@@ -102,6 +114,7 @@ class _Needs(NamedTuple):
   teacher_weight: bool = False
   teacher_bias: bool = False
   temperature: bool = False
+  teacher_temperature: bool = False
 
   def any(self) -> bool:
     return any(self)
@@ -113,7 +126,17 @@ class _Needs(NamedTuple):
     return self.teacher_hidden or self.teacher_weight or self.teacher_bias
 
 
-_NO_GRADS = _Needs()
+class _TopKNeeds(NamedTuple):
+  """``_Needs`` of the top-k loss (a teacher given as log-probabilities)."""
+
+  student_hidden: bool = False
+  student_weight: bool = False
+  student_bias: bool = False
+  teacher_log_probs: bool = False
+  temperature: bool = False
+
+  def any(self) -> bool:
+    return any(self)
 
 
 class _Operands(NamedTuple):
@@ -125,9 +148,43 @@ class _Operands(NamedTuple):
   teacher_hidden: jax.Array
   teacher_weight: jax.Array
   teacher_bias: jax.Array | None
-  temperature: jax.Array
+  temperature: jax.Array  # the student's (and the teacher's when shared)
+  teacher_temperature: jax.Array | None  # None: shared
   mask: jax.Array | None
+  labels: jax.Array | None  # [N], only for the hard loss
+  segment_ids: jax.Array | None
+  num_items: jax.Array | None
 
+
+class _TopKOperands(NamedTuple):
+  """The top-k loss's arrays: the teacher as ``[N, k]`` rows, no head."""
+
+  student_hidden: jax.Array
+  student_weight: jax.Array
+  student_bias: jax.Array | None
+  teacher_log_probs: jax.Array
+  temperature: jax.Array
+  teacher_indices: jax.Array
+  mask: jax.Array | None
+  labels: jax.Array | None
+  segment_ids: jax.Array | None
+  num_items: jax.Array | None
+
+
+_AnyNeeds = _Needs | _TopKNeeds
+_AnyOperands = _Operands | _TopKOperands
+_AnyStats = RowStats | TopKStats
+
+# Per kind of operands: the differentiable ones (a prefix of the operands, in
+# order), the per-token ones (cut into chunks with the tokens; their
+# gradients are written chunk by chunk) and the vocabulary passes'
+# statistics kept for the backward pass of 'none'.
+_NEEDS: dict[type, type[_AnyNeeds]] = {_Operands: _Needs, _TopKOperands: _TopKNeeds}
+_ROWS: dict[type, tuple[str, ...]] = {
+  _Operands: ("student_hidden", "teacher_hidden", "labels"),
+  _TopKOperands: ("student_hidden", "teacher_log_probs", "teacher_indices", "labels"),
+}
+_STATS: dict[type, type[_AnyStats]] = {_Operands: RowStats, _TopKOperands: TopKStats}
 
 # Gradients, accumulators and per-row outputs by name.
 _Arrays = dict[str, jax.Array]
@@ -138,9 +195,9 @@ _Arrays = dict[str, jax.Array]
 # ... and, when the whole problem is one block, autodiff's vjp of it.
 _Residuals = tuple[
   dict[str, None],
-  _Operands,
+  _AnyOperands,
   "_Arrays | None",
-  "RowStats | None",
+  "_AnyStats | None",
   "Callable[[jax.Array], tuple[jax.Array, ...]] | None",
 ]
 _DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple[()]]]
@@ -150,7 +207,6 @@ _DotDims = tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[()], tuple
 # takes the transpose as dimension numbers, so it is not materialized.
 _LOGITS_DIMS: _DotDims = (((1,), (0,)), ((), ()))
 _D_HIDDEN_DIMS: _DotDims = (((1,), (1,)), ((), ()))
-_HIDDEN = ("student_hidden", "teacher_hidden")
 
 
 def _weight_grad(x: jax.Array, g: jax.Array, accumulate_dtype: DTypeLike) -> jax.Array:
@@ -206,52 +262,48 @@ def _chunk_losses(
 
 
 class _Chunk(NamedTuple):
-  """One token chunk's inputs: rows ``[c, ...]`` and the whole weights."""
+  """One token chunk's inputs: its per-token operands ``[c, ...]`` by name."""
 
-  student_hidden: jax.Array
-  teacher_hidden: jax.Array
+  rows: _Arrays
   mask: jax.Array | None
   weights: jax.Array | None  # [c] gradient weights of the losses, or None
-  stats: RowStats | None  # statistics from the forward pass, or None
+  stats: _AnyStats | None  # statistics from the forward pass, or None
 
 
 def _contract(
-  needs: _Needs,
-  ops: _Operands,
+  needs: _AnyNeeds,
+  ops: _AnyOperands,
   chunk: _Chunk,
-  d_student: jax.Array,
-  d_teacher: jax.Array,
+  d_logits: dict[str, jax.Array],
   acc: _Arrays,
   block: tuple[Blocks, jax.Array] | None,
 ) -> tuple[_Arrays, _Arrays]:
   """Hidden-state gradient blocks and updated weight/bias accumulators.
 
-  ``d_student``/``d_teacher`` are the (weighted) gradients with respect to a
-  block of logits: all classes (``block`` None), or block ``j`` of the
-  vocabulary ``block = (blocks, j)``.
+  ``d_logits`` maps a side (``'student'``, ``'teacher'``) to the (weighted)
+  gradient with respect to a block of its logits: all classes (``block``
+  None), or block ``j`` of the vocabulary ``block = (blocks, j)``.
   They enter the matmuls in the operands' dtype (float32 accumulation), as
   the unfused loss's backward pass does.
   """
   compute = ops.temperature.dtype
   acc = dict(acc)
   hidden: _Arrays = {}
-  sides = (
-    ("student", d_student, chunk.student_hidden, ops.student_weight),
-    ("teacher", d_teacher, chunk.teacher_hidden, ops.teacher_weight),
-  )
-  for side, d_logits, h, w in sides:
+  for side, d in d_logits.items():
+    h = chunk.rows[f"{side}_hidden"]
+    w: jax.Array = getattr(ops, f"{side}_weight")
     w_block = w if block is None else block[0].take(w, block[1], 1)
     if getattr(needs, f"{side}_hidden"):
       hidden[f"{side}_hidden"] = _matmul(
-        d_logits.astype(w.dtype), w_block, _D_HIDDEN_DIMS, compute
+        d.astype(w.dtype), w_block, _D_HIDDEN_DIMS, compute
       )
     for name in (f"{side}_weight", f"{side}_bias"):
       if not getattr(needs, name):
         continue
       if name.endswith("weight"):
-        grad, axis = _weight_grad(h, d_logits.astype(h.dtype), compute), 1
+        grad, axis = _weight_grad(h, d.astype(h.dtype), compute), 1
       else:
-        grad, axis = jnp.sum(d_logits, axis=0), 0
+        grad, axis = jnp.sum(d, axis=0), 0
       if block is None:
         acc[name] = acc[name] + grad.astype(acc[name].dtype)
       else:
@@ -259,69 +311,206 @@ def _contract(
   return hidden, acc
 
 
+def _add(acc: _Arrays, name: str, grad: jax.Array | None) -> _Arrays:
+  """``acc`` with ``grad`` added to ``acc[name]`` if that gradient is needed."""
+  if name not in acc or grad is None:
+    return acc
+  return dict(acc, **{name: acc[name] + grad.astype(acc[name].dtype)})
+
+
+_ChunkResult = tuple[_Arrays, _Arrays, _Arrays]
+
+
+# ----------------------------------------------------------------------------
+# The conventions (``_conventions``) other than today's: each model's logits
+# are transformed (scale, soft-cap) and divided by its own temperature (a
+# "view" of the raw logits), the soft loss is scaled by T_s^2 or not, and the
+# hard loss (cross-entropy at T = 1) is mixed in.
+
+
+def _soft_scale(config: _Config, temperature: jax.Array) -> jax.Array:
+  """The soft loss's factor: ``T_s^2`` (``'square'``) or 1."""
+  if config.conventions.temperature_scaling == "none":
+    return jnp.ones_like(temperature)
+  return jnp.square(temperature)
+
+
+def _transformed(config: _Config, x: jax.Array, side: str) -> jax.Array:
+  c = config.conventions
+  return _conventions.transform_logits(
+    x, getattr(c, f"{side}_logit_scale"), getattr(c, f"{side}_logit_softcap")
+  )
+
+
+def _view(
+  config: _Config, x: jax.Array, temperature: jax.Array, side: str
+) -> jax.Array:
+  """``transform(x) / T`` (``_scaled``: finite derivatives at -inf)."""
+  return _logits._scaled(_transformed(config, x, side), 1 / temperature)
+
+
+def _teacher_temperature(ops: _Operands) -> jax.Array:
+  t = ops.teacher_temperature
+  return ops.temperature if t is None else t
+
+
+def _mixed(
+  config: _Config,
+  soft: jax.Array | None,
+  hard: jax.Array | None,
+  temperature: jax.Array,
+  mask: jax.Array | None,
+) -> jax.Array:
+  """Per token ``alpha * hard + (1 - alpha) * scale * soft``, dropped rows 0."""
+  if soft is not None:
+    soft = soft * _soft_scale(config, temperature)
+  per_token = _conventions.mix(soft, hard, config.conventions)
+  return _logits._finish(per_token, mask, False)
+
+
+def _hard_losses(
+  config: _Config, s: jax.Array, labels: jax.Array | None
+) -> jax.Array | None:
+  """The cross-entropy at T = 1 of transformed logits ``[c, V]``, or None."""
+  if not config.conventions.hard:
+    return None
+  assert labels is not None  # checked: the hard loss needs labels
+  return _conventions.cross_entropy(s, labels, 1)
+
+
+def _general_losses(
+  config: _Config,
+  s: jax.Array,
+  t: jax.Array,
+  temperatures: tuple[jax.Array, jax.Array],
+  labels: jax.Array | None,
+  mask: jax.Array | None,
+) -> jax.Array:
+  """A chunk's per-token losses under the general conventions (no blocks)."""
+  s = _transformed(config, _logits.zero_dropped_examples(s, mask, (1,)), "student")
+  soft = None
+  if config.conventions.soft:
+    t = _transformed(config, _logits.zero_dropped_examples(t, mask, (1,)), "teacher")
+    soft = _logits.divergence_from_logits(
+      _logits._scaled(s, 1 / temperatures[0]),
+      _logits._scaled(t, 1 / temperatures[1]),
+      divergence=config.divergence,
+      beta=config.beta,
+      temperature=1.0,
+      where=None if mask is None else mask[:, None],
+    )
+  return _mixed(config, soft, _hard_losses(config, s, labels), temperatures[0], mask)
+
+
 def _dense_chunk(
   config: _Config, needs: _Needs, ops: _Operands, chunk: _Chunk, acc: _Arrays
-) -> tuple[_Arrays, _Arrays, _Arrays]:
+) -> _ChunkResult:
   """A chunk's losses and gradients with ``[c, V]`` logits (no vocab blocks)."""
   compute = ops.temperature.dtype
-  s = _logits_of(chunk.student_hidden, ops.student_weight, ops.student_bias, compute)
-  t = _logits_of(chunk.teacher_hidden, ops.teacher_weight, ops.teacher_bias, compute)
+  h_s, h_t = chunk.rows["student_hidden"], chunk.rows["teacher_hidden"]
+  s = _logits_of(h_s, ops.student_weight, ops.student_bias, compute)
+  t = _logits_of(h_t, ops.teacher_weight, ops.teacher_bias, compute)
+  labels = chunk.rows.get("labels")
+
+  def losses_fn(
+    s: jax.Array, t: jax.Array, temperature: jax.Array, teacher_t: jax.Array | None
+  ) -> jax.Array:
+    if config.plain:
+      return _chunk_losses(config, s, t, temperature, chunk.mask)
+    temperatures = (temperature, temperature if teacher_t is None else teacher_t)
+    return _general_losses(config, s, t, temperatures, labels, chunk.mask)
+
+  args = (s, t, ops.temperature, ops.teacher_temperature)
   if not needs.any() or chunk.weights is None:
-    return {"losses": _chunk_losses(config, s, t, ops.temperature, chunk.mask)}, {}, acc
-
-  def losses_fn(s: jax.Array, t: jax.Array, temperature: jax.Array) -> jax.Array:
-    return _chunk_losses(config, s, t, temperature, chunk.mask)
-
-  losses, vjp = jax.vjp(losses_fn, s, t, ops.temperature)
-  d_s, d_t, d_temperature = vjp(chunk.weights.astype(compute))
-  hidden, acc = _contract(needs, ops, chunk, d_s, d_t, acc, None)
-  if needs.temperature:
-    acc["temperature"] = acc["temperature"] + d_temperature
+    return {"losses": losses_fn(*args)}, {}, acc
+  losses, vjp = jax.vjp(losses_fn, *args)
+  d_s, d_t, d_temperature, d_teacher_t = vjp(chunk.weights.astype(compute))
+  hidden, acc = _contract(
+    needs, ops, chunk, {"student": d_s, "teacher": d_t}, acc, None
+  )
+  acc = _add(acc, "temperature", d_temperature)
+  acc = _add(acc, "teacher_temperature", d_teacher_t)
   return {"losses": losses}, hidden, acc
 
 
 def _vocab_chunk(
   config: _Config, needs: _Needs, ops: _Operands, chunk: _Chunk, acc: _Arrays
-) -> tuple[_Arrays, _Arrays, _Arrays]:
+) -> _ChunkResult:
   """A chunk's losses, statistics and gradients over vocabulary blocks.
 
   See ``_fused_blocks``: statistics, then values (unless the gradient pass
   gives them), then gradients (when ``chunk.weights`` is given). With
   ``chunk.stats`` (the backward pass of ``'none'``) only the gradient pass
   runs. Returns ``(per-row outputs, hidden-state gradient blocks, acc)``.
+
+  Under the general conventions the passes see each model's view
+  ``transform(x) / T`` at temperature 1 (the hard loss's statistics are
+  streamed along the first pass), and the gradient pass pulls the views'
+  cotangents back to the raw logits and the temperatures.
   """
   vocab = config.vocab
   assert vocab is not None  # only called with vocabulary blocks
   compute = ops.temperature.dtype
-  temperature = ops.temperature
+  plain = config.plain
+  hard = config.conventions.hard
+  one = jnp.ones_like(ops.temperature)
+  # The temperature the passes see (the views are already divided by theirs).
+  temperature = ops.temperature if plain else one
   inverse_t = 1 / temperature
   divergence, beta = config.divergence, config.beta
+  h_s, h_t = chunk.rows["student_hidden"], chunk.rows["teacher_hidden"]
+  temperatures = (ops.temperature, _teacher_temperature(ops))
+  labels = chunk.rows.get("labels")
+
+  def raw(j: jax.Array) -> tuple[jax.Array, jax.Array]:
+    s = _block_logits(
+      vocab, j, h_s, ops.student_weight, ops.student_bias, chunk.mask, compute
+    )
+    t = _block_logits(
+      vocab, j, h_t, ops.teacher_weight, ops.teacher_bias, chunk.mask, compute
+    )
+    return s, t
+
+  def views(
+    s: jax.Array, t: jax.Array, t_s: jax.Array, t_t: jax.Array
+  ) -> tuple[jax.Array, ...]:
+    """``(s' / T_s, t' / T_t)``, and ``s'`` (the hard loss's) last."""
+    s = _transformed(config, s, "student")
+    z_s = _logits._scaled(s, 1 / t_s)
+    z_t = _view(config, t, t_t, "teacher")
+    return (z_s, z_t, s) if hard else (z_s, z_t)
 
   def logits(j: jax.Array) -> _fused_blocks.LogitBlock:
-    def side(h: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
-      bias = None if b is None else vocab.take(b, j, 0)
-      x = _logits_of(h, vocab.take(w, j, 1), bias, compute)
-      # Dropped rows: logits 0, as in distillation_loss (``inf * 0`` from a
-      # -inf bias cannot reach the sums).
-      return _logits.zero_dropped_examples(x, chunk.mask, (1,))
-
-    s = side(chunk.student_hidden, ops.student_weight, ops.student_bias)
-    t = side(chunk.teacher_hidden, ops.teacher_weight, ops.teacher_bias)
+    s, t = raw(j)
+    if not plain:
+      s, t = views(s, t, *temperatures)[:2]
     return s, t, vocab.fresh(j)
 
-  rows = chunk.student_hidden.shape[0]
-  like = jnp.zeros_like(chunk.student_hidden[:, 0], compute)
+  rows = h_s.shape[0]
+  like = jnp.zeros_like(h_s[:, 0], compute)
   out: _Arrays = {}
-  stats = chunk.stats
-  losses = None
+  stats = cast("RowStats | None", chunk.stats)
+  divergences = None
+  # Which model's logits are differentiated (through a temperature, too).
+  teacher_t = needs.teacher_temperature or (
+    ops.teacher_temperature is None and needs.temperature
+  )
   if stats is None:
     stream = needs.any() and _fused_blocks.streamed(
       divergence,
-      needs.teacher() or needs.temperature,
+      needs.teacher() or teacher_t,
       needs.student() or needs.temperature,
     )
     stats, streamed = _fused_blocks.statistics(
-      logits, vocab.steps, rows, inverse_t, divergence, stream, like
+      logits,
+      vocab.steps,
+      rows,
+      inverse_t,
+      divergence,
+      stream,
+      like,
+      _hard_stream(config, labels, ops.temperature),
+      vocab,
     )
     if needs.any() and divergence != "jsd":
       stats = _fused_blocks.closed_form_derivatives(stats, divergence, streamed)
@@ -335,20 +524,22 @@ def _vocab_chunk(
         beta,
         needs.any() and divergence == "jsd",
       )
-      losses = _logits._finish(divergences, chunk.mask, True) * jnp.square(temperature)
     if needs.any() and chunk.weights is None:  # 'none': keep for backward
       out.update(stats._asdict())
   if chunk.weights is None or not needs.any():
-    assert losses is not None
-    out["losses"] = losses
+    assert divergences is not None
+    out["losses"] = _block_losses(config, ops, chunk, stats, divergences, temperature)
     return out, {}, acc
 
   weights = chunk.weights.astype(compute)
-  hidden: _Arrays = {
-    name: jnp.zeros_like(getattr(chunk, name), compute)
-    for name in _HIDDEN
-    if getattr(needs, name)
-  }
+  hard_weights = weights * config.conventions.hard_loss_weight
+  if not plain:  # the soft loss's weight and factor
+    soft_weight = 1 - config.conventions.hard_loss_weight
+    weights = weights * soft_weight * _soft_scale(config, ops.temperature)
+  names = [
+    name for name in ("student_hidden", "teacher_hidden") if getattr(needs, name)
+  ]
+  hidden: _Arrays = {name: jnp.zeros_like(chunk.rows[name], compute) for name in names}
   carry = (jnp.zeros_like(like), hidden, acc)
 
   def body(
@@ -356,31 +547,307 @@ def _vocab_chunk(
   ) -> tuple[jax.Array, _Arrays, _Arrays]:
     total, hidden, acc = carry
     assert stats is not None
+    s, t = raw(j)
+    fresh = vocab.fresh(j)
+    if plain:
+      block: _fused_blocks.LogitBlock = (s, t, fresh)
+    else:
+      viewed, pullback = jax.vjp(views, s, t, *temperatures)
+      block = (viewed[0], viewed[1], fresh)
     grads = _fused_blocks.block_gradients(
-      logits(j), stats, temperature, weights, divergence, beta
+      block, stats, temperature, weights, divergence, beta
     )
-    blocks, acc = _contract(
-      needs, ops, chunk, grads.d_student, grads.d_teacher, acc, (vocab, j)
-    )
+    d_s, d_t = grads.d_student, grads.d_teacher
+    if plain:
+      acc = _add(acc, "temperature", grads.d_temperature)
+    else:
+      cotangents: tuple[jax.Array, ...] = (d_s, d_t)
+      if hard:
+        assert labels is not None
+        d_hard = _fused_blocks.hard_block_gradient(
+          viewed[2], fresh, vocab, j, labels, stats, ops.temperature, hard_weights
+        )
+        cotangents = (d_s, d_t, d_hard)
+      d_s, d_t, d_t_s, d_t_t = pullback(cotangents)
+      if ops.teacher_temperature is None:
+        acc = _add(acc, "temperature", d_t_s + d_t_t)
+      else:
+        acc = _add(acc, "temperature", d_t_s)
+        acc = _add(acc, "teacher_temperature", d_t_t)
+    d_logits = {"student": d_s, "teacher": d_t}
+    blocks, acc = _contract(needs, ops, chunk, d_logits, acc, (vocab, j))
     hidden = {name: hidden[name] + blocks[name] for name in hidden}
-    if needs.temperature:
-      acc = dict(acc, temperature=acc["temperature"] + grads.d_temperature)
     return total + grads.losses, hidden, acc
 
   total, hidden, acc = lax.fori_loop(0, vocab.steps, body, carry)
-  if losses is None:
-    out["losses"] = _logits._finish(total, chunk.mask, True)
-  else:
-    out["losses"] = losses
+  if plain:
+    # The gradient pass's losses are T^2 D already.
+    out["losses"] = (
+      _logits._finish(total, chunk.mask, True)
+      if divergences is None
+      else _block_losses(config, ops, chunk, stats, divergences, temperature)
+    )
+    return out, hidden, acc
+  divergences = total if divergences is None else divergences
+  out["losses"] = _block_losses(config, ops, chunk, stats, divergences, temperature)
+  if needs.temperature:
+    grad = _soft_scale_derivative(config, chunk, ops, divergences)
+    acc = _add(acc, "temperature", grad)
   return out, hidden, acc
+
+
+def _hard_stream(
+  config: _Config, labels: jax.Array | None, temperature: jax.Array
+) -> _fused_blocks.HardStream | None:
+  if not config.conventions.hard:
+    return None
+  assert labels is not None  # checked: the hard loss needs labels
+  return _fused_blocks.HardStream(labels, temperature)
+
+
+def _block_losses(
+  config: _Config,
+  ops: _AnyOperands,
+  chunk: _Chunk,
+  stats: _AnyStats,
+  divergences: jax.Array,
+  temperature: jax.Array,
+) -> jax.Array:
+  """Per-token losses from the divergences and the streamed statistics."""
+  divergences = _logits._finish(divergences, chunk.mask, True)
+  if config.plain:
+    return divergences * jnp.square(temperature)
+  soft = divergences if config.conventions.soft else None
+  hard = None
+  if config.conventions.hard:
+    hard = _fused_blocks.hard_losses(stats, ops.temperature)
+  return _mixed(config, soft, hard, ops.temperature, chunk.mask)
+
+
+def _soft_scale_derivative(
+  config: _Config, chunk: _Chunk, ops: _AnyOperands, divergences: jax.Array
+) -> jax.Array:
+  """``sum_i w_i dL_i/dT_s`` through the factor ``T_s^2`` alone:
+  ``sum_i w_i (1 - alpha) 2 T_s D_i``."""
+  if config.conventions.temperature_scaling == "none" or chunk.weights is None:
+    return jnp.zeros_like(ops.temperature)
+  d = _logits._finish(divergences, chunk.mask, True)
+  weights = chunk.weights.astype(d.dtype) * (1 - config.conventions.hard_loss_weight)
+  return jnp.sum(weights * d) * 2 * ops.temperature
+
+
+def _block_logits(
+  vocab: Blocks,
+  j: jax.Array,
+  hidden: jax.Array,
+  weight: jax.Array,
+  bias: jax.Array | None,
+  mask: jax.Array | None,
+  compute: DTypeLike,
+) -> jax.Array:
+  """Block ``j`` of a chunk's logits ``[c, b]``; dropped rows' logits 0."""
+  b = None if bias is None else vocab.take(bias, j, 0)
+  x = _logits_of(hidden, vocab.take(weight, j, 1), b, compute)
+  # Dropped rows: logits 0, as in distillation_loss (``inf * 0`` from a -inf
+  # bias cannot reach the sums).
+  return _logits.zero_dropped_examples(x, mask, (1,))
+
+
+# ----------------------------------------------------------------------------
+# The top-k teacher: per-token (index, log-probability) rows instead of a head.
+
+
+def _topk_dense_chunk(
+  config: _Config,
+  needs: _TopKNeeds,
+  ops: _TopKOperands,
+  chunk: _Chunk,
+  acc: _Arrays,
+) -> _ChunkResult:
+  """A top-k chunk with ``[c, V]`` logits: the per-row top-k code and its vjp."""
+  compute = ops.temperature.dtype
+  h = chunk.rows["student_hidden"]
+  indices = chunk.rows["teacher_indices"]
+  labels = chunk.rows.get("labels")
+  s = _logits_of(h, ops.student_weight, ops.student_bias, compute)
+  s = _logits.zero_dropped_examples(s, chunk.mask, (1,))
+  assert config.tail is not None
+
+  def losses_fn(
+    s: jax.Array, log_probs: jax.Array, temperature: jax.Array
+  ) -> jax.Array:
+    s = _transformed(config, s, "student")
+    soft = None
+    if config.conventions.soft:
+      # The logits scaled here (``_scaled``: finite derivatives at -inf), so
+      # that the temperature's derivative is the composition's.
+      soft = _topk.topk_divergence_from_logits(
+        _logits._scaled(s, 1 / temperature),
+        indices,
+        log_probs,
+        divergence=config.divergence,
+        beta=config.beta,
+        tail=config.tail,  # type: ignore[arg-type]  # validated
+        where=chunk.mask,
+      )
+    hard = _hard_losses(config, s, labels)
+    return _mixed(config, soft, hard, temperature, chunk.mask)
+
+  # In their own dtype: the per-row code takes its rounding tolerance from it.
+  log_probs = chunk.rows["teacher_log_probs"]
+  if not needs.any() or chunk.weights is None:
+    return {"losses": losses_fn(s, log_probs, ops.temperature)}, {}, acc
+  losses, vjp = jax.vjp(losses_fn, s, log_probs, ops.temperature)
+  d_s, d_log_probs, d_temperature = vjp(chunk.weights.astype(compute))
+  hidden, acc = _contract(needs, ops, chunk, {"student": d_s}, acc, None)
+  if needs.teacher_log_probs:
+    hidden["teacher_log_probs"] = d_log_probs
+  acc = _add(acc, "temperature", d_temperature)
+  return {"losses": losses}, hidden, acc
+
+
+def _topk_vocab_chunk(
+  config: _Config,
+  needs: _TopKNeeds,
+  ops: _TopKOperands,
+  chunk: _Chunk,
+  acc: _Arrays,
+) -> _ChunkResult:
+  """A top-k chunk over vocabulary blocks (see ``_fused_blocks.topk_*``).
+
+  One streaming pass gives the student's coarse statistics (of its view
+  ``transform(s) / T``; and the hard loss's, when mixed in), from which the
+  values follow with no further pass; the gradients take one more pass, each
+  block's gradient with respect to the view pulled back to the raw logits
+  and the temperature. With ``chunk.stats`` (the backward pass of
+  ``'none'``) only the gradient pass runs.
+  """
+  vocab = config.vocab
+  assert vocab is not None and config.tail is not None
+  compute = ops.temperature.dtype
+  temperature = ops.temperature
+  hard = config.conventions.hard
+  one = jnp.ones_like(temperature)
+  h = chunk.rows["student_hidden"]
+  indices = chunk.rows["teacher_indices"]
+  labels = chunk.rows.get("labels")
+  log_probs = chunk.rows["teacher_log_probs"].astype(compute)
+  valid = log_probs != -jnp.inf  # -inf: an unused slot (NaN is used)
+
+  def raw(j: jax.Array) -> jax.Array:
+    return _block_logits(
+      vocab, j, h, ops.student_weight, ops.student_bias, chunk.mask, compute
+    )
+
+  def view(s: jax.Array, temperature: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(s' / T, s')``: the soft loss's view and the hard loss's logits."""
+    s = _transformed(config, s, "student")
+    return _logits._scaled(s, 1 / temperature), s
+
+  def logits(j: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    return view(raw(j), temperature)[0], vocab.fresh(j)
+
+  stats = cast("TopKStats | None", chunk.stats)
+  if stats is None:
+    stream = _hard_stream(config, labels, temperature)
+    stats = _fused_blocks.topk_statistics(logits, vocab, indices, valid, one, stream)
+  coarse = _fused_blocks.topk_coarse(
+    stats,
+    log_probs,
+    config.divergence,
+    config.beta,
+    config.tail,
+    ops.teacher_log_probs.dtype,
+  )
+  out: _Arrays = {
+    "losses": _block_losses(config, ops, chunk, stats, coarse.value, temperature)
+  }
+  if chunk.weights is None or not needs.any():
+    if needs.any():  # 'none': keep for the backward pass
+      out.update(stats._asdict())
+    return out, {}, acc
+  alpha = config.conventions.hard_loss_weight
+  weights = chunk.weights.astype(compute)
+  hard_weights = weights * alpha
+  weights = weights * (1 - alpha) * _soft_scale(config, temperature)
+  d_listed, d_rest, d_log_probs = coarse.vjp(weights)
+  hidden: _Arrays = {}
+  if needs.student_hidden:
+    hidden["student_hidden"] = jnp.zeros_like(h, compute)
+  carry = (hidden, acc)
+
+  def body(j: jax.Array, carry: tuple[_Arrays, _Arrays]) -> tuple[_Arrays, _Arrays]:
+    hidden, acc = carry
+    fresh = vocab.fresh(j)
+    (z, s), pullback = jax.vjp(view, raw(j), temperature)
+    d_z = _fused_blocks.topk_block_gradient(
+      (z, fresh), vocab, j, indices, valid, stats, d_listed, d_rest, one
+    )
+    d_hard = jnp.zeros_like(s)
+    if hard:
+      assert labels is not None
+      d_hard = _fused_blocks.hard_block_gradient(
+        s, fresh, vocab, j, labels, stats, temperature, hard_weights
+      )
+    d_s, d_temperature = pullback((d_z, d_hard))
+    acc = _add(acc, "temperature", d_temperature)
+    blocks, acc = _contract(needs, ops, chunk, {"student": d_s}, acc, (vocab, j))
+    hidden = {name: hidden[name] + blocks[name] for name in hidden}
+    return hidden, acc
+
+  hidden, acc = lax.fori_loop(0, vocab.steps, body, carry)
+  if needs.teacher_log_probs:
+    hidden["teacher_log_probs"] = d_log_probs
+  if needs.temperature:
+    grad = _soft_scale_derivative(config, chunk, ops, coarse.value)
+    acc = _add(acc, "temperature", grad)
+  return out, hidden, acc
+
+
+def _chunk_function(
+  config: _Config,
+) -> Callable[[_Config, Any, Any, _Chunk, _Arrays], _ChunkResult]:
+  if config.tail is None:
+    return _dense_chunk if config.vocab is None else _vocab_chunk
+  return _topk_dense_chunk if config.vocab is None else _topk_vocab_chunk
+
+
+def _clean_rows(rows: _Arrays, mask: jax.Array | None) -> _Arrays:
+  """A chunk's per-token operands with the dropped tokens' made harmless.
+
+  Excluded tokens may hold anything (NaN hidden states of padding): their
+  hidden states are replaced by 0, so that ``0 * NaN`` cannot reach the
+  weight gradients (``h.T @ d logits``), and their teacher log-probabilities
+  by -inf (no listed class); their logits are replaced again inside the
+  per-row code (``inf * 0`` from a -inf bias).
+  """
+  if mask is None:
+    return rows
+  out = dict(rows)
+  for name, x in rows.items():
+    if name.endswith("_hidden"):
+      out[name] = _logits.zero_dropped_examples(x, mask, (1,))
+    elif name == "teacher_log_probs":
+      out[name] = jnp.where(mask[:, None], x, jnp.asarray(-jnp.inf, x.dtype))
+    elif name == "labels":
+      out[name] = jnp.where(mask, x, jnp.zeros((), x.dtype))
+  return out
+
+
+def _stats_buffers(ops: _AnyOperands, row: jax.Array) -> _Arrays:
+  """Zero ``[N, ...]`` buffers of the statistics that 'none' keeps."""
+  if isinstance(ops, _TopKOperands):
+    listed = jnp.zeros_like(ops.teacher_log_probs, row.dtype)
+    return TopKStats(row, row, row, listed, row, row, row)._asdict()
+  return dict.fromkeys(RowStats._fields, row)
 
 
 def _loop(
   config: _Config,
-  needs: _Needs,
-  ops: _Operands,
+  needs: _AnyNeeds,
+  ops: _AnyOperands,
   cotangent: jax.Array | None = None,
-  stats: RowStats | None = None,
+  stats: _AnyStats | None = None,
 ) -> tuple[_Arrays, _Arrays]:
   """Runs the chunks over all tokens; returns per-row outputs and gradients.
 
@@ -389,24 +856,25 @@ def _loop(
   whose repeated rows get zero weight and keep their earlier results). The
   per-row outputs are ``'losses'`` (and the vocabulary passes' statistics,
   for the backward pass of ``'none'``); the gradients with respect to the
-  hidden states are written chunk by chunk into ``[N, H]`` buffers of the
-  hidden states' dtype, those with respect to the weights, biases and the
-  temperature are accumulated in the compute dtype.
+  per-token operands (hidden states, top-k log-probabilities) are written
+  chunk by chunk into buffers of the operands' dtype, those with respect to
+  the weights, biases and the temperature are accumulated in the compute
+  dtype.
   """
   compute = ops.temperature.dtype
   tokens = config.tokens
-  h_s = ops.student_hidden
-  row = jnp.zeros_like(h_s[:, 0], compute)  # [N], typed like the tokens
+  row_names = _ROWS[type(ops)]
+  row = jnp.zeros_like(ops.student_hidden[:, 0], compute)  # [N], typed like the tokens
   outputs: _Arrays = {"losses": row}
   if config.vocab is not None and needs.any() and cotangent is None and stats is None:
-    outputs.update(dict.fromkeys(RowStats._fields, row))
+    outputs.update(_stats_buffers(ops, row))
   grads: _Arrays = {}
-  for name, operand in zip(_Needs._fields, ops, strict=False):
+  for name, operand in zip(type(needs)._fields, ops, strict=False):
     if cotangent is not None and getattr(needs, name):
       assert operand is not None
-      dtype = operand.dtype if name in _HIDDEN else compute
+      dtype = operand.dtype if name in row_names else compute
       grads[name] = jnp.zeros_like(operand, dtype)
-  chunk_fn = _dense_chunk if config.vocab is None else _vocab_chunk
+  chunk_fn = _chunk_function(config)
 
   def body(i: jax.Array, carry: tuple[_Arrays, _Arrays]) -> tuple[_Arrays, _Arrays]:
     outputs, grads = carry
@@ -416,29 +884,29 @@ def _loop(
       return tokens.take(x, i, 0)
 
     mask = None if ops.mask is None else rows(ops.mask)
-    # Excluded tokens may hold anything (NaN hidden states of padding): their
-    # hidden states are replaced by 0, so that ``0 * NaN`` cannot reach the
-    # weight gradients (``h.T @ d logits``); their logits are replaced again
-    # inside the per-row code (``inf * 0`` from a -inf bias).
     weights = None
     if cotangent is not None:
       weights = rows(cotangent).astype(compute)
       if fresh is not None:
         weights = jnp.where(fresh, weights, 0)
+    per_token = {
+      name: rows(getattr(ops, name))
+      for name in row_names
+      if getattr(ops, name) is not None
+    }
     chunk = _Chunk(
-      _logits.zero_dropped_examples(rows(h_s), mask, (1,)),
-      _logits.zero_dropped_examples(rows(ops.teacher_hidden), mask, (1,)),
+      _clean_rows(per_token, mask),
       mask,
       weights,
-      None if stats is None else RowStats(*map(rows, stats)),
+      None if stats is None else type(stats)(*map(rows, stats)),
     )
-    acc = {name: g for name, g in grads.items() if name not in _HIDDEN}
-    out, hidden, acc = chunk_fn(config, needs, ops, chunk, acc)
+    acc = {name: g for name, g in grads.items() if name not in row_names}
+    out, per_row_grads, acc = chunk_fn(config, needs, ops, chunk, acc)
     outputs = {name: tokens.put(outputs[name], out[name], i, 0) for name in outputs}
     grads = dict(acc)
-    for name in _HIDDEN:
-      if name in hidden:
-        grads[name] = tokens.put(carry[1][name], hidden[name], i, 0)
+    for name in row_names:
+      if name in per_row_grads:
+        grads[name] = tokens.put(carry[1][name], per_row_grads[name], i, 0)
     return outputs, grads
 
   if tokens.steps == 0:  # no tokens
@@ -450,17 +918,29 @@ def _loop(
   return outputs, grads
 
 
+def _reduce(config: _Config, ops: _AnyOperands, values: jax.Array) -> jax.Array:
+  """``reduce_loss`` of the per-token losses with the call's reduction."""
+  return _reduction.reduce_loss(
+    values,
+    config.reduction,
+    where=ops.mask,
+    segment_ids=ops.segment_ids,
+    num_items_in_batch=ops.num_items,
+  )
+
+
 def _reduction_vjp(
-  config: _Config, mask: jax.Array | None, dtype: DTypeLike, like: jax.Array
+  config: _Config, ops: _AnyOperands, dtype: DTypeLike
 ) -> Callable[[jax.Array], jax.Array]:
   """The (linear) map from the reduced loss' cotangent to per-token weights.
 
-  ``like`` is ``[N, ...]``, typed like the tokens (in ``shard_map``: varying
-  as the operands are); the weights are typed the same way.
+  The weights are typed like the tokens (in ``shard_map``: varying as the
+  operands are).
   """
+  like = ops.student_hidden
 
   def reduce(values: jax.Array) -> jax.Array:
-    return _reduction.reduce_loss(values, config.reduction, where=mask)
+    return _reduce(config, ops, values)
 
   # Typed like the tokens (varying over shard_map axes as the operands are):
   # the per-token weights must vary like the per-token losses.
@@ -474,10 +954,10 @@ def _reduction_vjp(
   return weights
 
 
-def _value(config: _Config, ops: _Operands) -> jax.Array:
+def _value(config: _Config, ops: _AnyOperands) -> jax.Array:
   """The loss, computed chunk by chunk (plain JAX: differentiable as is)."""
-  outputs, _ = _loop(config, _NO_GRADS, ops)
-  return _reduction.reduce_loss(outputs["losses"], config.reduction, where=ops.mask)
+  outputs, _ = _loop(config, _NEEDS[type(ops)](), ops)
+  return _reduce(config, ops, outputs["losses"])
 
 
 _fused = jax.custom_vjp(_value, nondiff_argnums=(0,))
@@ -487,17 +967,18 @@ def _primal(x: CustomVJPPrimal | None) -> jax.Array | None:
   return None if x is None else x.value
 
 
-def _names(needs_keys: dict[str, None]) -> tuple[str, ...]:
+def _names(needs_keys: dict[str, None], ops: _AnyOperands) -> tuple[str, ...]:
   """The needed operands in the operands' order (a pytree dict is sorted)."""
-  return tuple(name for name in _Needs._fields if name in needs_keys)
+  return tuple(name for name in ops._fields if name in needs_keys)
 
 
-def _fused_fwd(config: _Config, ops: _Operands) -> tuple[jax.Array, _Residuals]:
+def _fused_fwd(config: _Config, ops: _AnyOperands) -> tuple[jax.Array, _Residuals]:
   primal = cast("tuple[CustomVJPPrimal | None, ...]", tuple(ops))
-  needs = _Needs(
-    *(x is not None and x.perturbed for x in primal[: len(_Needs._fields)])
+  needs_type = _NEEDS[type(ops)]
+  needs = needs_type(
+    *(x is not None and x.perturbed for x in primal[: len(needs_type._fields)])
   )
-  values = _Operands(*map(_primal, primal))  # type: ignore[arg-type]  # hidden, weights, temperature are never None
+  values = type(ops)(*map(_primal, primal))  # type: ignore[arg-type]  # hidden, weights, temperature are never None
   compute = values.temperature.dtype
   # `needs` travels as the keys of a dict of Nones: pytree structure, static
   # under every transformation (unlike Python bools as leaves).
@@ -506,7 +987,7 @@ def _fused_fwd(config: _Config, ops: _Operands) -> tuple[jax.Array, _Residuals]:
     # One block (the problem fits the budget): the dense computation, whose
     # autodiff vjp applies the cotangent inside the logits' gradient rather
     # than in an extra pass over the [H, V] weight gradient.
-    names = _names(needs_keys)
+    names = _names(needs_keys, values)
 
     def loss_of(*differentiated: jax.Array) -> jax.Array:
       return _value(
@@ -517,42 +998,36 @@ def _fused_fwd(config: _Config, ops: _Operands) -> tuple[jax.Array, _Residuals]:
     return value, (needs_keys, values, None, None, vjp)
   if config.reduction == "none":
     outputs, _ = _loop(config, needs, values)
-    value = _reduction.reduce_loss(
-      outputs.pop("losses"), config.reduction, where=values.mask
-    )
-    stats = RowStats(**outputs) if outputs else None
+    value = _reduce(config, values, outputs.pop("losses"))
+    stats = _STATS[type(ops)](**outputs) if outputs else None
     return value, (needs_keys, values, None, stats, None)
   # Scalar reduction: loss = sum_i weight_i * loss_i, weights known now.
-  weights = _reduction_vjp(config, values.mask, compute, values.student_hidden)(
-    jnp.ones((), compute)
-  )
+  weights = _reduction_vjp(config, values, compute)(jnp.ones((), compute))
   outputs, grads = _loop(config, needs, values, weights)
-  value = _reduction.reduce_loss(outputs["losses"], config.reduction, where=values.mask)
+  value = _reduce(config, values, outputs["losses"])
   return value, (needs_keys, values, grads, None, None)
 
 
 def _fused_bwd(
   config: _Config, residuals: _Residuals, g: jax.Array | SymbolicZero
-) -> tuple[_Operands]:
+) -> tuple[_AnyOperands]:
   needs_keys, ops, grads, stats, vjp = residuals
   if isinstance(g, SymbolicZero):
-    return (_Operands(*(None,) * len(_Operands._fields)),)  # type: ignore[arg-type]  # all-None cotangents
+    return (type(ops)(*(None,) * len(ops)),)  # type: ignore[arg-type]  # all-None cotangents
   compute = ops.temperature.dtype
   if vjp is not None:
-    grads = dict(zip(_names(needs_keys), vjp(g), strict=True))
+    grads = dict(zip(_names(needs_keys, ops), vjp(g), strict=True))
     scale = None
   elif config.reduction == "none":
-    needs = _Needs(**dict.fromkeys(needs_keys, True))
-    weights = _reduction_vjp(config, ops.mask, compute, ops.student_hidden)(
-      g.astype(compute)
-    )
+    needs = _NEEDS[type(ops)](**dict.fromkeys(needs_keys, True))
+    weights = _reduction_vjp(config, ops, compute)(g.astype(compute))
     _, grads = _loop(config, needs, ops, weights, stats)
     scale = None
   else:
     assert grads is not None  # computed in the forward pass
     scale = g.astype(compute)
   cotangents: list[jax.Array | None] = []
-  for name, operand in zip(_Operands._fields, ops, strict=False):
+  for name, operand in zip(ops._fields, ops, strict=True):
     if name not in grads:
       cotangents.append(None)
       continue
@@ -561,7 +1036,7 @@ def _fused_bwd(
       grad = grad.astype(compute) * scale
     assert operand is not None
     cotangents.append(grad.astype(operand.dtype))
-  return (_Operands(*cotangents),)  # type: ignore[arg-type]  # None: no cotangent
+  return (type(ops)(*cotangents),)  # type: ignore[arg-type]  # None: no cotangent
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
@@ -572,7 +1047,7 @@ _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
 _fused_jit = jax.jit(_fused, static_argnums=0)
 
 
-def _check_matrix(value: ArrayLike, name: str, shape_name: str) -> jax.Array:
+def check_matrix(value: ArrayLike, name: str, shape_name: str) -> jax.Array:
   array = _checks.as_float_array(value, name)
   if array.ndim != 2:
     raise ValueError(
@@ -601,6 +1076,16 @@ def fused_linear_distillation_loss(
   chunk_size: int | Literal["auto"] = "auto",
   vocab_chunk: int | Literal["auto"] | None = "auto",
   extra_teacher_classes: Literal["error", "zero_mass"] = "error",
+  student_temperature: ArrayLike | None = None,
+  teacher_temperature: ArrayLike | None = None,
+  temperature_scaling: str = "square",
+  hard_loss_weight: float = 0.0,
+  segment_ids: ArrayLike | None = None,
+  num_items_in_batch: ArrayLike | None = None,
+  student_logit_scale: float | None = None,
+  student_logit_softcap: float | None = None,
+  teacher_logit_scale: float | None = None,
+  teacher_logit_softcap: float | None = None,
 ) -> jax.Array:
   r"""Distillation loss of two linear heads, without materializing the logits.
 
@@ -614,9 +1099,16 @@ def fused_linear_distillation_loss(
 
   exactly :func:`jaxkl.distillation_loss` applied to
   ``student_hidden @ student_weight + student_bias`` and
-  ``teacher_hidden @ teacher_weight + teacher_bias`` (same divergences,
-  temperature scaling, token masks and reductions; equal to float32
-  rounding, values and gradients). For the forward KL the gradient with
+  ``teacher_hidden @ teacher_weight + teacher_bias`` with the same
+  arguments (same divergences, temperatures and the other conventions of
+  :func:`jaxkl.distillation_loss`, token masks and reductions; equal to
+  float32 rounding, values and gradients). In general each model's logits
+  are first transformed (``*_logit_scale``, ``*_logit_softcap``) and divided
+  by its own temperature, the soft loss is scaled by :math:`T_s^2` or not
+  (``temperature_scaling``) and mixed with the cross-entropy at temperature 1
+  (``hard_loss_weight``); the vocabulary passes below then see these
+  transformed logits, and each block's gradient is pulled back through the
+  transform. For the forward KL the gradient with
   respect to the student weight is
 
   .. math::
@@ -770,13 +1262,41 @@ def fused_linear_distillation_loss(
     ignore_index: the label value to exclude. Static.
     reduction: ``'mean'`` (over kept tokens; 0 if none is kept; NaN for
       ``N = 0``, as :func:`jaxkl.distillation_loss`), ``'sum'``,
-      ``'batchmean'`` (sum divided by ``N``) or ``'none'`` (per-token losses,
-      masked tokens 0). Static.
+      ``'batchmean'`` (sum divided by ``N``), ``'sequence_mean'`` (mean over
+      sequences of each sequence's mean, sequences keyed by ``segment_ids``,
+      else all ``N`` tokens are one sequence) or ``'none'`` (per-token
+      losses, masked tokens 0). Static.
     chunk_size: rows per chunk, a positive int, or ``'auto'``. Static.
     vocab_chunk: classes per vocabulary block, a positive int, ``None`` (the
       whole vocabulary per chunk) or ``'auto'``. Static.
     extra_teacher_classes: ``'error'`` or ``'zero_mass'``: what a teacher
       vocabulary larger than the student's means (see above). Static.
+    student_temperature: :math:`T_s`, the student's temperature (as
+      ``temperature``); defaults to ``temperature``.
+    teacher_temperature: :math:`T_t`, the teacher's; defaults to
+      ``temperature``. Both may be differentiated.
+    temperature_scaling: ``'square'`` (the soft loss times :math:`T_s^2`,
+      the default) or ``'none'``. Static.
+    hard_loss_weight: :math:`\alpha \in [0, 1]`: per token
+      :math:`\alpha\, \mathrm{CE}(\text{labels}, \mathrm{softmax}(s'))
+      + (1 - \alpha)` times the scaled soft loss, the cross-entropy at
+      temperature 1 of the (transformed) student logits; needs ``labels``.
+      Its log-normalizer is streamed in the first pass over the vocabulary
+      (no extra pass). Static.
+    segment_ids: optional integer ids ``[N]`` of packed sequences (for
+      ``'sequence_mean'`` only), as :func:`jaxkl.reduce_loss`.
+    num_items_in_batch: optional count (a Python int or a 0-d array, may be
+      traced) replacing the denominator of ``'mean'``, as
+      :func:`jaxkl.reduce_loss`.
+    student_logit_scale: optional factor > 0 of the student's logits,
+      applied first. Static.
+    student_logit_softcap: optional soft-cap :math:`c > 0`: the student's
+      logits become :math:`c \tanh(\text{scale} \cdot x / c)` (Gemma-2;
+      ``-inf`` stays ``-inf``) before the temperature. Static.
+    teacher_logit_scale: as ``student_logit_scale``, for the teacher.
+      Static.
+    teacher_logit_softcap: as ``student_logit_softcap``, for the teacher.
+      Static.
 
   Returns:
     The loss: a scalar, or shape ``[N]`` for ``reduction='none'``, in the
@@ -788,7 +1308,8 @@ def fused_linear_distillation_loss(
       a student vocabulary larger than the teacher's or smaller without
       ``extra_teacher_classes='zero_mass'``, bad ``chunk_size``,
       ``vocab_chunk``, ``reduction``, ``divergence``, ``beta``,
-      ``extra_teacher_classes`` or ``temperature`` (a concrete value that is
+      ``extra_teacher_classes``, a convention (see
+      :func:`jaxkl.distillation_loss`), or ``temperature`` (a concrete value that is
       not finite and > 0, or an array that is not 0-d).
     TypeError: non-floating inputs, non-boolean ``where``, non-integer
       ``labels``, ``chunk_size``, ``vocab_chunk`` or ``ignore_index``.
@@ -829,10 +1350,10 @@ def fused_linear_distillation_loss(
     linear losses). Milakov & Gimelshein, "Online normalizer calculation for
     softmax", arXiv:1805.02867, 2018 (the online log-sum-exp).
   """
-  h_s = _check_matrix(student_hidden, "student_hidden", "[N, H]")
-  w_s = _check_matrix(student_weight, "student_weight", "[H, V]")
-  h_t = _check_matrix(teacher_hidden, "teacher_hidden", "[N, H_t]")
-  w_t = _check_matrix(teacher_weight, "teacher_weight", "[H_t, V]")
+  h_s = check_matrix(student_hidden, "student_hidden", "[N, H]")
+  w_s = check_matrix(student_weight, "student_weight", "[H, V]")
+  h_t = check_matrix(teacher_hidden, "teacher_hidden", "[N, H_t]")
+  w_t = check_matrix(teacher_weight, "teacher_weight", "[H_t, V]")
   n, hidden = h_s.shape
   if w_s.shape[0] != hidden:
     raise ValueError(
@@ -850,17 +1371,33 @@ def fused_linear_distillation_loss(
       f"teacher_hidden.shape[1] = {h_t.shape[1]} rows; got shape "
       f"{w_t.shape}."
     )
-  b_s = _check_bias(student_bias, "student_bias", w_s.shape[1], "student_weight")
-  b_t = _check_bias(teacher_bias, "teacher_bias", w_t.shape[1], "teacher_weight")
+  b_s = check_bias(student_bias, "student_bias", w_s.shape[1], "student_weight")
+  b_t = check_bias(teacher_bias, "teacher_bias", w_t.shape[1], "teacher_weight")
   w_s, b_s = _match_vocabularies(w_s, b_s, w_t, extra_teacher_classes)
   if not isinstance(ignore_index, (int, np.integer)) or isinstance(
     ignore_index, (bool, np.bool_)
   ):
     raise TypeError(f"`ignore_index` must be an int; got {ignore_index!r}.")
-  reduction = _reduction.validate_reduction(reduction)
-  divergence, beta = _logits.check_divergence(divergence, beta)
-  temperature = _logits.check_temperature(temperature)
-  mask = _logits.token_mask((n,), where, labels, ignore_index)
+  args = _conventions.check_loss_arguments(
+    (n,),
+    where=where,
+    labels=labels,
+    ignore_index=ignore_index,
+    reduction=reduction,
+    segment_ids=segment_ids,
+    num_items_in_batch=num_items_in_batch,
+    divergence=divergence,
+    beta=beta,
+    temperature=temperature,
+    student_temperature=student_temperature,
+    teacher_temperature=teacher_temperature,
+    temperature_scaling=temperature_scaling,
+    hard_loss_weight=hard_loss_weight,
+    student_logit_scale=student_logit_scale,
+    student_logit_softcap=student_logit_softcap,
+    teacher_logit_scale=teacher_logit_scale,
+    teacher_logit_softcap=teacher_logit_softcap,
+  )
   # Logits, softmaxes and accumulators: float32, or float64 if an input is.
   inputs = [x for x in (h_s, w_s, b_s, h_t, w_t, b_t) if x is not None]
   wide = any(x.dtype.itemsize > 4 for x in inputs)
@@ -878,29 +1415,79 @@ def fused_linear_distillation_loss(
     dtype=compute,
     sharded_tokens=bool(rows_spec) and rows_spec[0] is not None,
   )
-  config = _Config(
-    divergence,
-    beta,
-    reduction,
-    Blocks.make(n, tokens),
-    None if vocab is None else Blocks.make(w_t.shape[1], vocab),
+  config = make_config(args, n, w_t.shape[1], tokens, vocab, None)
+  temperatures = args.temperatures
+  ops = _Operands(
+    h_s,
+    w_s,
+    b_s,
+    h_t,
+    w_t,
+    b_t,
+    jnp.asarray(temperatures.student, compute),
+    None if config.shared else jnp.asarray(temperatures.teacher, compute),
+    *row_operands(args),
   )
-  ops = _Operands(h_s, w_s, b_s, h_t, w_t, b_t, jnp.asarray(temperature, compute), mask)
-  # shard_map (check_vma=True): every operand varies over the same manual axes.
+  return run(config, ops).astype(out_dtype)
+
+
+def make_config(
+  args: _conventions.LossArguments,
+  tokens: int,
+  classes: int,
+  chunk: int,
+  block: int | None,
+  tail: str | None,
+) -> _Config:
+  """The static configuration of a call (after ``chunk_sizes``)."""
+  return _Config(
+    args.divergence,
+    args.beta,
+    args.reduction,
+    Blocks.make(tokens, chunk),
+    None if block is None else Blocks.make(classes, block),
+    tail,
+    args.conventions,
+    args.temperatures.shared if tail is None else True,
+  )
+
+
+def row_operands(
+  args: _conventions.LossArguments,
+) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, jax.Array | None]:
+  """``(mask, labels, segment_ids, num_items)`` operands of a call."""
+  labels = args.labels if args.conventions.hard else None
+  count = args.num_items_in_batch
+  return (
+    args.mask,
+    labels,
+    args.segment_ids,
+    None if count is None else jnp.asarray(count),
+  )
+
+
+def run(config: _Config, ops: _AnyOperands) -> jax.Array:
+  """The fused loss of checked operands, on one device or many.
+
+  Inside ``shard_map`` (``check_vma=True``) every operand is first typed as
+  varying over the same manual axes; operands on ``Explicit`` mesh axes run
+  under ``jax.sharding.auto_axes`` (the loss replicated, or sharded as the
+  tokens for ``'none'``).
+  """
   varying = _varying_axes(*ops)
-  ops = _Operands(*(_to_varying(x, varying) for x in ops))  # type: ignore[arg-type]  # None stays None
+  ops = type(ops)(*(_to_varying(x, varying) for x in ops))  # type: ignore[arg-type]  # None stays None
   call = functools.partial(_fused_jit, config)
   mesh, explicit = _explicit_axes(*ops)
   if explicit:
-    rows = _checks.partition_spec(h_s)
+    rows = _checks.partition_spec(ops.student_hidden)
     # A scalar loss is replicated; per-token losses are sharded as tokens.
-    axis = rows[0] if rows and reduction == "none" else None
+    axis = rows[0] if rows and config.reduction == "none" else None
     spec = PartitionSpec() if axis is None else PartitionSpec(axis)  # type: ignore[no-untyped-call]  # PartitionSpec is unannotated
     call = jax.sharding.auto_axes(
       call, axes=explicit, out_sharding=NamedSharding(mesh, spec)
     )
   loss: jax.Array = call(ops)
-  return loss.astype(out_dtype)
+  return loss
 
 
 def _varying_axes(*arrays: jax.Array | None) -> tuple[str, ...]:
@@ -949,7 +1536,7 @@ def _explicit_axes(*arrays: jax.Array | None) -> tuple[Any, tuple[str, ...]]:
   return (mesh, axes) if axes else (None, ())
 
 
-def _check_bias(
+def check_bias(
   bias: ArrayLike | None, name: str, vocab: int, weight_name: str
 ) -> jax.Array | None:
   if bias is None:

@@ -1307,6 +1307,70 @@ def fused_shard_map_check(vocab_chunk, partial=False):
   return fail
 
 
+def fused_topk_check(kind):
+  """The fused top-k loss on a 2 x 4 mesh (tokens on 'data', the LM head's
+  vocabulary on 'model'), and token-parallel in shard_map: values and
+  gradients (hidden, weight) equal one device; no all-gather of a
+  vocabulary row."""
+  fail = Failures()
+  h_s, w_s, _, _, w_t, labels = fused_data()
+  teacher = jax.nn.log_softmax(jnp.asarray(h_s[:, :H] @ w_t[:H]))
+  log_p, idx = jax.lax.top_k(teacher, 8)
+
+  def loss(h, w, idx, log_p, **kw):
+    return jaxkl.fused_linear_topk_distillation_loss(
+      h,
+      w,
+      idx,
+      log_p,
+      student_temperature=1.5,
+      divergence="jsd",
+      labels=labels,
+      vocab_chunk=VOCAB_CHUNK,
+      **kw,
+    )
+
+  grad = jax.value_and_grad(loss, (0, 1))
+  args = (h_s, w_s, idx, log_p)
+  want = one_device(grad, args)
+  mesh = make_mesh((2, 4), ("data", "model"), kind)
+  specs = (P("data", None), P(None, "model"), P("data", None), P("data", None))
+  with jax.set_mesh(mesh):
+    got, hlo = compile_and_run(
+      grad, [put(a, mesh, s) for a, s in zip(args, specs, strict=True)]
+    )
+  fail.tree_close(f"{kind}/fused_topk", got, want)
+  check_collectives(fail, hlo, FUSED_V, f"{kind}/fused_topk")
+  if kind == "Auto":
+    mesh = make_mesh((DEVICES,), ("data",), "Auto")
+
+    def local(h, w, idx, log_p, keep):
+      value = jaxkl.fused_linear_topk_distillation_loss(
+        h, w, idx, log_p, where=keep, reduction="sum", vocab_chunk=VOCAB_CHUNK
+      )
+      return jax.lax.psum(value, "data")
+
+    keep = labels != -100
+    sharded = jax.shard_map(
+      jax.value_and_grad(local, (0, 1)),
+      mesh=mesh,
+      in_specs=(P("data"), P(), P("data"), P("data"), P("data")),
+      out_specs=(P(), (P("data"), P())),
+    )
+    got = jax.jit(sharded)(h_s, w_s, idx, log_p, keep)
+    want = one_device(
+      jax.value_and_grad(
+        lambda h, w, i, lp, m: jaxkl.fused_linear_topk_distillation_loss(
+          h, w, i, lp, where=m, reduction="sum", vocab_chunk=VOCAB_CHUNK
+        ),
+        (0, 1),
+      ),
+      (h_s, w_s, idx, log_p, keep),
+    )
+    fail.tree_close("shard_map/fused_topk", got, want)
+  return fail
+
+
 def fused_checks():
   checks = {"fused_linear/hlo_parser": fused_detector_check}
   for kind in ("Explicit", "Auto"):
@@ -1321,6 +1385,8 @@ def fused_checks():
   checks["fused_linear/shard_map/partial_explicit"] = functools.partial(
     fused_shard_map_check, VOCAB_CHUNK, partial=True
   )
+  for kind in ("Explicit", "Auto"):
+    checks[f"{kind}/fused_topk"] = functools.partial(fused_topk_check, kind)
   return checks
 
 

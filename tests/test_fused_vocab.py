@@ -696,3 +696,88 @@ def test_auto_sizes_bound_the_compiled_buffers():
     assert not re.search(rf"\[{n},{vocab}\]|\[{vocab},{n}\]", hlo)
     width = vocab if block is None else block
     assert re.search(rf"\[{rows},{width}\]|\[{width},{rows}\]", hlo)
+
+
+# ----------------------------------------------------------------------------
+# The conventions of issue 12: equal to ``jaxkl.distillation_loss`` on the
+# materialized logits with the same arguments, values and gradients
+# (hidden states, weights, each model's temperature).
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_conventions_equal_distillation_loss(x64, case):
+  """Separate temperatures, ``temperature_scaling='none'``, logit scale and
+  soft-cap per model, the hard loss, ``sequence_mean`` with ``segment_ids``
+  and ``num_items_in_batch``, with and without vocabulary blocks."""
+  rng = np.random.default_rng(20 + case)
+  n, v = 8, 11
+  h_s, w_s, h_t, w_t = _problem(rng, n, 4, 3, v, v, jnp.float64, scale=2.0)
+  labels = jnp.asarray(rng.integers(0, v, n)).at[3].set(-100)
+  segments = jnp.asarray([5, 5, 1, 1, 1, 0, 0, 2])
+  temperatures = {"student_temperature": jnp.float64(1.5)}
+  kwargs = dict(chunk_size=3, labels=labels)
+  if case == 0:
+    temperatures["teacher_temperature"] = jnp.float64(0.7)
+    kwargs.update(divergence="jsd", beta=0.3, vocab_chunk=4)
+  elif case == 1:
+    temperatures = {"temperature": jnp.float64(1.3)}
+    kwargs.update(
+      vocab_chunk=5,
+      temperature_scaling="none",
+      student_logit_softcap=2.0,
+      teacher_logit_scale=0.5,
+      teacher_logit_softcap=3.0,
+      reduction="sequence_mean",
+      segment_ids=segments,
+    )
+  elif case == 2:
+    temperatures["teacher_temperature"] = jnp.float64(2.5)
+    kwargs.update(
+      divergence="reverse",
+      vocab_chunk=None,
+      hard_loss_weight=0.3,
+      num_items_in_batch=13,
+      student_logit_scale=0.8,
+    )
+  elif case == 3:
+    # The hard loss with vocabulary blocks: streamed along the first pass.
+    temperatures["teacher_temperature"] = jnp.float64(0.9)
+    kwargs.update(
+      divergence="jsd",
+      beta=0.6,
+      vocab_chunk=4,
+      hard_loss_weight=0.4,
+      student_logit_softcap=3.0,
+      reduction="sequence_mean",
+      segment_ids=segments,
+    )
+  else:
+    temperatures["teacher_temperature"] = jnp.float64(1.1)
+    kwargs.update(
+      vocab_chunk=3,
+      hard_loss_weight=1.0,
+      reduction="none",
+      student_logit_softcap=5.0,
+      where=jnp.arange(n) != 6,
+    )
+  names = tuple(temperatures)
+  cotangent = jnp.linspace(0.5, 1.5, n, dtype=jnp.float64)
+
+  def make(fused):
+    def loss(arrays, temps):
+      call = dict(kwargs, **dict(zip(names, temps, strict=True)))
+      if fused:
+        out = jaxkl.fused_linear_distillation_loss(*arrays, **call)
+      else:
+        call.pop("chunk_size")
+        call.pop("vocab_chunk")
+        h_s, w_s, h_t, w_t = arrays
+        out = jaxkl.distillation_loss(h_s @ w_s, h_t @ w_t, **call)
+      return jnp.sum(out * cotangent) if out.ndim else out
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+  inputs = ((h_s, w_s, h_t, w_t), tuple(temperatures.values()))
+  got, want = make(True)(*inputs), make(False)(*inputs)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    _assert_close(a, b, 1e-10)
