@@ -34,7 +34,8 @@
 # 2. Tests on the GPU (JAX_PLATFORMS=cuda,cpu, overriding tests/conftest.py's
 #    CPU default; float32 matmuls at 'highest' precision, as on CPU, set by
 #    GPU_SH_TEST_MATMUL_PRECISION): tests/test_discrete.py tests/test_logits.py
-#    tests/test_fused_linear.py tests/test_fused_vocab.py tests/test_sharding.py
+#    tests/test_fused_linear.py tests/test_fused_vocab.py tests/test_topk.py
+#    tests/test_fused_topk.py tests/test_sharding.py
 #    (files that do not exist are left out; test_sharding.py runs its checks
 #    in child processes on 8 virtual CPU devices, so it needs no second GPU),
 #    ``-x -q``, with pytest-xdist workers if installed, capped at
@@ -337,7 +338,8 @@ if [ "$BACKEND" = gpu ]; then
   SUFFIX=gpu
   RESULTS=${GPU_SH_RESULTS_DIR:-benchmarks/results}
   DEFAULT_TESTS="tests/test_discrete.py tests/test_logits.py \
-tests/test_fused_linear.py tests/test_fused_vocab.py tests/test_sharding.py"
+tests/test_fused_linear.py tests/test_fused_vocab.py tests/test_topk.py \
+tests/test_fused_topk.py tests/test_sharding.py"
 else
   export JAX_PLATFORMS=cpu
   TINY=1

@@ -213,16 +213,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, axis: int) -> jax.Array:
   """Per-token :math:`\\log \\sum_v e^{x_v} - x_{y}` at temperature 1.
 
   ``labels`` has the logits' shape without ``axis``; a label outside
-  ``[0, V)`` reads a ``-inf`` logit, so its cross-entropy is ``+inf`` (a
-  visible error, not a silent wrap-around). The caller replaces the rows of
+  ``[0, V)`` (negative ones included: they are not wrapped) reads a
+  ``-inf`` logit, so its cross-entropy is ``+inf`` (a visible error, not a
+  silent wrap-around). The caller replaces the rows of
   excluded tokens (their labels and logits may be anything) beforehand.
   """
   log_z = jax.nn.logsumexp(logits, axis=axis)
-  index = jnp.expand_dims(labels.astype(jnp.int32), axis)
-  picked = jnp.take_along_axis(
-    logits, index, axis=axis, mode="fill", fill_value=-jnp.inf
-  )
-  return log_z - jnp.squeeze(picked, axis)
+  labels = labels.astype(jnp.int32)
+  inside = (labels >= 0) & (labels < logits.shape[axis])  # no wrap-around
+  index = jnp.expand_dims(jnp.where(inside, labels, 0), axis)
+  picked = jnp.squeeze(jnp.take_along_axis(logits, index, axis=axis), axis)
+  return log_z - jnp.where(inside, picked, -jnp.inf)
 
 
 def mix(

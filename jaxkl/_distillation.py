@@ -314,6 +314,12 @@ def _topk_teacher(
   """
   conventions = args.conventions
   by_logits = teacher_logits is not None or teacher_log_normalizer is not None
+  if teacher_log_probs is not None and teacher_logits is None and by_logits:
+    raise ValueError(
+      "`teacher_log_normalizer` goes with `teacher_logits` (the teacher "
+      "given by logits), not with `teacher_log_probs`; drop it, or pass "
+      "`teacher_logits` instead of `teacher_log_probs`."
+    )
   if (teacher_log_probs is None) == (not by_logits):
     raise ValueError(
       "Give the teacher either as `teacher_log_probs` or as `teacher_logits` "

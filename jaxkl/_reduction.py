@@ -128,6 +128,8 @@ def _sequence_mean(
   values: jax.Array, mask: jax.Array | None, segment_ids: jax.Array | None
 ) -> jax.Array:
   """Mean over sequences of each sequence's mean over its kept tokens."""
+  if values.size == 0:  # no token, no sequence
+    return jnp.zeros((), values.dtype)
   length = values.shape[-1]
   flat = values.reshape(-1, length)
   kept = (

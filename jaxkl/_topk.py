@@ -418,9 +418,11 @@ def divergence_from_coarse(
       no mass on any used slot gives ``+inf``). Static.
     p_rest_atol: ``'bucket'`` only: where the student's rest is empty
       (``log_q_rest = -inf``), a teacher rest of at most this much is taken
-      as 0 (rounding; see :func:`rest_tolerance`); for ``'reverse'``, where
-      the student's rest is not empty, it is taken as ``p_rest_atol`` (a
-      finite KL(Q || P) when the listed mass rounds to 1). 0-d or ``[...]``.
+      as 0 (rounding; see :func:`rest_tolerance`). 0-d or ``[...]``. For
+      ``'reverse'``, where the student's rest is not empty, a teacher rest
+      below ``(k + 16) * eps`` of the compute dtype (float32:
+      about 1e-5 at k = 64) is raised to it (a finite KL(Q || P) when the
+      listed mass rounds to 1); larger rests are used as computed.
 
   Returns:
     ``[...]``, never negative (rounding is clamped, keeping the derivatives
@@ -439,15 +441,14 @@ def divergence_from_coarse(
   negligible = jnp.exp(log_p_rest) <= p_rest_atol
   log_p_rest = jnp.where(no_student_rest & negligible, -jnp.inf, log_p_rest)
   if divergence == "reverse":
-    # The teacher's rest is known to rounding only: below the tolerance it
-    # is taken as the tolerance where the student has a rest, so that a
-    # listed mass that rounds to 1 does not make KL(Q || P) infinite.
-    floor = jnp.log(jnp.asarray(p_rest_atol, log_p_rest.dtype))
-    log_p_rest = jnp.where(
-      ~no_student_rest & negligible,
-      jnp.broadcast_to(floor, log_p_rest.shape),
-      log_p_rest,
-    )
+    # The teacher's rest is a difference of float sums, known to rounding
+    # only: where the student has a rest, it is at least (k + 16) eps of the
+    # compute dtype, so that a listed mass that rounds to 1 does not make
+    # KL(Q || P) infinite. Rests above that floor are used as computed.
+    eps = float(_checks.finfo(log_p_rest.dtype).eps)
+    floor = math.log((log_p_listed.shape[-1] + 16) * eps)
+    below = (log_p_rest < floor) & ~no_student_rest
+    log_p_rest = jnp.where(below, jnp.asarray(floor, log_p_rest.dtype), log_p_rest)
   log_q = jnp.concatenate([log_q_listed, log_q_rest[..., None]], axis=-1)
   log_p = jnp.concatenate([log_p_listed, log_p_rest[..., None]], axis=-1)
   return _nonnegative(_logits.class_sums(log_q, log_p, divergence, beta, axis, None))
@@ -775,18 +776,20 @@ def topk_divergence_from_logits(
     mass (its log-probability is ``-inf``: the forward KL is ``+inf``). A
     duplicate is the caller's responsibility: the class counts in both
     slots (and once in the student's rest), which is not a divergence of
-    distributions.
+    distributions (its value may then be clamped at 0).
   * Log-probabilities above 0 or summing above 1 are used as given; the
     teacher's rest is then 0 (clamped). Where the student has no mass
     outside the listed classes (``k = V``, or the other logits ``-inf``), a
     teacher rest of at most :math:`(k + 16)\,\varepsilon` (the machine
     epsilon of ``target_log_probs``' dtype) is rounding and counts as 0:
     ``k = V`` gives the dense divergence, not ``+inf``. Where the student
-    has a rest, the reverse KL takes a teacher rest below that tolerance
-    (including one clamped to 0) as the tolerance itself: a listed mass
-    that rounds to 1 (common for LLM teachers in float32) gives a large but
-    finite reverse KL rather than ``+inf``. The forward KL and the JSD are
-    finite there anyway and use the rest as computed.
+    has a rest, the reverse KL raises a teacher rest below
+    :math:`(k + 16)\,\varepsilon` of the *compute* dtype (float32 for
+    16-bit inputs; about 1e-5 at k = 64), including one clamped to 0, to
+    that floor: a listed mass that rounds to 1 (common for LLM teachers)
+    gives a large but finite reverse KL rather than ``+inf``. Larger rests,
+    and the rest in the forward KL and the JSD (finite there anyway), are
+    used as computed.
   * ``'renormalize'`` with a student that gives no mass to any listed class
     (all their logits ``-inf``) gives ``+inf``: there is no renormalized
     student.

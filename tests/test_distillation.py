@@ -475,3 +475,32 @@ def test_topk_loss_errors(topk_batch, kwargs, match):
   kwargs = {"teacher_log_probs": log_p} | kwargs
   with pytest.raises(ValueError, match=match):
     jaxkl.topk_distillation_loss(s, idx, **kwargs)
+
+
+@pytest.mark.parametrize("label", [-1, -7, 7, 100])
+def test_hard_loss_labels_outside_the_vocabulary_are_inf(label):
+  """Negative labels are not wrapped around (PyTorch raises; jaxkl gives
+  +inf, visibly); in the dense and the top-k loss alike."""
+  s = jnp.asarray(np.random.default_rng(3).normal(size=(2, 7)), jnp.float32)
+  labels = jnp.array([label, 2])
+  dense = jaxkl.distillation_loss(
+    s, s, labels=labels, hard_loss_weight=1.0, reduction="none"
+  )
+  topk = jaxkl.topk_distillation_loss(
+    s,
+    jnp.zeros((2, 1), int),
+    jnp.zeros((2, 1)),
+    labels=labels,
+    hard_loss_weight=0.5,
+    reduction="none",
+  )
+  assert dense[0] == np.inf and topk[0] == np.inf
+  expected = -jax.nn.log_softmax(s[1])[2]
+  np.testing.assert_allclose(dense[1], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 0), (0, 4)])
+def test_sequence_mean_of_no_tokens_is_zero(shape):
+  assert jaxkl.reduce_loss(jnp.zeros(shape), "sequence_mean") == 0.0
+  logits = jnp.zeros((*shape, 5))
+  assert jaxkl.distillation_loss(logits, logits, reduction="sequence_mean") == 0.0

@@ -349,3 +349,40 @@ def test_reverse_with_listed_mass_rounding_to_one_is_finite():
     )
   )(logits)
   assert np.isfinite(np.asarray(grad)).all()
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(
+  seed=st.integers(0, 2**31 - 1),
+  k=st.sampled_from([1, 5, 20]),
+  dtype=st.sampled_from([jnp.bfloat16, jnp.float16, jnp.float32]),
+  spread=st.sampled_from([0.5, 2.0, 6.0]),
+)
+def test_reverse_with_16_bit_log_probs_matches_reference(seed, k, dtype, spread):
+  """Teacher log-probabilities stored in 16 bits: the reverse KL is the
+  coarse divergence of the *rounded* values (their rest is a real rest, not
+  rounding, whenever it exceeds (k + 16) eps of float32)."""
+  rng = np.random.default_rng(seed)
+  vocab = 64
+  teacher = rng.normal(size=vocab) * spread
+  teacher -= np.log(np.exp(teacher - teacher.max()).sum()) + teacher.max()
+  idx = np.argsort(-teacher)[:k]
+  log_p = np.asarray(jnp.asarray(teacher[idx], dtype).astype(jnp.float32), np.float64)
+  logits = rng.normal(size=vocab)
+  log_q = logits - np.log(np.exp(logits).sum())
+  p = np.exp(log_p)
+  floor = (k + 16) * np.finfo(np.float32).eps
+  # A rest within a few float32 roundings of the floor is ill-conditioned
+  # (KL(Q || P) ~ Q_rest log(Q_rest / P_rest)); compare away from it.
+  hypothesis.assume(not 0 < 1 - p.sum() < 100 * floor)
+  rest_p = max(1 - p.sum(), floor)
+  q = np.exp(log_q[idx])
+  rest_q = 1 - q.sum()
+  expected = np.sum(q * (np.log(q) - log_p)) + rest_q * np.log(rest_q / rest_p)
+  got = topk_divergence_from_logits(
+    jnp.asarray(logits, jnp.float32),
+    jnp.asarray(idx),
+    jnp.asarray(teacher[idx], dtype),
+    divergence="reverse",
+  )
+  np.testing.assert_allclose(got, max(expected, 0.0), rtol=2e-4, atol=2e-5)
