@@ -144,7 +144,9 @@ def test_check_grads(x64, divergence, beta, tail):
       s, idx, lp, divergence=divergence, beta=beta, tail=tail, temperature=temperature
     )
 
-  check_grads(lambda s, t: f(s, lp, t), (s, 1.7), order=2, modes=["fwd", "rev"])
+  # Both modes (and their mixtures) once; reverse over reverse for the rest.
+  modes = ["fwd", "rev"] if divergence == "forward" else ["rev"]
+  check_grads(lambda s, t: f(s, lp, t), (s, 1.7), order=2, modes=modes)
   check_grads(lambda lp: f(s, lp, 1.7), (lp,), order=1, modes=["rev"], eps=1e-6)
 
 
@@ -351,7 +353,7 @@ def test_reverse_with_listed_mass_rounding_to_one_is_finite():
   assert np.isfinite(np.asarray(grad)).all()
 
 
-@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
   seed=st.integers(0, 2**31 - 1),
   k=st.sampled_from([1, 5, 20]),
