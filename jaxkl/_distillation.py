@@ -285,7 +285,10 @@ def _soft_per_token(
   dtype = _checks.result_dtype(student, teacher)[1]
 
   def tempered(x: jax.Array, t: ArrayLike) -> jax.Array:
-    return _logits._scaled(x.astype(dtype), 1 / jnp.asarray(t, dtype))
+    # Shifted before the division: huge logits over a small temperature
+    # stay finite (the softmax does not change).
+    shifted = _logits.shift_by_max(x.astype(dtype), (axis % x.ndim,))
+    return _logits._scaled(shifted, 1 / jnp.asarray(t, dtype))
 
   return _logits._divergence_from_logits(
     tempered(student, temperatures.student),

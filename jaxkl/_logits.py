@@ -221,9 +221,27 @@ def _log_softmaxes(
   """``(log q, log p)``: log-softmaxes of both inputs at the temperature."""
   logits = zero_dropped_examples(inputs.logits, keep, inputs.axes)
   target_logits = zero_dropped_examples(inputs.target_logits, keep, inputs.axes)
-  log_q = jax.nn.log_softmax(_scaled(logits, inputs.inverse_t), axis=inputs.axes)
-  log_p = jax.nn.log_softmax(_scaled(target_logits, inputs.inverse_t), axis=inputs.axes)
+  axes = inputs.axes
+  log_q = jax.nn.log_softmax(
+    _scaled(shift_by_max(logits, axes), inputs.inverse_t), axis=axes
+  )
+  log_p = jax.nn.log_softmax(
+    _scaled(shift_by_max(target_logits, axes), inputs.inverse_t), axis=axes
+  )
   return log_q, log_p
+
+
+def shift_by_max(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """``x - max(x)`` over ``axes`` (the max carries no derivative).
+
+  The softmax is shift-invariant; shifting *before* dividing by the
+  temperature keeps huge logits at small temperatures finite (``3e38 /
+  1e-3`` overflows to ``inf``, and ``inf - inf`` is NaN), as
+  ``_max_and_log_normalizer`` does for the forward KL. A row whose maximum
+  is not finite (all ``-inf``) is left unshifted.
+  """
+  top = jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True))
+  return x - jnp.where(jnp.isfinite(top), top, jnp.zeros((), x.dtype))
 
 
 def _kl_from_log_probs(

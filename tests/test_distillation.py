@@ -504,3 +504,45 @@ def test_sequence_mean_of_no_tokens_is_zero(shape):
   assert jaxkl.reduce_loss(jnp.zeros(shape), "sequence_mean") == 0.0
   logits = jnp.zeros((*shape, 5))
   assert jaxkl.distillation_loss(logits, logits, reduction="sequence_mean") == 0.0
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+  magnitude=st.sampled_from([1.0, 1e4, 1e30, 3e38]),
+  temperature=st.sampled_from([1e-3, 0.5, 1.0]),
+  separate=st.booleans(),
+  divergence=st.sampled_from(["forward", "reverse", "jsd"]),
+  seed=st.integers(0, 2**16),
+)
+def test_huge_logits_at_small_temperatures(
+  magnitude, temperature, separate, divergence, seed
+):
+  """Shifting by the row max before dividing by T keeps x / T finite.
+
+  ``3e38 / 1e-3`` overflows float32, but the softmax is shift-invariant:
+  where the divergence itself is representable (here: the student's rows
+  equal the teacher's up to noise of order T, or exactly), the value matches
+  the float64 reference and the gradient is finite.
+  """
+  rng = np.random.default_rng(seed)
+  t = (rng.uniform(-1, 1, (2, 3, 6)) * magnitude).astype(np.float32)
+  s = t.copy()
+  if magnitude * 1e-7 < temperature:  # noise of order T survives rounding
+    s[0] = t[0] + rng.uniform(-1, 1, (3, 6)).astype(np.float32) * temperature
+  labels = np.zeros((2, 3), np.int32)
+  t_t = temperature * (1 + 1e-7) if separate else temperature
+  fn = lambda x: jaxkl.distillation_loss(  # noqa: E731
+    x,
+    t,
+    student_temperature=temperature,
+    teacher_temperature=t_t,
+    labels=labels,
+    divergence=divergence,
+    temperature_scaling="none",
+  )
+  value, grad = jax.value_and_grad(fn)(s)
+  ref, keep = _reference(
+    s, t, labels, t_s=temperature, t_t=t_t, scaling="none", divergence=divergence
+  )
+  assert np.isfinite(np.asarray(grad)).all()
+  np.testing.assert_allclose(value, ref[keep].mean(), rtol=1e-3, atol=1e-5)
