@@ -16,6 +16,10 @@
   ...: closed-form KL between two distributions of the same family.
 * ``kl_from_samples``, ``kl_estimator_terms``, ``monte_carlo_kl``: Monte-Carlo
   KL (k1/k2/k3 estimators, standard errors, gradients, variance reduction).
+* ``kl_penalty``, ``kl_penalty_from_logits``, ``sequence_kl``,
+  ``aggregate_loss``, ``fixed_kl_controller``, ``adaptive_kl_controller``:
+  KL in RL fine-tuning of language models (per-token penalties, the exact and
+  Rao-Blackwellized sequence KL, verl's aggregation modes, KL controllers).
 * ``vocab_parallel_kl_from_logits``, ``sharded_monte_carlo_kl``: explicit SPMD
   forms for ``jax.shard_map`` (class axis or samples split over devices).
 """
@@ -50,6 +54,14 @@ from jaxkl._monte_carlo import StandardNormalPushforward
 from jaxkl._monte_carlo import monte_carlo_kl
 from jaxkl._per_example import kl_divergence
 from jaxkl._reduction import reduce_loss
+from jaxkl._rl.aggregation import aggregate_loss
+from jaxkl._rl.controllers import KLController
+from jaxkl._rl.controllers import KLControllerState
+from jaxkl._rl.controllers import adaptive_kl_controller
+from jaxkl._rl.controllers import fixed_kl_controller
+from jaxkl._rl.penalty import kl_penalty
+from jaxkl._rl.sequence import kl_penalty_from_logits
+from jaxkl._rl.sequence import sequence_kl
 from jaxkl._sharded import sharded_monte_carlo_kl
 from jaxkl._sharded import vocab_parallel_kl_from_logits
 from jaxkl._topk import TopKMetrics
@@ -58,13 +70,18 @@ from jaxkl._topk import topk_metrics
 from jaxkl._version import __version__
 
 __all__ = [
+  "KLController",
+  "KLControllerState",
   "KLDivLoss",
   "KLEstimate",
   "StandardNormalPushforward",
   "TopKMetrics",
   "__version__",
+  "adaptive_kl_controller",
+  "aggregate_loss",
   "distillation_loss",
   "divergence_from_logits",
+  "fixed_kl_controller",
   "fused_linear_distillation_loss",
   "fused_linear_topk_distillation_loss",
   "jensen_shannon_from_logits",
@@ -85,10 +102,13 @@ __all__ = [
   "kl_multivariate_normal_diag",
   "kl_multivariate_normal_from_covariance",
   "kl_normal",
+  "kl_penalty",
+  "kl_penalty_from_logits",
   "kl_poisson",
   "knn_kl",
   "monte_carlo_kl",
   "reduce_loss",
+  "sequence_kl",
   "sharded_monte_carlo_kl",
   "topk_distillation_loss",
   "topk_divergence_from_logits",

@@ -107,7 +107,7 @@ TERM_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 ESTIMATORS: tuple[str, ...] = (*TERM_ESTIMATORS, "cv", "cv_crossfit")
 
 # |log r| below which k3 = e^d - 1 - d is summed as a series (see _k3).
-_K3_SERIES_BOUND = 0.5
+_K3_SERIES_BOUND = 1.0
 
 
 def validate_estimator(estimator: _T, allowed: tuple[str, ...] = ESTIMATORS) -> _T:
@@ -128,26 +128,23 @@ def validate_estimator(estimator: _T, allowed: tuple[str, ...] = ESTIMATORS) -> 
 
 
 def _k3_series_degree(dtype: np.dtype) -> int:
-  """Highest power of the series for e^d - 1 - d on |d| < 1/2.
+  """Highest power of the series for e^d - 1 - d on |d| < 1.
 
-  The first omitted term, relative to d^2 / 2, is below 2^-25 (float32) or
-  2^-55 (float64) on the whole interval.
+  The first omitted term, relative to d^2 / 2, is below 2 / 12! < 2^-27
+  (float32) or 2 / 19! < 2^-55 (float64) on the whole interval.
   """
-  return 10 if _checks.finfo(dtype).bits <= 32 else 17
+  return 11 if _checks.finfo(dtype).bits <= 32 else 18
 
 
-@jax.custom_jvp
-def _k3(log_r: jax.Array) -> jax.Array:
-  r"""``k3 = e^d - 1 - d`` for ``d = log r``, accurate for every ``d``.
+def _k3_and_slope(log_r: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(k3, d k3 / d log r) = (e^d - 1 - d, e^d - 1)``, one ``exp`` for both.
 
-  ``expm1(d) - d`` cancels catastrophically for small ``|d|`` (the result is
-  about ``d^2 / 2``; in float32 at ``d = 1e-3`` a tenth of its digits are
-  lost), so there the Taylor series ``sum_{k>=2} d^k / k!`` is used instead.
-  For ``|d| >= 1/2`` the subtraction loses at most 3 bits. ``d = +inf``
-  gives ``+inf`` (not ``inf - inf``), and so does ``d = -inf`` (``q = 0``
-  at a sample of ``P``: the divergence is infinite). In float32, finite
-  ``d > 88.7`` overflows ``expm1`` to ``+inf``: the true value exceeds the
-  largest float32, so ``+inf`` is the correctly rounded result.
+  For ``|d| < 1`` the Taylor series ``s = sum_{k>=2} d^k / k!`` (no
+  cancellation: ``expm1(d) - d`` loses a tenth of float32's digits at
+  ``d = 1e-3``), and the slope ``d + s``; beyond, ``e^d - 1 - d`` and
+  ``e^d - 1`` lose at most 2 bits (max error measured against mpmath: 1.9
+  float32 ulps). ``d = +inf`` gives ``(+inf, +inf)``, ``d = -inf`` gives
+  ``(+inf, -1)``.
   """
   small = jnp.abs(log_r) < _K3_SERIES_BOUND
   d = jnp.where(small, log_r, 0)
@@ -156,9 +153,24 @@ def _k3(log_r: jax.Array) -> jax.Array:
   for k in range(degree - 1, 1, -1):
     poly = poly * d + 1.0 / math.factorial(k)
   series = d * d * poly
-  direct = jnp.expm1(log_r) - log_r
-  direct = jnp.where(log_r == jnp.inf, jnp.inf, direct)
-  return jnp.where(small, series, direct)
+  e_minus_1 = jnp.exp(jnp.where(small, 0, log_r)) - 1
+  direct = jnp.where(log_r == jnp.inf, jnp.inf, e_minus_1 - log_r)
+  return jnp.where(small, series, direct), jnp.where(small, d + series, e_minus_1)
+
+
+@jax.custom_jvp
+def _k3(log_r: jax.Array) -> jax.Array:
+  r"""``k3 = e^d - 1 - d`` for ``d = log r``, accurate for every ``d``.
+
+  One ``exp`` and a polynomial per element (``_k3_and_slope``), for the
+  value and the derivative ``e^d - 1`` alike; the derivative rule is itself
+  differentiable (second derivative ``e^d``, exact). ``d = +inf`` gives
+  ``+inf`` (not ``inf - inf``), and so does ``d = -inf`` (``q = 0`` at a
+  sample of ``P``: the divergence is infinite). In float32, finite
+  ``d > 88.7`` overflows to ``+inf``: the true value exceeds the largest
+  float32, so ``+inf`` is the correctly rounded result.
+  """
+  return _k3_and_slope(log_r)[0]
 
 
 @_k3.defjvp
@@ -166,7 +178,8 @@ def _k3_jvp(
   primals: tuple[jax.Array], tangents: tuple[jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
   (log_r,), (tangent,) = primals, tangents
-  return _k3(log_r), jnp.expm1(log_r) * tangent
+  value, slope = _k3_and_slope(log_r)
+  return value, slope * tangent
 
 
 @functools.partial(jax.jit, static_argnames=("estimator",))
@@ -597,6 +610,7 @@ def estimate_from_log_ratios(
   groups: int = 1,
   score_log_prob: jax.Array | None = None,
   tail_diagnostic: bool = False,
+  log_r_scale: jax.Array | None = None,
 ) -> tuple[jax.Array, ...]:
   r"""The estimator behind ``kl_from_samples`` and ``monte_carlo_kl``.
 
@@ -622,6 +636,8 @@ def estimate_from_log_ratios(
       weights instead.
     tail_diagnostic: also return ``pareto_k`` (see ``tail_rows`` and
       ``pareto_k_of_rows``); only with ``axes=(0,)`` and no ``mask``.
+    log_r_scale: for the tail diagnostic, the magnitude whose rounding
+      ``log_r`` carries (see ``tail_rows``).
 
   Returns:
     ``(estimate, stderr, effective_sample_size)``, the last Kish's
@@ -713,8 +729,10 @@ def estimate_from_log_ratios(
   if tail_diagnostic:
     if axes != (0,) or mask is not None:
       raise ValueError("the tail diagnostic needs axes=(0,) and no mask.")
-    rows = tail_rows(log_r, estimator, log_weights, self_normalized, groups)
-    khat = pareto_k_of_rows(rows)
+    rows, ties = tail_rows(
+      log_r, estimator, log_weights, self_normalized, groups, log_r_scale
+    )
+    khat = pareto_k_of_rows(rows, ties)
     return estimate, stderr, jnp.squeeze(ess, axis=axes), khat
   return estimate, stderr, jnp.squeeze(ess, axis=axes)
 
@@ -728,6 +746,8 @@ PARETO_MIN_TERMS = 25
 #: at 0.5, as PSIS uses (Vehtari et al., 2024).
 _PRIOR_WEIGHT = 10.0
 _PRIOR_SHAPE = 0.5
+# Exceedances within this many ulps of a tail row's rounding error are ties.
+_TIE_ULPS = 64
 
 
 def pareto_tail_size(count: int) -> int:
@@ -805,13 +825,20 @@ def gpd_shape(exceedances: jax.Array) -> jax.Array:
   return jnp.where(finite, xi_hat, jnp.nan).astype(dtype)
 
 
-def pareto_k_from_tops(tops: jax.Array, tail: int) -> jax.Array:
+def pareto_k_from_tops(
+  tops: jax.Array, tail: int, ties: jax.Array | None = None
+) -> jax.Array:
   r"""``pareto_k`` from the largest values of each row of ``tail_rows``.
 
   Args:
     tops: ``[R, ..., K]`` with ``K >= tail + 1``, not necessarily sorted
       (the largest values of each row, or a gathering of several devices').
     tail: :math:`M`.
+    ties: optional ``[R, ...]``: exceedances up to this size are ties (the
+      rows' rounding level, from ``tail_rows``): terms that are equal in
+      exact arithmetic, such as the pair means of antithetic pairs when
+      :math:`\log r` is linear, read as a constant tail (:math:`-\infty`),
+      not as a tail fitted to rounding noise.
 
   Returns:
     The largest of the rows' upper-tail :math:`\hat\xi`, shape ``[...]``
@@ -819,6 +846,8 @@ def pareto_k_from_tops(tops: jax.Array, tail: int) -> jax.Array:
   """
   top = jax.lax.top_k(tops, tail + 1)[0]  # descending
   exceedances = top[..., :tail][..., ::-1] - top[..., tail:]
+  if ties is not None:
+    exceedances = jnp.where(exceedances <= ties[..., None], 0, exceedances)
   return jnp.max(gpd_shape(exceedances), axis=0)
 
 
@@ -828,7 +857,8 @@ def tail_rows(
   log_weights: jax.Array | None = None,
   self_normalized: bool = False,
   groups: int = 1,
-) -> jax.Array:
+  log_r_scale: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   r"""The tails that ``pareto_k`` fits, as rows whose upper tails matter.
 
   The estimator's terms are linear combinations of a few *components*:
@@ -850,44 +880,61 @@ def tail_rows(
     log_weights: optional :math:`\log p - \log\rho`, shape of ``log_r``.
     self_normalized: whether the weights are normalized.
     groups: ``2`` for antithetic pairs ``(i, i + n/2)``.
+    log_r_scale: optional magnitude whose rounding :math:`\log r` carries,
+      e.g. :math:`|\log p| + |\log q|` when :math:`\log r` is their
+      difference; :math:`|\log r|` by default.
 
   Returns:
-    ``[R, ..., G]``: for the signed component :math:`\log r` both
-    :math:`c` and :math:`-c`, for the non-negative ones (:math:`r`,
-    :math:`(\log r)^2`, :math:`w`) only :math:`c`; samples (or pairs) on
-    the last axis. ``pareto_k`` fits the upper tail of each row.
+    ``(rows, ties)``. ``rows``: ``[R, ..., G]``: for the signed component
+    :math:`\log r` both :math:`c` and :math:`-c`, for the non-negative ones
+    (:math:`r`, :math:`(\log r)^2`, :math:`w`) only :math:`c`; samples (or
+    pairs) on the last axis. ``pareto_k`` fits the upper tail of each row.
+    ``ties``: ``[R, ...]``, each row's rounding level, ``_TIE_ULPS`` ulps of
+    the largest error bound of its components over the samples (the
+    absolute rounding of :math:`\log r` propagated: :math:`s` for
+    :math:`\log r`, :math:`r s` for :math:`r`, :math:`2|\log r| s` for
+    :math:`(\log r)^2`, times :math:`w` with weights; 0 for :math:`w`
+    alone), for ``pareto_k_from_tops``.
   """
   log_r = jax.lax.stop_gradient(log_r)
-  signed, positive = [], []
+  scale = jnp.abs(log_r) if log_r_scale is None else log_r_scale
+  scale = jax.lax.stop_gradient(jnp.where(jnp.isfinite(scale), scale, 0))
+  signed, positive = [], []  # (component, its rounding error bound)
   with_r = estimator in ("k3", "cv", "cv_crossfit")
   if estimator == "k2":
-    positive.append(log_r * log_r)
+    positive.append((log_r * log_r, 2 * jnp.abs(log_r) * scale))
   else:
-    signed.append(log_r)
+    signed.append((log_r, scale))
   if with_r:
-    positive.append(jnp.exp(log_r))
+    r = jnp.exp(log_r)
+    positive.append((r, r * scale))
   if log_weights is not None:
     log_w = jax.lax.stop_gradient(log_weights)
     shift = jnp.max(log_w, axis=0, keepdims=True)
     w = jnp.exp(log_w - jnp.where(jnp.isfinite(shift), shift, 0))
-    signed = [w * c for c in signed]
-    positive = [w * c for c in positive]
+    signed = [(w * c, w * e) for c, e in signed]
+    positive = [(w * c, w * e) for c, e in positive]
     if with_r or self_normalized:
-      positive.append(w)
-  rows = jnp.stack(signed + [-c for c in signed] + positive)  # [R, n, ...]
+      positive.append((w, jnp.zeros_like(w)))
+  parts = signed + [(-c, e) for c, e in signed] + positive
+  rows = jnp.stack([c for c, _ in parts])  # [R, n, ...]
+  errors = jnp.stack([e for _, e in parts])
+  eps = _checks.finfo(rows.dtype).eps
+  ties = _TIE_ULPS * eps * jnp.max(jnp.where(jnp.isfinite(errors), errors, 0), axis=1)
   if groups > 1:
     size = rows.shape[1] // groups
     rows = jnp.mean(
       jnp.reshape(rows, (rows.shape[0], groups, size, *rows.shape[2:])), axis=1
     )
-  return jnp.moveaxis(rows, 1, -1)
+  return jnp.moveaxis(rows, 1, -1), ties
 
 
-def pareto_k_of_rows(rows: jax.Array) -> jax.Array:
+def pareto_k_of_rows(rows: jax.Array, ties: jax.Array | None = None) -> jax.Array:
   r"""``pareto_k``: the largest upper-tail shape over ``tail_rows``' rows.
 
   Args:
     rows: ``[R, ..., S]``.
+    ties: optional ``[R, ...]`` rounding levels (see ``pareto_k_from_tops``).
 
   Returns:
     :math:`\max_r \hat\xi_r`, shape ``[...]``; NaN when
@@ -896,7 +943,7 @@ def pareto_k_of_rows(rows: jax.Array) -> jax.Array:
   tail = pareto_tail_size(rows.shape[-1])
   if tail == 0:
     return jnp.full(rows.shape[1:-1], jnp.nan, rows.dtype)
-  return pareto_k_from_tops(jax.lax.top_k(rows, tail + 1)[0], tail)
+  return pareto_k_from_tops(jax.lax.top_k(rows, tail + 1)[0], tail, ties)
 
 
 def _pair_up(

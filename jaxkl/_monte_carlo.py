@@ -1003,6 +1003,7 @@ def monte_carlo_kl(
     groups=2 if antithetic else 1,
     score_log_prob=score,
     tail_diagnostic=tail_diagnostic,
+    log_r_scale=jnp.abs(log_p) + jnp.abs(log_q),
   )
   value, stderr, ess = results[:3]
   khat = results[3] if tail_diagnostic else jnp.full(value.shape, jnp.nan)

@@ -382,7 +382,14 @@ def sharded_monte_carlo_kl(
   )
   ess = jnp.full(value.shape, n, out_dtype)
   if tail_diagnostic:
-    khat = _global_pareto_k(log_q - log_p, estimator, axis_name, n // groups, groups)
+    khat = _global_pareto_k(
+      log_q - log_p,
+      estimator,
+      axis_name,
+      n // groups,
+      groups,
+      jnp.abs(log_p) + jnp.abs(log_q),
+    )
   else:
     khat = jnp.full(value.shape, jnp.nan)
   return _monte_carlo.KLEstimate(
@@ -396,7 +403,12 @@ def sharded_monte_carlo_kl(
 
 
 def _global_pareto_k(
-  log_r: jax.Array, estimator: str, axis_name: AxisName, count: int, groups: int
+  log_r: jax.Array,
+  estimator: str,
+  axis_name: AxisName,
+  count: int,
+  groups: int,
+  log_r_scale: jax.Array,
 ) -> jax.Array:
   """``pareto_k`` of all devices' terms, from gathered local tails.
 
@@ -404,7 +416,9 @@ def _global_pareto_k(
   part's ``M + 1`` largest: each device contributes ``min(M + 1, G_d)``
   values per tail row (a ``[D, R, ..., M + 1]``-sized gather).
   """
-  rows = _estimators.tail_rows(log_r, estimator, groups=groups)
+  rows, ties = _estimators.tail_rows(
+    log_r, estimator, groups=groups, log_r_scale=log_r_scale
+  )
   tail = _estimators.pareto_tail_size(count)
   if tail == 0:
     return jnp.full(rows.shape[1:-1], jnp.nan, rows.dtype)
@@ -418,7 +432,8 @@ def _global_pareto_k(
   gathered = _psum(slots, axis_name)  # [D, R, ..., K]
   gathered = jnp.moveaxis(gathered, 0, -2)
   gathered = jnp.reshape(gathered, (*gathered.shape[:-2], -1))
-  return _estimators.pareto_k_from_tops(gathered, tail)
+  ties = _pmax(ties, axis_name)
+  return _estimators.pareto_k_from_tops(gathered, tail, ties)
 
 
 def _combine(

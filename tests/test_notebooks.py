@@ -39,6 +39,7 @@ EXPECTED = {
   "03_monte_carlo.ipynb",
   "04_knn.ipynb",
   "05_topk_distillation.ipynb",
+  "06_rl_kl.ipynb",
 }
 CELL_TIMEOUT_S = 300
 
