@@ -35,8 +35,8 @@
 #    CPU default; float32 matmuls at 'highest' precision, as on CPU, set by
 #    GPU_SH_TEST_MATMUL_PRECISION): tests/test_discrete.py tests/test_logits.py
 #    tests/test_fused_linear.py tests/test_fused_vocab.py tests/test_topk.py
-#    tests/test_fused_topk.py tests/test_sharding.py
-#    (files that do not exist are left out; test_sharding.py runs its checks
+#    tests/test_fused_topk.py tests/test_rl_penalty.py tests/test_rl_sequence.py
+#    tests/test_sharding.py (files that do not exist are left out; test_sharding.py runs its checks
 #    in child processes on 8 virtual CPU devices, so it needs no second GPU),
 #    ``-x -q``, with pytest-xdist workers if installed, capped at
 #    GPU_SH_TEST_TIMEOUT seconds (default 170). Besides jax, jaxkl, numpy and
@@ -339,7 +339,8 @@ if [ "$BACKEND" = gpu ]; then
   RESULTS=${GPU_SH_RESULTS_DIR:-benchmarks/results}
   DEFAULT_TESTS="tests/test_discrete.py tests/test_logits.py \
 tests/test_fused_linear.py tests/test_fused_vocab.py tests/test_topk.py \
-tests/test_fused_topk.py tests/test_sharding.py"
+tests/test_fused_topk.py tests/test_rl_penalty.py tests/test_rl_sequence.py \
+tests/test_sharding.py"
 else
   export JAX_PLATFORMS=cpu
   TINY=1

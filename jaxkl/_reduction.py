@@ -8,6 +8,7 @@ values and ``'batchmean'`` divides it by the size of the leading axis.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 from typing import Literal
 
 import jax
@@ -124,28 +125,51 @@ def _sequence_ids(segment_ids: jax.Array) -> tuple[jax.Array, int]:
   return (groups + offsets).reshape(-1), rows * length
 
 
+def divide_or_zero(total: jax.Array, count: Any) -> jax.Array:
+  """``total / count``, and 0 (with a zero gradient) where ``count`` is 0.
+
+  A global count computed under ``jit`` (a ``psum`` of kept tokens) is 0
+  when a whole batch is masked; the loss is then 0, not NaN.
+  """
+  count = jnp.asarray(count, total.dtype)
+  empty = count == 0
+  return jnp.where(empty, 0, total / jnp.where(empty, 1, count))
+
+
+def sequence_totals(
+  values: jax.Array, mask: jax.Array | None, ids: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+  """Each sequence's sum of (masked) ``values`` and its number of kept tokens.
+
+  ``values`` are already zero where masked; the last axis is the sequence
+  axis. Without ``ids`` a sequence is a row (an index of the leading axes);
+  with them, the tokens of one row that share an id (``_sequence_ids``).
+  """
+  rows = values.reshape(-1, values.shape[-1])
+  kept = (
+    jnp.ones(rows.shape, rows.dtype)
+    if mask is None
+    else jnp.broadcast_to(mask, values.shape).reshape(rows.shape)
+  )
+  kept = kept.astype(rows.dtype)
+  if ids is None:
+    return jnp.sum(rows, axis=1), jnp.sum(kept, axis=1)
+  sequence, num = _sequence_ids(ids.reshape(rows.shape))
+  sums = jax.ops.segment_sum(rows.reshape(-1), sequence, num_segments=num)
+  counts = jax.ops.segment_sum(kept.reshape(-1), sequence, num_segments=num)
+  return sums, counts
+
+
 def _sequence_mean(
   values: jax.Array, mask: jax.Array | None, segment_ids: jax.Array | None
 ) -> jax.Array:
   """Mean over sequences of each sequence's mean over its kept tokens."""
   if values.size == 0:  # no token, no sequence
     return jnp.zeros((), values.dtype)
-  length = values.shape[-1]
-  flat = values.reshape(-1, length)
-  kept = (
-    jnp.ones(flat.shape, flat.dtype)
-    if mask is None
-    else jnp.broadcast_to(mask, values.shape).reshape(flat.shape).astype(flat.dtype)
-  )
-  if segment_ids is None:
-    sums, counts = jnp.sum(flat, axis=1), jnp.sum(kept, axis=1)
-  else:
-    ids, num = _sequence_ids(segment_ids.reshape(flat.shape))
-    sums = jax.ops.segment_sum(flat.reshape(-1), ids, num_segments=num)
-    counts = jax.ops.segment_sum(kept.reshape(-1), ids, num_segments=num)
+  sums, counts = sequence_totals(values, mask, segment_ids)
   present = counts > 0
   means = jnp.where(present, sums / jnp.maximum(counts, 1), 0)
-  return jnp.sum(means) / jnp.maximum(jnp.sum(present.astype(flat.dtype)), 1)
+  return jnp.sum(means) / jnp.maximum(jnp.sum(present.astype(values.dtype)), 1)
 
 
 def legacy_reduction(
@@ -275,7 +299,8 @@ def reduce_loss(
     ``num_items_in_batch`` :math:`n`: :math:`\sum_i m_i v_i / n`, so that
     the losses of micro-batches (gradient accumulation) or of data-parallel
     shards, each divided by the *global* count of kept tokens, add up to the
-    mean over the whole batch (Hugging Face's ``num_items_in_batch``);
+    mean over the whole batch (Hugging Face's ``num_items_in_batch``); a
+    traced count of 0 (a wholly masked global batch) gives 0;
   * ``'batchmean'``: :math:`\sum_i m_i v_i / \text{values.shape[0]}`, the sum
     divided by the size of the leading axis whether masked or not (PyTorch's
     ``'batchmean'``); a 0-d ``values`` gives the plain value;
@@ -359,7 +384,7 @@ def reduce_loss(
   elif reduction == "batchmean":
     result = total / values.shape[0] if values.ndim else total
   elif count is not None:
-    result = total / jnp.asarray(count, compute_dtype)
+    result = divide_or_zero(total, count)
   elif mask is None:  # no `where`
     result = total / np.asarray(values.size, compute_dtype)
   else:

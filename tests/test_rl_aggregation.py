@@ -521,3 +521,29 @@ def test_horizon_errors():
       mode="seq-mean-token-sum-norm",
       segment_ids=jnp.zeros((2, 3), jnp.int32),
     )
+
+
+@pytest.mark.parametrize(
+  "mode, count",
+  [
+    ("token-mean", lambda m: m.sum()),
+    ("seq-mean-token-sum", lambda m: m.any(-1).sum()),
+    ("seq-mean-token-mean", lambda m: m.any(-1).sum()),
+  ],
+)
+def test_traced_global_count_of_zero_gives_zero(mode, count):
+  """A wholly masked global batch: the psum'ed count is 0 under jit; the
+  loss is 0 with a zero gradient (not 0 / 0), garbage in the values or not."""
+  values = jnp.array([[1.0, jnp.nan, 3.0], [jnp.inf, 2.0, -1.0]])
+  mask = jnp.zeros((2, 3), bool)
+
+  def loss(v, m):
+    return jaxkl.aggregate_loss(v, m, mode=mode, num_items=count(m))
+
+  value, grad = jax.jit(jax.value_and_grad(loss))(values, mask)
+  assert float(value) == 0.0
+  np.testing.assert_array_equal(grad, np.zeros((2, 3)))
+  reduced = jax.jit(
+    lambda v, m: jaxkl.reduce_loss(v, "mean", where=m, num_items_in_batch=m.sum())
+  )(values, mask)
+  assert float(reduced) == 0.0

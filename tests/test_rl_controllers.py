@@ -229,3 +229,22 @@ def test_update_arguments_must_be_real_scalars(controller):
     controller.update(state, 1.0, jnp.ones(2))
   with pytest.raises(TypeError, match="`current_kl` must be a real number"):
     controller.update(state, True, 1)
+
+
+@pytest.mark.parametrize("steps", [50_000, 60_000, 10**6])
+def test_coefficient_never_goes_negative(steps):
+  """1 + e n / h < 0 for e = -0.2 and n > 5 h: the recursion would flip the
+  sign (a reward for diverging); the coefficient stops at 0 and stays."""
+  controller = jaxkl.adaptive_kl_controller(0.05, target=6.0, horizon=10_000)
+  state = controller.update(controller.init(), 0.0, steps)
+  assert float(state.coef) == (0.0 if steps > 50_000 else 0.05 * (1 - 0.2 * 5))
+  state = controller.update(state, 100.0, 1000)  # 0 is absorbing, as beta_0 = 0
+  assert float(state.coef) == 0.0
+
+
+def test_negative_steps_and_string_kl_are_refused():
+  controller = jaxkl.adaptive_kl_controller(0.05, target=6.0, horizon=10_000)
+  with pytest.raises(ValueError, match="`n_steps` must be >= 0; got -1"):
+    controller.update(controller.init(), 1.0, -1)
+  with pytest.raises(TypeError, match="`current_kl` must be a real number"):
+    controller.update(controller.init(), "3.0", 1)

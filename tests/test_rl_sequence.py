@@ -471,6 +471,31 @@ def test_jit_and_vmap():
   np.testing.assert_allclose(stacked.value, eager.value, rtol=1e-6)
 
 
+@pytest.mark.parametrize("estimator", ["rao_blackwell", "k1", "k3"])
+def test_temperature_and_chunk_size(estimator):
+  """T divides both models' logits (the same estimate as on logits / T, in
+  value and gradient); every block size gives the same numbers."""
+  logits, ref, tokens, where = random_batch(9)
+
+  def f(x, **kwargs):
+    return jaxkl.sequence_kl(
+      x,
+      ref / kwargs.pop("scale", 1.0),
+      where=where,
+      tokens=tokens,
+      estimator=estimator,
+      gradient="rao_blackwell",
+      **kwargs,
+    ).value
+
+  value, grad = jax.value_and_grad(lambda x: f(x, temperature=2.5))(logits)
+  scaled, scaled_grad = jax.value_and_grad(lambda x: f(x / 2.5, scale=2.5))(logits)
+  np.testing.assert_allclose(value, scaled, rtol=1e-6)
+  np.testing.assert_allclose(grad, scaled_grad, rtol=1e-5, atol=1e-7)
+  for chunk in (1, 3, 7, 1000):
+    np.testing.assert_allclose(f(logits, chunk_size=chunk), f(logits), rtol=1e-6)
+
+
 def test_traced_out_of_range_tokens_give_nan():
   logits, ref, tokens, _ = random_batch(7)
   bad = tokens.at[0, 0].set(6)

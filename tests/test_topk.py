@@ -157,22 +157,37 @@ def test_check_grads(x64, divergence, beta, tail):
   divergence=st.sampled_from(["forward", "reverse", "jsd"]),
   scale=st.sampled_from([0.1, 1.0, 5.0]),
 )
+@hypothesis.example(seed=153, k=6, divergence="reverse", scale=0.1)
 def test_bucket_is_a_nonnegative_lower_bound(seed, k, divergence, scale):
-  """Data processing: the bucket never exceeds the full divergence."""
+  """Data processing: the bucket never exceeds the full divergence.
+
+  In float64 to 1e-12. In float32 the rounding of the k listed
+  log-probabilities moves the rest outcome's mass by up to ~k eps: relative
+  to a rest mass r, a change of k eps / r in its log-mass, which bounds
+  the slack (seed 153, k = 6 of 7 classes, r = 6e-4: 1.4e-5 nats).
+  """
   rng = np.random.default_rng(seed)
   vocab = 7
   s = rng.normal(size=(4, vocab)) * scale
   idx, lp, log_p = teacher_topk(rng, (4,), vocab, k)
-  full = jaxkl.divergence_from_logits(
-    s.astype(np.float32), log_p.astype(np.float32), divergence=divergence
-  )
-  for tail in TAILS:
-    got = topk_divergence_from_logits(
-      s.astype(np.float32), idx, lp.astype(np.float32), divergence=divergence, tail=tail
-    )
-    assert np.all(np.asarray(got) >= 0)
-    if tail == "bucket":
-      assert np.all(np.asarray(got) <= np.asarray(full) * (1 + 1e-5) + 1e-6)
+  rest = 1 - np.exp(lp).sum(-1)
+  eps = float(np.finfo(np.float32).eps)
+  for dtype, slack in (
+    (np.float64, 1e-12 * np.ones(4)),
+    (np.float32, 1e-6 + 4 * k * eps / np.maximum(rest, 1e-30)),
+  ):
+    with jax.enable_x64(dtype == np.float64):
+      full = jaxkl.divergence_from_logits(
+        s.astype(dtype), log_p.astype(dtype), divergence=divergence
+      )
+      for tail in TAILS:
+        got = topk_divergence_from_logits(
+          s.astype(dtype), idx, lp.astype(dtype), divergence=divergence, tail=tail
+        )
+        assert np.all(np.asarray(got) >= 0)
+        if tail == "bucket":
+          bound = np.asarray(full, np.float64) * (1 + 1e-5 * (dtype == np.float32))
+          assert np.all(np.asarray(got, np.float64) <= bound + slack), (dtype, tail)
 
 
 @hypothesis.settings(max_examples=10, deadline=None)

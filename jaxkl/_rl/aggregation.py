@@ -79,26 +79,6 @@ def _check_horizon(
   return length
 
 
-def _sequence_totals(
-  values: jax.Array, mask: jax.Array | None, ids: jax.Array | None
-) -> tuple[jax.Array, jax.Array]:
-  """Each sequence's sum of (masked) ``values`` and its number of kept tokens.
-
-  ``values`` are already zero where masked. Without ``ids`` a sequence is a
-  row (an index of the leading axes); with them, the tokens of one row that
-  share an id (numbered by ``_reduction._sequence_ids``).
-  """
-  rows = values.reshape(-1, values.shape[-1])
-  kept = jnp.ones(rows.shape, rows.dtype) if mask is None else mask.reshape(rows.shape)
-  kept = kept.astype(rows.dtype)
-  if ids is None:
-    return jnp.sum(rows, axis=1), jnp.sum(kept, axis=1)
-  sequence, num = _reduction._sequence_ids(ids.reshape(rows.shape))
-  sums = jax.ops.segment_sum(rows.reshape(-1), sequence, num_segments=num)
-  counts = jax.ops.segment_sum(kept.reshape(-1), sequence, num_segments=num)
-  return sums, counts
-
-
 def _mean_over_sequences(
   values: jax.Array,
   mask: jax.Array | None,
@@ -108,7 +88,7 @@ def _mean_over_sequences(
   num_items: ArrayLike | None,
 ) -> jax.Array:
   """'seq-mean-token-sum' / 'seq-mean-token-mean' of masked ``values``."""
-  sums, counts = _sequence_totals(values, mask, ids)
+  sums, counts = _reduction.sequence_totals(values, mask, ids)
   present = counts > 0
   if token_mean:
     sums = jnp.where(present, sums / jnp.maximum(counts, 1), 0)
@@ -116,7 +96,7 @@ def _mean_over_sequences(
     denominator = jnp.maximum(jnp.sum(present.astype(values.dtype)), 1)
   else:
     denominator = jnp.asarray(num_items, values.dtype)
-  return jnp.sum(sums) / denominator
+  return _reduction.divide_or_zero(jnp.sum(sums), denominator)
 
 
 def aggregate_loss(
@@ -285,7 +265,7 @@ def aggregate_loss(
     result = _reduction.reduce_loss(values, "sum", where=mask)
   elif chosen == "seq-mean-token-sum-norm":
     total = _reduction.reduce_loss(values, "sum", where=mask)
-    result = total / jnp.asarray(divisor, compute_dtype)
+    result = _reduction.divide_or_zero(total, divisor)
   else:
     if mask is not None:
       values = jnp.where(mask, values, 0)

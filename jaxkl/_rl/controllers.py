@@ -85,6 +85,8 @@ def _coef_dtype(coef: object) -> np.dtype:
 
 def _check_scalar(value: ArrayLike, name: str) -> jax.Array:
   """``value`` as a 0-d real array (may be traced); else raises."""
+  if isinstance(value, str):
+    raise TypeError(f"`{name}` must be a real number; got the string {value!r}.")
   array = jnp.asarray(value)
   if array.shape:
     raise ValueError(
@@ -166,8 +168,10 @@ def adaptive_kl_controller(
   The coefficient grows when the KL is above the target and shrinks when it
   is below, by at most a factor :math:`1 \pm 0.2\, n_{\text{steps}} /
   \text{horizon}` per update (the paper's :math:`K_\beta = n_{\text{steps}}
-  / \text{horizon}`). It stays >= 0 as long as :math:`n_{\text{steps}} <
-  5\,\text{horizon}`. A NaN ``current_kl`` gives a NaN coefficient (the
+  / \text{horizon}`). The factor is floored at 0: with :math:`n_{\text{steps}}
+  > 5\,\text{horizon}` the recursion (and verl's) would make the
+  coefficient negative, turning the penalty into a reward for diverging;
+  here it stops at 0. A NaN ``current_kl`` gives a NaN coefficient (the
   controller does not hide a broken measurement); :math:`\pm\infty` is
   clipped like any large error.
 
@@ -192,7 +196,7 @@ def adaptive_kl_controller(
     ValueError: ``init_coef`` not finite and >= 0, ``target`` or
       ``horizon`` not finite and > 0, or a hyperparameter that is not a
       scalar; in ``update``, a ``current_kl`` or ``n_steps`` that is not a
-      scalar.
+      scalar, or a concrete ``n_steps`` < 0.
 
   Examples:
     >>> import jax
@@ -229,8 +233,13 @@ def adaptive_kl_controller(
   ) -> KLControllerState:
     dtype = state.coef.dtype
     kl = _check_scalar(current_kl, "current_kl").astype(dtype)
-    steps = _check_scalar(n_steps, "n_steps").astype(dtype)
+    steps = _check_scalar(n_steps, "n_steps")
+    if not isinstance(steps, jax.core.Tracer) and float(steps) < 0:
+      raise ValueError(f"`n_steps` must be >= 0; got {n_steps!r}.")
+    steps = steps.astype(dtype)
     error = jnp.clip(kl / target_kl - 1, -_ERROR_BOUND, _ERROR_BOUND)
-    return KLControllerState(coef=state.coef * (1 + error * steps / steps_horizon))
+    # Never below 0: a negative coefficient would reward divergence.
+    factor = jnp.maximum(1 + error * steps / steps_horizon, 0)
+    return KLControllerState(coef=state.coef * factor)
 
   return KLController(init=_initial_state(coef, _coef_dtype(init_coef)), update=update)

@@ -108,7 +108,9 @@ def _log_ratio(log_p: jax.Array, log_ref: jax.Array) -> jax.Array:
 
   A token with probability 0 under both models (both log-probabilities
   ``-inf``) has log-ratio 0 (the convention :math:`0 \\log(0/0) = 0`), not
-  ``-inf - (-inf) = NaN``; its gradient there is 0.
+  ``-inf - (-inf) = NaN``; its gradient there is 0. (A select on
+  ``log π == log π_ref`` alone would be cheaper, but would also zero the
+  second derivatives at ``d = 0``.)
   """
   same_infinity = (log_p == log_ref) & jnp.isinf(log_p)
   return jnp.where(same_infinity, 0, log_p - log_ref)
@@ -538,8 +540,9 @@ def kl_penalty(
   and gradients exact and finite, wherever the true value is representable,
   for any log-ratio in the float range; where it is not (``k3`` at
   :math:`\log\rho > 88.7` in float32, ``k2`` at :math:`|d| > 1.8 \cdot
-  10^{19}`) the value is ``+inf`` (correctly rounded), and neither the
-  gradients nor the second derivatives are ever NaN. No ``0 * inf`` is
+  10^{19}`) the value is ``+inf`` (correctly rounded), and the gradients
+  are never NaN (nor, without ``behavior_log_probs``, the second
+  derivatives). No ``0 * inf`` is
   formed: the NaN gradients reported for ``exp`` followed by a clamp (verl
   #751, OpenRLHF #1335, TRL #3015) cannot occur. A token with
   :math:`\log\pi = \log\pi_{\text{ref}} = -\infty` has :math:`d = 0`
@@ -550,7 +553,10 @@ def kl_penalty(
   :math:`\log\mu`; with :math:`\pi(y) = 0` the weight is 0 and ``w * k3``
   is its limit :math:`\pi_{\text{ref}}(y)/\mu(y)`. Its second derivatives
   are exact while :math:`w` is a normal float (:math:`|\log w| < 86` in
-  float32).
+  float32); beyond, they may be NaN (the values and first derivatives stay
+  exact). float16 results are cast back to float16, whose largest value is
+  65504: ``k3`` overflows to ``+inf`` from :math:`\log\rho \approx 11`
+  (cast float16 inputs to float32 or bfloat16 for a wider range).
 
   ``clip_log_ratio=c`` clips :math:`d` to :math:`[-c, c]` *before* any
   ``exp`` (for every estimator and for the ``k2`` gradient). Its gradient is

@@ -22,33 +22,30 @@ since :math:`f_t` is the conditional expectation of the sampled log-ratio at
 into estimates of the sequence KL: :math:`\sum_t f_t` (Rao-Blackwellized),
 or the sampled-token sums of ``k1`` and ``k3``.
 
-Memory. The per-position KL is computed a block of positions at a time
-(``lax.map`` over contiguous blocks of ``chunk_size`` positions, each block
-under ``jax.checkpoint``): the value needs a few ``[block, V]`` buffers
-besides its inputs and output, and the backward pass recomputes each block
-and writes its gradient into the gradient buffer, so the gradient needs
-that buffer plus a few blocks. Compiled temporaries (``memory_analysis()``,
-XLA:CPU, jax 0.10) for float32 logits ``[8, 512, 32000]`` (1000 MiB each),
-blocks of 128 positions (15.6 MiB each), a ``[B, T]`` mask; blocked against
-the dense ``kl_divergence_from_logits(ref_logits, logits)``:
+Memory and time. The value is computed in one pass of reductions that XLA
+fuses with their inputs (no ``[..., V]`` temporary, no loop); its
+derivatives (a custom JVP, hence also the VJP) a block of positions at a
+time (``lax.map`` over contiguous blocks of ``chunk_size`` positions, each
+block under ``jax.checkpoint``): the backward pass recomputes each block and
+writes its gradient into the gradient buffer, so the gradient needs that
+buffer plus a few blocks. Compiled temporaries (``memory_analysis()``,
+XLA:CPU, jax 0.10) for float32 logits ``[8, 512, 32000]`` (500 MiB each),
+blocks of 128 positions (15.6 MiB each), with or without a ``[B, T]`` mask:
 
-* value: 31 MiB, with or without the mask (dense: 0.1 MiB without a mask,
-  1000 MiB with one);
-* value and gradient with respect to the policy's logits: 47 MiB (dense:
-  1500 MiB, 2500 MiB with the mask), besides the 1000 MiB gradient;
-* value and gradients with respect to both logits: 109 MiB (dense: 2000 MiB);
+* value: 0 MiB (``kl_divergence_from_logits(ref_logits, logits)`` with
+  the mask: 1000 MiB, a masked copy of each input);
+* value and gradient with respect to the policy's logits: 47 MiB besides
+  the 500 MiB gradient (dense, with the mask: 2500 MiB);
+* value and gradients with respect to both logits: 109 MiB;
 * ``sequence_kl`` with ``gradient='rao_blackwell'``: 78 MiB.
 
-At ``[8, 2048, 32000]`` (4000 MiB per input) the blocked figures stay at
-32, 48 and 112 MiB. The blocked code was also faster at ``[8, 512,
-32000]`` (value and gradient with the mask: 0.85 s against 2.07 s on 2
-shared CPU cores).
+``benchmarks/bench_rl_kl.py`` measures ``[8, 2048, 32000]`` against the
+``jax.nn.log_softmax`` composition (README, "Speed").
 
-16-bit inputs: XLA:CPU has no 16-bit arithmetic and converts each whole
-input to float32 before the loop (a float32 copy of each input, twice the
-16-bit input's size: measured 1031 MiB of temporaries for bfloat16
-``[8, 512, 32000]`` inputs); backends with native 16-bit arithmetic need
-not.
+16-bit inputs: for the derivatives, XLA:CPU converts each whole 16-bit
+input to float32 before the loop (1047 MiB of temporaries for the value
+and gradient of bfloat16 ``[8, 512, 32000]`` inputs); backends with native
+16-bit arithmetic need not. The value converts on the fly.
 """
 
 from __future__ import annotations
@@ -63,12 +60,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
 from jaxkl import _checks
 from jaxkl import _estimators
 from jaxkl import _logits
 from jaxkl import _per_example
+from jaxkl import _pointwise
 from jaxkl._fused_blocks import Blocks
 from jaxkl._monte_carlo import KLEstimate
 
@@ -187,7 +186,94 @@ def _unblock(stacked: jax.Array, blocks: Blocks) -> jax.Array:
   )
 
 
+def _value_terms(
+  policy: jax.Array,
+  ref: jax.Array,
+  tokens: jax.Array | None,
+  keep: jax.Array | None,
+  inverse_t: jax.Array,
+  need_kl: bool,
+) -> _Terms:
+  """``_Terms`` of ``[N, V]`` logits, for the value only, in one pass.
+
+  Reductions over the vocabulary that XLA fuses with their inputs (no
+  ``[N, V]`` temporary) and no loop: on XLA:CPU a loop over blocks of
+  positions costs 2x in time for the value. Dropped positions are zeroed in
+  the results, not in the inputs (no masked copy of the logits): the value
+  carries no derivative (``position_terms``' JVP is the blocked one), so
+  what they hold cannot reach a gradient.
+  """
+  dtype = inverse_t.dtype
+
+  def log_softmax(x: jax.Array) -> jax.Array:
+    # Shifted before the scaling: huge logits over a small T stay finite.
+    x = x.astype(dtype)
+    m, log_z = _logits._max_and_log_normalizer(x, inverse_t, (1,))
+    return (x - m) * inverse_t - log_z
+
+  def dropped_to_zero(x: jax.Array) -> jax.Array:
+    return x if keep is None else jnp.where(keep, x, jnp.zeros((), dtype))
+
+  kl = None
+  if need_kl:
+    log_p, log_r = log_softmax(policy), log_softmax(ref)
+    kl = dropped_to_zero(jnp.sum(_pointwise.kl_terms_log_target(log_r, log_p), 1))
+  if tokens is None:
+    return _Terms(kl, None, None)
+  if keep is not None:
+    tokens = jnp.where(keep, tokens, jnp.zeros((), tokens.dtype))
+  return _Terms(
+    kl,
+    dropped_to_zero(_token_log_prob(policy.astype(dtype), tokens, inverse_t)),
+    dropped_to_zero(_token_log_prob(ref.astype(dtype), tokens, inverse_t)),
+  )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5, 6))
 def position_terms(
+  policy: jax.Array,
+  ref: jax.Array,
+  tokens: jax.Array | None,
+  keep: jax.Array | None,
+  inverse_t: jax.Array,
+  rows: int,
+  need_kl: bool,
+) -> _Terms:
+  """``_Terms`` of ``[N, V]`` logits: the value in one fused pass
+  (``_value_terms``), derivatives ``rows`` positions at a time
+  (``_blocked_terms``: its JVP, and so its VJP, keeps no ``[N, V]``
+  intermediate; it is itself differentiable, for Hessians)."""
+  return _value_terms(policy, ref, tokens, keep, inverse_t, need_kl)
+
+
+def _position_terms_jvp(
+  rows: int,
+  need_kl: bool,
+  primals: tuple[Any, ...],
+  tangents: tuple[Any, ...],
+) -> tuple[_Terms, _Terms]:
+  live = [i for i in (0, 1, 4) if not isinstance(tangents[i], SymbolicZero)]
+
+  def blocked(*xs: jax.Array) -> _Terms:
+    args = list(primals)
+    for i, x in zip(live, xs, strict=True):
+      args[i] = x
+    policy, ref, tokens, keep, inverse_t = args
+    return _blocked_terms(policy, ref, tokens, keep, inverse_t, rows, need_kl)
+
+  if not live:
+    out = blocked()
+    return out, jax.tree_util.tree_map(jnp.zeros_like, out)
+  out, tangent = jax.jvp(
+    blocked, tuple(primals[i] for i in live), tuple(tangents[i] for i in live)
+  )
+  return out, tangent
+
+
+position_terms.defjvp(_position_terms_jvp, symbolic_zeros=True)
+
+
+def _blocked_terms(
   policy: jax.Array,
   ref: jax.Array,
   tokens: jax.Array | None,
@@ -296,16 +382,19 @@ def kl_penalty_from_logits(
   returned as 0, with the derivatives of the unclamped value. A reference
   with :math:`\pi_{\text{ref}}(v) = 0 < \pi(v)` gives :math:`+\infty`.
 
-  **Memory.** Positions are processed ``chunk_size`` at a time (a
-  ``lax.map`` over blocks under ``jax.checkpoint``), so no ``[..., V]``
-  intermediate is materialized: the value needs a few ``[chunk_size, V]``
-  buffers besides its inputs, and the gradient its own buffer plus a few
-  blocks (the backward pass recomputes each block). For ``[8, 512, 32000]``
-  float32 logits (1000 MiB) the compiled temporaries are 31 MiB for the
-  value and 47 MiB for the value and the policy's gradient, against up to
-  1000 and 2500 MiB for the dense computation (figures in
-  ``help(jaxkl._rl.sequence)``). On CPU, 16-bit inputs are first converted
-  to float32 whole by XLA (a float32 copy of each).
+  **Memory.** The value is one fused pass over the logits with no
+  ``[..., V]`` temporary; derivatives process the positions ``chunk_size``
+  at a time (a ``lax.map`` over blocks under ``jax.checkpoint``): the
+  gradient needs its own buffer plus a few ``[chunk_size, V]`` blocks (the
+  backward pass recomputes each block). For ``[8, 512, 32000]`` float32 logits
+  (500 MiB) the compiled temporaries are 0 MiB for the value and 47 MiB for
+  the value and the policy's gradient, against 1000 and 2500 MiB for the
+  dense computation under a mask (figures in ``help(jaxkl._rl.sequence)``).
+  On CPU, 16-bit inputs are first converted to float32 whole by XLA for
+  the derivatives (a float32 copy of each). ``chunk_size`` at or above the
+  number of positions makes one block of all of them: its backward pass
+  needs a few buffers of the logits' size; there is no reason to ask for
+  it.
 
   See also: from hidden states and LM heads, without the logits,
   ``jaxkl.fused_linear_distillation_loss(h, W, h_ref, W_ref,
@@ -432,6 +521,7 @@ def _sequence_estimate(
   ref: jax.Array,
   tokens: jax.Array | None,
   keep: jax.Array | None,
+  inverse_t: jax.Array,
   *,
   estimator: str,
   gradient: str,
@@ -453,7 +543,7 @@ def _sequence_estimate(
     jnp.reshape(ref, (batch * length, vocab)),
     flat(tokens),
     flat(keep),
-    jnp.ones((), compute_dtype),
+    inverse_t,
     rows,
     need_kl,
   )
@@ -535,6 +625,8 @@ def sequence_kl(
   estimator: SequenceEstimator = "rao_blackwell",
   tokens: ArrayLike | None = None,
   gradient: SequenceGradient = "autodiff",
+  temperature: ArrayLike = 1.0,
+  chunk_size: int | Literal["auto"] = "auto",
 ) -> KLEstimate:
   r"""Sequence-level :math:`D_{\mathrm{KL}}(\pi \,\|\, \pi_{\text{ref}})` from sampled sequences.
 
@@ -636,6 +728,10 @@ def sequence_kl(
       ``gradient='rao_blackwell'``. Checked when concrete; traced
       out-of-range ids give NaN.
     gradient: ``'autodiff' | 'rao_blackwell'``. Static.
+    temperature: :math:`T > 0` dividing both models' logits (the sampling
+      temperature of the policy), as in :func:`jaxkl.kl_penalty_from_logits`.
+    chunk_size: positions per block, a positive int, or ``'auto'``, as in
+      :func:`jaxkl.kl_penalty_from_logits`. Static.
 
   Returns:
     A :class:`jaxkl.KLEstimate` whose ``value``, ``stderr``,
@@ -647,9 +743,10 @@ def sequence_kl(
     ValueError: logits that are not ``[B, T, V]`` with ``B >= 1`` and
       ``V >= 1`` or of different shapes, a bad mask, an unknown
       ``estimator`` or ``gradient``, missing ``tokens`` where needed,
-      ``tokens`` of the wrong shape or (when concrete) out of range.
-    TypeError: non-floating logits, a non-boolean mask or non-integer
-      tokens.
+      ``tokens`` of the wrong shape or (when concrete) out of range, a
+      ``temperature`` that is not finite and > 0, or a bad ``chunk_size``.
+    TypeError: non-floating logits, a non-boolean mask, non-integer
+      tokens, a bool ``temperature`` or a ``chunk_size`` that is not an int.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -693,10 +790,18 @@ def sequence_kl(
   elif mode == "rao_blackwell":
     needed_by = "gradient='rao_blackwell'"
   ids = _check_tokens(tokens, (batch, length), vocab, keep, needed_by)
+  temperature = _logits.check_temperature(temperature)
   out_dtype, compute_dtype = _checks.result_dtype(policy, ref)
-  rows = rows_per_block("auto", batch * length, vocab, compute_dtype)
+  rows = rows_per_block(chunk_size, batch * length, vocab, compute_dtype)
   value, stderr, khat = _sequence_estimate(
-    policy, ref, ids, keep, estimator=name, gradient=mode, rows=rows
+    policy,
+    ref,
+    ids,
+    keep,
+    1 / jnp.asarray(temperature, compute_dtype),
+    estimator=name,
+    gradient=mode,
+    rows=rows,
   )
   return KLEstimate(
     value=value.astype(out_dtype),
