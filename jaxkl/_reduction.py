@@ -17,6 +17,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxkl import _checks
+from jaxkl import _estimators
 from jaxkl import _per_example
 
 Reduction = Literal["none", "batchmean", "sum", "mean"]
@@ -131,9 +132,7 @@ def divide_or_zero(total: jax.Array, count: Any) -> jax.Array:
   A global count computed under ``jit`` (a ``psum`` of kept tokens) is 0
   when a whole batch is masked; the loss is then 0, not NaN.
   """
-  count = jnp.asarray(count, total.dtype)
-  empty = count == 0
-  return jnp.where(empty, 0, total / jnp.where(empty, 1, count))
+  return _estimators._safe_divide(total, jnp.asarray(count, total.dtype))
 
 
 def sequence_totals(
