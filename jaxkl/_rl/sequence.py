@@ -217,7 +217,10 @@ def _value_terms(
   kl = None
   if need_kl:
     log_p, log_r = log_softmax(policy), log_softmax(ref)
-    kl = dropped_to_zero(jnp.sum(_pointwise.kl_terms_log_target(log_r, log_p), 1))
+    kl = jnp.sum(_pointwise.kl_terms_log_target(log_r, log_p), 1)
+    # Clamped at 0 as the blocked path's _finish does (rounding can leave a
+    # KL of ~1e-22 a few ulps below 0, e.g. logits [-50, 0] against [-50, -1]).
+    kl = dropped_to_zero(jnp.maximum(kl, jnp.zeros((), dtype)))
   if tokens is None:
     return _Terms(kl, None, None)
   if keep is not None:
