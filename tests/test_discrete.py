@@ -542,9 +542,9 @@ def _check_close(got, exact, bound, dtype, what, may_overflow=(False, False)):
     # At the overflow threshold: rounding may land on either side, on the
     # infinity of exact's sign or on a finite value within the margin (in
     # bfloat16 the margin is 1.6% of the largest finite number).
-    assert got == math.copysign(inf, float(exact)) or abs(
-      mpmath.mpf(got) - exact
-    ) <= margin, (what, got, float(exact))
+    assert (
+      got == math.copysign(inf, float(exact)) or abs(mpmath.mpf(got) - exact) <= margin
+    ), (what, got, float(exact))
     return
   if abs(exact) > out_max:
     assert got == math.copysign(inf, float(exact)), (what, got, float(exact))
