@@ -24,19 +24,19 @@
   forms for ``jax.shard_map`` (class axis or samples split over devices).
 """
 
-from jaxkl._analytic import kl_bernoulli
-from jaxkl._analytic import kl_bernoulli_probs
-from jaxkl._analytic import kl_beta
-from jaxkl._analytic import kl_categorical
-from jaxkl._analytic import kl_dirichlet
-from jaxkl._analytic import kl_exponential
-from jaxkl._analytic import kl_gamma
-from jaxkl._analytic import kl_laplace
-from jaxkl._analytic import kl_multivariate_normal
-from jaxkl._analytic import kl_multivariate_normal_diag
-from jaxkl._analytic import kl_multivariate_normal_from_covariance
-from jaxkl._analytic import kl_normal
-from jaxkl._analytic import kl_poisson
+from jaxkl._closed_forms import kl_bernoulli
+from jaxkl._closed_forms import kl_bernoulli_probs
+from jaxkl._closed_forms import kl_beta
+from jaxkl._closed_forms import kl_categorical
+from jaxkl._closed_forms import kl_dirichlet
+from jaxkl._closed_forms import kl_exponential
+from jaxkl._closed_forms import kl_gamma
+from jaxkl._closed_forms import kl_laplace
+from jaxkl._closed_forms import kl_multivariate_normal
+from jaxkl._closed_forms import kl_multivariate_normal_diag
+from jaxkl._closed_forms import kl_multivariate_normal_from_covariance
+from jaxkl._closed_forms import kl_normal
+from jaxkl._closed_forms import kl_poisson
 from jaxkl._discrete import KLDivLoss
 from jaxkl._discrete import kl_div
 from jaxkl._distillation import distillation_loss

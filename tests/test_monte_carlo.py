@@ -3,7 +3,7 @@
 Statistical tests use fixed keys, so they are deterministic; each states the
 tolerance it uses. "Within 4 SE" for a single Gaussian estimate fails by
 chance with probability 6e-5 for a correct estimator, so a failure means a
-bug, not bad luck. Closed forms are computed here (not with jaxkl._analytic),
+bug, not bad luck. Closed forms are computed here (not with jaxkl._closed_forms),
 so these tests stand on their own.
 """
 

@@ -6,7 +6,7 @@ Each family is checked on a deterministic grid spanning parameters from 1e-3
 to 1e8, with pairs that are equal, nearly equal (relative differences 1e-7 to
 1e-1) and far apart, in float32 and float64; Gamma and Beta also on the full
 product grid ``PRODUCT_VALUES ** 4`` (one call per family and dtype). The bounds asserted are the ones
-documented in ``jaxkl/_analytic.py``'s module docstring:
+documented in ``jaxkl/_closed_forms/``'s module docstring:
 
 * float64: ``|got - want| <= 1e-11 * want`` (no absolute floor; measured
   at most 6e-13),

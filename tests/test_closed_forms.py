@@ -1,4 +1,4 @@
-"""Closed-form KL divergences (jaxkl/_analytic.py).
+"""Closed-form KL divergences (jaxkl/_closed_forms/).
 
 References: ``torch.distributions.kl_divergence`` (float64), Monte-Carlo
 estimates (NumPy samples, SciPy log-densities), and mpmath at 50 digits for
