@@ -285,6 +285,10 @@ def check_loss_arguments(
     ValueError, TypeError: see the losses' docstrings; every message names
       the argument.
   """
+  if not isinstance(ignore_index, (int, np.integer)) or isinstance(
+    ignore_index, (bool, np.bool_)
+  ):
+    raise TypeError(f"`ignore_index` must be an int; got {ignore_index!r}.")
   mask = _logits.token_mask(per_token_shape, where, labels, ignore_index)
   reduction = _reduction.validate_loss_reduction(reduction)
   ids = _reduction.check_segment_ids(segment_ids, per_token_shape, reduction)

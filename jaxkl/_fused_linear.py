@@ -1374,10 +1374,6 @@ def fused_linear_distillation_loss(
   b_s = check_bias(student_bias, "student_bias", w_s.shape[1], "student_weight")
   b_t = check_bias(teacher_bias, "teacher_bias", w_t.shape[1], "teacher_weight")
   w_s, b_s = _match_vocabularies(w_s, b_s, w_t, extra_teacher_classes)
-  if not isinstance(ignore_index, (int, np.integer)) or isinstance(
-    ignore_index, (bool, np.bool_)
-  ):
-    raise TypeError(f"`ignore_index` must be an int; got {ignore_index!r}.")
   args = _conventions.check_loss_arguments(
     (n,),
     where=where,

@@ -19,7 +19,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from jaxkl import _checks
@@ -301,10 +300,6 @@ def fused_linear_topk_distillation_loss(
     )
   vocab = w.shape[1]
   b = _fused_linear.check_bias(student_bias, "student_bias", vocab, "student_weight")
-  if not isinstance(ignore_index, (int, np.integer)) or isinstance(
-    ignore_index, (bool, np.bool_)
-  ):
-    raise TypeError(f"`ignore_index` must be an int; got {ignore_index!r}.")
   tail = _topk.check_tail(tail)
   args = _conventions.check_loss_arguments(
     (n,),

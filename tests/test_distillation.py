@@ -325,6 +325,8 @@ def test_sequence_mean_property(ids, keep, values):
       "`segment_ids` must be integers",
     ),
     (dict(reduction="seq_mean"), ValueError, "'sequence_mean'"),
+    (dict(ignore_index=-100.0), TypeError, "`ignore_index` must be an int"),
+    (dict(ignore_index=True), TypeError, "`ignore_index` must be an int"),
   ],
 )
 def test_errors_name_the_argument(batch, kwargs, error, match):
@@ -478,6 +480,12 @@ def test_topk_loss_errors(topk_batch, kwargs, match):
   kwargs = {"teacher_log_probs": log_p} | kwargs
   with pytest.raises(ValueError, match=match):
     jaxkl.topk_distillation_loss(s, idx, **kwargs)
+
+
+def test_topk_loss_ignore_index_must_be_an_int(topk_batch):
+  s, _, idx, log_p, _ = topk_batch
+  with pytest.raises(TypeError, match="`ignore_index` must be an int; got -100.0"):
+    jaxkl.topk_distillation_loss(s, idx, teacher_log_probs=log_p, ignore_index=-100.0)
 
 
 @pytest.mark.parametrize("label", [-1, -7, 7, 100])
