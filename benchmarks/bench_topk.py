@@ -27,7 +27,13 @@ argnums=...))``, float32, for these variants:
    log_probs)`` with ``chunk_size='auto', vocab_chunk='auto'`` (``--chunk``,
    ``--vocab-chunk`` to change): never materializes ``[N, V]``. Gradients
    w.r.t. ``h`` and ``W``.
-4. ``composition-logits`` and ``unfused-logits`` -- 1. and 2. with the
+4. ``matmuls`` -- not a loss: ``sum((h @ W)**2) / 2`` and its gradient,
+   i.e. the three ``[N, H] x [H, V]`` matmuls with the cheapest elementwise
+   work around them. A floor for the time of anything that computes the
+   logits once; vocabulary blocks compute them twice (once for the
+   log-normalizer, once for the gradients), so the fused loss' floor is
+   about 4/3 of this row. Not checked against the composition.
+5. ``composition-logits`` and ``unfused-logits`` -- 1. and 2. with the
    materialized ``[N, V]`` logits as the input (no matmul): the gradient
    w.r.t. the logits only. The matmul and its two gradient matmuls are the
    same work in 1. and 2.; these rows compare the two losses themselves.
@@ -137,7 +143,7 @@ PRESETS = {
 }
 DIVERGENCES = ("forward", "reverse", "jsd")
 BETA = 0.5
-MATMUL_VARIANTS = ("composition", "unfused", "fused")
+MATMUL_VARIANTS = ("composition", "unfused", "fused", "matmuls")
 LOGITS_VARIANTS = ("composition-logits", "unfused-logits")
 VARIANTS = MATMUL_VARIANTS + LOGITS_VARIANTS
 CHECK = (300, 64, 1000, 16)  # N, H, V, k of the sanity check
@@ -224,6 +230,11 @@ def _losses(variant: str, divergence: str, chunk="auto", vocab_chunk="auto"):
     return lambda h, w, i, lp: composition(logits_of(h, w), i, lp)
   if variant == "unfused":
     return lambda h, w, i, lp: unfused(logits_of(h, w), i, lp)
+  if variant == "matmuls":
+    # The three [N, H] x [H, V] matmuls with the cheapest loss that needs
+    # them all (gradient = the logits themselves): no implementation that
+    # computes the logits once can be faster.
+    return lambda h, w, i, lp: 0.5 * jnp.sum(jnp.square(logits_of(h, w)))
   if variant == "fused":
     fused = _api("fused_linear_topk_distillation_loss")
 
@@ -594,6 +605,24 @@ def ratios(rows: dict, together: dict, at_target_shape: bool) -> list[dict]:
     UNFUSED_TIME_TARGET,
     False,
   )
+  time_ratio(
+    matmul,
+    "fused",
+    "matmuls",
+    "fused median step time / the three matmuls alone (interleaved; with "
+    "vocabulary blocks the logits are computed twice: about 1.33 is the floor)",
+    None,
+    False,
+  )
+  time_ratio(
+    matmul,
+    "matmuls",
+    "composition",
+    "the three matmuls alone / composition (interleaved): the composition's "
+    "time outside its matmuls is what any fused loss can save",
+    None,
+    False,
+  )
   for a, b in (("fused", "composition"), ("unfused", "composition")):
     if "median_s" in rows.get(a, {}) and "median_s" in rows.get(b, {}):
       out.append(
@@ -710,7 +739,9 @@ def plan(args) -> int:
       first = (jax.ShapeDtypeStruct((n, v), f32),)
     else:
       first = (jax.ShapeDtypeStruct((n, h), f32), jax.ShapeDtypeStruct((h, v), f32))
-    m = _fl._xla_memory(_step(variant, args.divergence, (*first, *teacher)))
+    m = _fl._xla_memory(
+      _step(variant, args.divergence, (*first, *teacher), args.chunk, args.vocab_chunk)
+    )
     print(
       f"{variant} | {m['xla_argument_mib']:.0f} | {m['xla_output_mib']:.0f} | "
       f"{m['xla_temp_mib']:.0f}",

@@ -12,8 +12,13 @@
 * ``fused_linear_distillation_loss``, ``fused_linear_topk_distillation_loss``:
   the same losses from hidden states and LM heads, never materializing logits.
 * ``reduce_loss``: the reductions shared by every loss, with masks.
+* ``kl``: the KL between two distribution objects (NumPyro, Distrax,
+  TFP-on-JAX): a closed form when one is registered, else Monte Carlo with a
+  key; ``register_kl`` for your own pairs.
 * ``kl_normal``, ``kl_multivariate_normal``, ``kl_categorical``, ``kl_gamma``,
-  ...: closed-form KL between two distributions of the same family.
+  ...: closed-form KL from parameters (same family; ``kl`` also knows
+  cross-family pairs). ``GaussianMixture``, ``kl_gaussian_mixture``: the
+  variational approximation, bounds or Monte Carlo for Gaussian mixtures.
 * ``kl_from_samples``, ``kl_estimator_terms``, ``monte_carlo_kl``: Monte-Carlo
   KL (k1/k2/k3 estimators, standard errors, gradients, variance reduction).
 * ``kl_penalty``, ``kl_penalty_from_logits``, ``sequence_kl``,
@@ -24,19 +29,38 @@
   forms for ``jax.shard_map`` (class axis or samples split over devices).
 """
 
+from jaxkl._closed_forms import GaussianMixture
 from jaxkl._closed_forms import kl_bernoulli
 from jaxkl._closed_forms import kl_bernoulli_probs
 from jaxkl._closed_forms import kl_beta
+from jaxkl._closed_forms import kl_binomial
 from jaxkl._closed_forms import kl_categorical
+from jaxkl._closed_forms import kl_cauchy
+from jaxkl._closed_forms import kl_chi2
+from jaxkl._closed_forms import kl_continuous_bernoulli
 from jaxkl._closed_forms import kl_dirichlet
 from jaxkl._closed_forms import kl_exponential
 from jaxkl._closed_forms import kl_gamma
+from jaxkl._closed_forms import kl_gaussian_mixture
+from jaxkl._closed_forms import kl_geometric
+from jaxkl._closed_forms import kl_gumbel
+from jaxkl._closed_forms import kl_half_normal
 from jaxkl._closed_forms import kl_laplace
+from jaxkl._closed_forms import kl_log_normal
 from jaxkl._closed_forms import kl_multivariate_normal
 from jaxkl._closed_forms import kl_multivariate_normal_diag
 from jaxkl._closed_forms import kl_multivariate_normal_from_covariance
+from jaxkl._closed_forms import kl_multivariate_normal_low_rank
 from jaxkl._closed_forms import kl_normal
+from jaxkl._closed_forms import kl_normal_from_log_scale
+from jaxkl._closed_forms import kl_normal_from_log_variance
+from jaxkl._closed_forms import kl_pareto
 from jaxkl._closed_forms import kl_poisson
+from jaxkl._closed_forms import kl_uniform
+from jaxkl._closed_forms import kl_von_mises
+from jaxkl._closed_forms import kl_weibull
+from jaxkl._closed_forms._adapters import as_gaussian_mixture
+from jaxkl._closed_forms._registry import register_kl
 from jaxkl._discrete import KLDivLoss
 from jaxkl._discrete import kl_div
 from jaxkl._distillation import distillation_loss
@@ -45,6 +69,7 @@ from jaxkl._estimators import kl_estimator_terms
 from jaxkl._estimators import kl_from_samples
 from jaxkl._fused_linear import fused_linear_distillation_loss
 from jaxkl._fused_topk import fused_linear_topk_distillation_loss
+from jaxkl._kl import kl
 from jaxkl._knn import knn_kl
 from jaxkl._logits import divergence_from_logits
 from jaxkl._logits import jensen_shannon_from_logits
@@ -70,6 +95,7 @@ from jaxkl._topk import topk_metrics
 from jaxkl._version import __version__
 
 __all__ = [
+  "GaussianMixture",
   "KLController",
   "KLControllerState",
   "KLDivLoss",
@@ -79,16 +105,22 @@ __all__ = [
   "__version__",
   "adaptive_kl_controller",
   "aggregate_loss",
+  "as_gaussian_mixture",
   "distillation_loss",
   "divergence_from_logits",
   "fixed_kl_controller",
   "fused_linear_distillation_loss",
   "fused_linear_topk_distillation_loss",
   "jensen_shannon_from_logits",
+  "kl",
   "kl_bernoulli",
   "kl_bernoulli_probs",
   "kl_beta",
+  "kl_binomial",
   "kl_categorical",
+  "kl_cauchy",
+  "kl_chi2",
+  "kl_continuous_bernoulli",
   "kl_dirichlet",
   "kl_div",
   "kl_divergence",
@@ -97,17 +129,30 @@ __all__ = [
   "kl_exponential",
   "kl_from_samples",
   "kl_gamma",
+  "kl_gaussian_mixture",
+  "kl_geometric",
+  "kl_gumbel",
+  "kl_half_normal",
   "kl_laplace",
+  "kl_log_normal",
   "kl_multivariate_normal",
   "kl_multivariate_normal_diag",
   "kl_multivariate_normal_from_covariance",
+  "kl_multivariate_normal_low_rank",
   "kl_normal",
+  "kl_normal_from_log_scale",
+  "kl_normal_from_log_variance",
+  "kl_pareto",
   "kl_penalty",
   "kl_penalty_from_logits",
   "kl_poisson",
+  "kl_uniform",
+  "kl_von_mises",
+  "kl_weibull",
   "knn_kl",
   "monte_carlo_kl",
   "reduce_loss",
+  "register_kl",
   "sequence_kl",
   "sharded_monte_carlo_kl",
   "topk_distillation_loss",

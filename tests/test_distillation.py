@@ -484,7 +484,7 @@ def test_topk_loss_errors(topk_batch, kwargs, match):
 
 def test_topk_loss_ignore_index_must_be_an_int(topk_batch):
   s, _, idx, log_p, _ = topk_batch
-  with pytest.raises(TypeError, match="`ignore_index` must be an int; got -100.0"):
+  with pytest.raises(TypeError, match=r"`ignore_index` must be an int; got -100\.0"):
     jaxkl.topk_distillation_loss(s, idx, teacher_log_probs=log_p, ignore_index=-100.0)
 
 

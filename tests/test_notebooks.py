@@ -40,6 +40,7 @@ EXPECTED = {
   "04_knn.ipynb",
   "05_topk_distillation.ipynb",
   "06_rl_kl.ipynb",
+  "07_kl_between_distributions.ipynb",
 }
 CELL_TIMEOUT_S = 300
 
