@@ -154,17 +154,21 @@ def _squared_distances(
   return acc
 
 
-def _kth_smallest(sq: jax.Array, k: int) -> jax.Array:
-  """The k-th smallest entry of each row of ``sq`` ``[c, p]``, ties counted.
+def _kth_smallest(sq: jax.Array, ks: tuple[int, ...]) -> jax.Array:
+  """The k-th smallest entries of each row of ``sq`` ``[c, p]``, ties counted.
 
+  Returns ``[c, len(ks)]``, column ``j`` the ``ks[j]``-th smallest entry.
   Walks up the distinct values of the row, ``v_1 < v_2 < ...``: one pass
   gives the number of entries equal to ``v_j`` and ``v_{j+1}``, the smallest
-  entry above ``v_j``; the answer is the first ``v_j`` at which the running
-  count reaches ``k``. ``k`` passes in all (a ``fori_loop``, compiled once).
+  entry above ``v_j``; the k-th smallest is the first ``v_j`` at which the
+  running count reaches ``k``. ``max(ks)`` passes in all (a ``fori_loop``,
+  compiled once).
   """
   first = jnp.min(sq, axis=1)
-  if k == 1:
-    return first
+  k_max = max(ks)
+  if k_max == 1:
+    return first[:, None]
+  wanted = jnp.asarray(ks, jnp.int32)
 
   def step(
     _: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]
@@ -172,10 +176,13 @@ def _kth_smallest(sq: jax.Array, k: int) -> jax.Array:
     value, seen, result = carry
     seen = seen + jnp.sum(sq == value[:, None], axis=1, dtype=jnp.int32)
     above = jnp.min(jnp.where(sq > value[:, None], sq, jnp.inf), axis=1)
-    return above, seen, jnp.where(seen < k, above, result)
+    # Ranks not reached yet (seen < k) move on to the next distinct value.
+    result = jnp.where(seen[:, None] < wanted[None, :], above[:, None], result)
+    return above, seen, result
 
   seen = jnp.zeros(first.shape, jnp.int32)
-  result: jax.Array = lax.fori_loop(0, k - 1, step, (first, seen, first))[2]
+  start = jnp.broadcast_to(first[:, None], (first.shape[0], len(ks)))
+  result: jax.Array = lax.fori_loop(0, k_max - 1, step, (first, seen, start))[2]
   return result
 
 
@@ -194,7 +201,7 @@ def _chunk_radii(
   rows: jax.Array,
   start: jax.Array,
   *,
-  k: int,
+  ks: tuple[int, ...],
   estimator: str,
   distance: str,
 ) -> tuple[jax.Array, ...]:
@@ -202,10 +209,11 @@ def _chunk_radii(
 
   ``start`` is the index of ``rows[0]`` in ``x``, used to exclude each point's
   own entry from its row of x-distances; ``resolution`` is the relative floor
-  on distances (see ``knn_kl``). Returns squared radii ``[c]`` for x
-  and for y (``"wkv"``: the k-th; ``"adaptive"``: the largest in the ball)
-  and, for ``"adaptive"``, the ranks ``[c]`` (counts in the ball) in x and y.
-  Only exact operations (min, max, counts) follow the squared distances.
+  on distances (see ``knn_kl``). Returns squared radii for x and for y:
+  ``"wkv"``: ``[c, len(ks)]``, the ``ks[j]``-th; ``"adaptive"`` (one ``k``):
+  ``[c]``, the largest in the ball, then the ranks ``[c]`` (counts in the
+  ball) in x and y. Only exact operations (min, max, counts) follow the
+  squared distances.
   """
   n = x_t.shape[1]
   sq_x = _squared_distances(rows, x_t, distance)
@@ -218,19 +226,60 @@ def _chunk_radii(
   # the k-th values and the balls' largest ones).
   tiny_root = np.sqrt(_checks.finfo(rows.dtype).tiny).astype(rows.dtype)
   floor = jnp.maximum(resolution * jnp.max(jnp.abs(rows), axis=1), tiny_root)
-  floor_sq = jnp.square(floor)
-  rho_sq = jnp.maximum(_kth_smallest(sq_x, k), floor_sq)
-  nu_sq = jnp.maximum(_kth_smallest(sq_y, k), floor_sq)
+  floor_sq = jnp.square(floor)[:, None]
+  rho_sq = jnp.maximum(_kth_smallest(sq_x, ks), floor_sq)
+  nu_sq = jnp.maximum(_kth_smallest(sq_y, ks), floor_sq)
   if estimator == "wkv":
     return rho_sq, nu_sq
   # Adaptive (the paper's letters): the closed ball of radius
   # eps = max(rho_k, nu_k) around x_i holds l_i >= k points of x (x_i
   # excluded) and k_i >= k points of y; rho_{l_i} and nu_{k_i} are the largest
   # distances inside it.
-  eps_sq = jnp.maximum(rho_sq, nu_sq)
+  floor_sq = floor_sq[:, 0]
+  eps_sq = jnp.maximum(rho_sq[:, 0], nu_sq[:, 0])
   l_i, rho_in = _ball(sq_x, eps_sq)
   k_i, nu_in = _ball(sq_y, eps_sq)
   return (jnp.maximum(rho_in, floor_sq), jnp.maximum(nu_in, floor_sq), l_i, k_i)
+
+
+def _per_point(
+  x: jax.Array,
+  y: jax.Array,
+  resolution: jax.Array,
+  *,
+  ks: tuple[int, ...],
+  estimator: str,
+  chunk_size: int,
+  distance: str,
+) -> list[jax.Array]:
+  """``_chunk_radii``'s results for every point of ``x``, in chunks.
+
+  Each result has the point axis first (``[n]`` or ``[n, len(ks)]``).
+  """
+  n, dim = x.shape
+  chunk = functools.partial(
+    _chunk_radii,
+    x.T,
+    y.T,
+    resolution,
+    ks=ks,
+    estimator=estimator,
+    distance=distance,
+  )
+  # Pad x to whole chunks (the padding rows' results are dropped): one chunk
+  # shape, so the loop body is compiled once.
+  num_chunks = -(-n // chunk_size)
+  padded = jnp.pad(x, ((0, num_chunks * chunk_size - n), (0, 0)))
+  blocks = padded.reshape(num_chunks, chunk_size, dim)
+  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk_size
+  mapped = lax.map(lambda args: chunk(*args), (blocks, starts))
+  per_point = [
+    value.reshape(num_chunks * chunk_size, *value.shape[2:])[:n] for value in mapped
+  ]
+  # The rounding steps (logs, digammas, the sum) run on whole [n] vectors, which
+  # the barrier keeps from being fused back into chunk-shaped loops, so that
+  # they round the same way whatever chunk_size.
+  return lax.optimization_barrier(per_point)  # type: ignore[no-any-return,no-untyped-call]  # jax.lax.optimization_barrier is unannotated
 
 
 @functools.partial(
@@ -254,23 +303,16 @@ def _knn_kl(
   """
   (n, dim), m = x.shape, y.shape[0]
   dtype = x.dtype
-  x_t, y_t = x.T, y.T
-  chunk = functools.partial(
-    _chunk_radii, x_t, y_t, resolution, k=k, estimator=estimator, distance=distance
+  per_point = _per_point(
+    x,
+    y,
+    resolution,
+    ks=(k,),
+    estimator=estimator,
+    chunk_size=chunk_size,
+    distance=distance,
   )
-  # Pad x to whole chunks (the padding rows' results are dropped): one chunk
-  # shape, so the loop body is compiled once.
-  num_chunks = -(-n // chunk_size)
-  padded = jnp.pad(x, ((0, num_chunks * chunk_size - n), (0, 0)))
-  blocks = padded.reshape(num_chunks, chunk_size, dim)
-  starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk_size
-  mapped = lax.map(lambda args: chunk(*args), (blocks, starts))
-  per_point = [value.reshape(num_chunks * chunk_size)[:n] for value in mapped]
-  # The rounding steps (logs, digammas, the sum) run on whole [n] vectors, which
-  # the barrier keeps from being fused back into chunk-shaped loops, so that
-  # they round the same way whatever chunk_size.
-  per_point = lax.optimization_barrier(per_point)  # type: ignore[no-untyped-call]  # jax.lax.optimization_barrier is unannotated
-  rho_sq, nu_sq = per_point[:2]
+  rho_sq, nu_sq = (radius.reshape(n) for radius in per_point[:2])
   terms = 0.5 * dim * (jnp.log(nu_sq) - jnp.log(rho_sq))
   if estimator == "adaptive":
     l_i, k_i = (count.astype(dtype) for count in per_point[2:])
@@ -281,6 +323,66 @@ def _knn_kl(
   # counts silently (in y) or poison only some terms: say so with NaN.
   finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
   return jnp.where(finite, estimate, jnp.nan)
+
+
+@functools.partial(jax.jit, static_argnames=("ks", "chunk_size"))
+def _neighbour_radii(
+  x: jax.Array,
+  y: jax.Array,
+  resolution: jax.Array,
+  *,
+  ks: tuple[int, ...],
+  chunk_size: int,
+) -> tuple[jax.Array, jax.Array]:
+  rho_sq, nu_sq = _per_point(
+    x, y, resolution, ks=ks, estimator="wkv", chunk_size=chunk_size, distance="direct"
+  )
+  return rho_sq.T, nu_sq.T
+
+
+def neighbour_radii(
+  x: ArrayLike,
+  y: ArrayLike,
+  *,
+  ks: tuple[int, ...],
+  chunk_size: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Squared k-th neighbour distances of every point of ``x``, for several k.
+
+  The building block of the k-NN estimators (private): the same distances,
+  floor and self-exclusion as ``knn_kl`` (see its docstring).
+
+  Args:
+    x: samples of P, ``[n, d]``.
+    y: samples of Q, ``[m, d]``.
+    ks: the neighbour ranks, a tuple of positive ints, ``n > max(ks)``,
+      ``m >= max(ks)``. Static.
+    chunk_size: as in ``knn_kl``.
+
+  Returns:
+    ``(rho_sq, nu_sq)``, each ``[len(ks), n]`` in the computation dtype
+    (float32, or float64 for float64 inputs): row ``j`` holds the squared
+    distances from each :math:`x_i` to its ``ks[j]``-th neighbour among the
+    other points of ``x`` and in ``y``, floored as in ``knn_kl``. Not checked
+    for non-finite inputs.
+  """
+  if not isinstance(ks, tuple) or not ks:
+    raise TypeError(f"`ks` must be a non-empty tuple of ints; got {ks!r}.")
+  ks = tuple(_check_k(k) for k in ks)
+  chunk_size = _check_chunk_size(chunk_size)
+  x, y = _check_samples(x, y, max(ks))
+  out_dtype, compute_dtype = _checks.result_dtype(x, y)
+  n, m = x.shape[0], y.shape[0]
+  chunk_size = _auto_chunk_size(n, m) if chunk_size is None else min(chunk_size, n)
+  resolution = np.asarray(_checks.finfo(out_dtype).eps / 4, compute_dtype)
+  radii: tuple[jax.Array, jax.Array] = _neighbour_radii(
+    x.astype(compute_dtype),
+    y.astype(compute_dtype),
+    resolution,
+    ks=ks,
+    chunk_size=chunk_size,
+  )
+  return radii
 
 
 def knn_kl(

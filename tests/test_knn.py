@@ -339,3 +339,19 @@ def test_traced_k_is_rejected():
   """k must be static: a traced k raises the TypeError at trace time."""
   with pytest.raises(TypeError, match="`k` must be a positive int"):
     jax.jit(jaxkl.knn_kl)(X, Y, k=1)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_neighbour_radii_match_ckdtree(dim):
+  """Several ranks at once: the k-th distances equal cKDTree's (float64)."""
+  rng = np.random.default_rng(dim)
+  x = rng.normal(size=(300, dim)).astype(np.float32)
+  y = rng.normal(size=(200, dim)).astype(np.float32)
+  ks = (1, 2, 5, 9)
+  rho_sq, nu_sq = jaxkl._knn.neighbour_radii(x, y, ks=ks, chunk_size=64)
+  assert rho_sq.shape == nu_sq.shape == (len(ks), 300)
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  dx = cKDTree(x64).query(x64, k=max(ks) + 1)[0]  # column 0: the point itself
+  dy = cKDTree(y64).query(x64, k=max(ks))[0]
+  np.testing.assert_allclose(np.sqrt(rho_sq), dx[:, list(ks)].T, rtol=2e-6)
+  np.testing.assert_allclose(np.sqrt(nu_sq), dy[:, [k - 1 for k in ks]].T, rtol=2e-6)
