@@ -53,6 +53,22 @@ FAMILY_MODULES = (
 _USER: dict[tuple[type, type], UserFunction] = {}
 
 
+def same_family(function: Callable[..., jax.Array], *names: str) -> PairFunction:
+  """The registry entry of a same-family closed form with named parameters.
+
+  ``same_family(kl_gamma, "concentration", "rate")`` is the function
+  ``(p, q) -> kl_gamma(p["concentration"], p["rate"], q["concentration"],
+  q["rate"])``: P's parameters in ``names`` order, then Q's.
+  """
+
+  def pair(p: Mapping[str, jax.Array], q: Mapping[str, jax.Array]) -> jax.Array:
+    return function(*(p[name] for name in names), *(q[name] for name in names))
+
+  pair.__name__ = f"_pair_{function.__name__}"
+  pair.__doc__ = f"Both distributions of one family: :func:`{function.__name__}`."
+  return pair
+
+
 def builtin_pairs(strict: bool = False) -> dict[tuple[str, str], PairFunction]:
   """Every built-in closed form: ``(family_p, family_q) -> f(p_params, q_params)``.
 

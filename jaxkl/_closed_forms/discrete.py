@@ -4,7 +4,6 @@ the continuous Bernoulli, and the cross pairs among them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from collections.abc import Mapping
 from fractions import Fraction
 
@@ -18,6 +17,7 @@ from jaxkl import _pointwise
 from jaxkl import _special
 from jaxkl._closed_forms._base import _kl
 from jaxkl._closed_forms._base import _x_phi
+from jaxkl._closed_forms._registry import PairFunction
 
 
 def _kl_log_probs(
@@ -919,10 +919,7 @@ def _poisson_binomial(p: _Params, q: _Params) -> jax.Array:
   )
 
 
-PAIRS: dict[
-  tuple[str, str],
-  Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], jax.Array],
-] = {
+PAIRS: dict[tuple[str, str], PairFunction] = {
   ("bernoulli", "bernoulli"): _bernoulli_bernoulli,
   ("categorical", "categorical"): _categorical_categorical,
   ("one_hot_categorical", "one_hot_categorical"): _categorical_categorical,

@@ -3,9 +3,6 @@ log-normal, uniform, Pareto."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from collections.abc import Mapping
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -15,6 +12,8 @@ from jaxkl import _special
 from jaxkl._closed_forms._base import _kl
 from jaxkl._closed_forms._base import _phi
 from jaxkl._closed_forms._base import _standardized
+from jaxkl._closed_forms._registry import PairFunction
+from jaxkl._closed_forms._registry import same_family
 from jaxkl._closed_forms.normal import _normal_terms
 
 # The Euler–Mascheroni constant, gamma = -psi(1).
@@ -506,49 +505,11 @@ def _kl_pareto(
 # Registry entries: canonical family names -> KL of canonical parameters
 # (read by jaxkl._closed_forms._registry; see its docstring).
 
-_Params = Mapping[str, jax.Array]
-
-
-def _pair_gumbel(p: _Params, q: _Params) -> jax.Array:
-  """Gumbel ‖ Gumbel: :func:`kl_gumbel` (Gil, Alajaji & Linder 2013)."""
-  return kl_gumbel(p["loc"], p["scale"], q["loc"], q["scale"])
-
-
-def _pair_cauchy(p: _Params, q: _Params) -> jax.Array:
-  """Cauchy ‖ Cauchy: :func:`kl_cauchy` (Chyzak & Nielsen 2019)."""
-  return kl_cauchy(p["loc"], p["scale"], q["loc"], q["scale"])
-
-
-def _pair_half_normal(p: _Params, q: _Params) -> jax.Array:
-  """HalfNormal ‖ HalfNormal: :func:`kl_half_normal` (Penny 2001)."""
-  return kl_half_normal(p["scale"], q["scale"])
-
-
-def _pair_log_normal(p: _Params, q: _Params) -> jax.Array:
-  """LogNormal ‖ LogNormal: :func:`kl_log_normal` (the normals' KL)."""
-  return kl_log_normal(p["loc"], p["scale"], q["loc"], q["scale"])
-
-
-def _pair_uniform(p: _Params, q: _Params) -> jax.Array:
-  """Uniform ‖ Uniform: :func:`kl_uniform` (inf unless P's interval is in
-  Q's)."""
-  return kl_uniform(p["low"], p["high"], q["low"], q["high"])
-
-
-def _pair_pareto(p: _Params, q: _Params) -> jax.Array:
-  """Pareto ‖ Pareto: :func:`kl_pareto` (inf where P's minimum is below
-  Q's)."""
-  return kl_pareto(p["scale"], p["alpha"], q["scale"], q["alpha"])
-
-
-PAIRS: dict[
-  tuple[str, str],
-  Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], jax.Array],
-] = {
-  ("gumbel", "gumbel"): _pair_gumbel,
-  ("cauchy", "cauchy"): _pair_cauchy,
-  ("half_normal", "half_normal"): _pair_half_normal,
-  ("log_normal", "log_normal"): _pair_log_normal,
-  ("uniform", "uniform"): _pair_uniform,
-  ("pareto", "pareto"): _pair_pareto,
+PAIRS: dict[tuple[str, str], PairFunction] = {
+  ("gumbel", "gumbel"): same_family(kl_gumbel, "loc", "scale"),
+  ("cauchy", "cauchy"): same_family(kl_cauchy, "loc", "scale"),
+  ("half_normal", "half_normal"): same_family(kl_half_normal, "scale"),
+  ("log_normal", "log_normal"): same_family(kl_log_normal, "loc", "scale"),
+  ("uniform", "uniform"): same_family(kl_uniform, "low", "high"),
+  ("pareto", "pareto"): same_family(kl_pareto, "scale", "alpha"),
 }

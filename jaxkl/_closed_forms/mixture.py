@@ -24,7 +24,6 @@ import functools
 import math
 from collections.abc import Callable
 from collections.abc import Iterable
-from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 from typing import ClassVar
@@ -37,6 +36,7 @@ from jax.typing import ArrayLike
 
 from jaxkl import _checks
 from jaxkl import _estimators
+from jaxkl._closed_forms._registry import PairFunction
 from jaxkl._closed_forms.normal import _kl_mvn_tril
 from jaxkl._monte_carlo import KLEstimate
 from jaxkl._monte_carlo import check_key
@@ -889,7 +889,4 @@ def kl_gaussian_mixture(
 # Registry entries: none. No mixture pair has a closed form; the dispatch
 # routes mixtures to ``kl_gaussian_mixture`` or to Monte Carlo.
 
-PAIRS: dict[
-  tuple[str, str],
-  Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], jax.Array],
-] = {}
+PAIRS: dict[tuple[str, str], PairFunction] = {}

@@ -17,6 +17,7 @@ from jaxkl import _special
 from jaxkl._closed_forms._base import _evaluate
 from jaxkl._closed_forms._base import _kl
 from jaxkl._closed_forms._base import _standardized
+from jaxkl._closed_forms._registry import PairFunction
 
 
 def _normal_terms(
@@ -914,10 +915,7 @@ def _tril_low_rank(p: _Params, q: _Params) -> jax.Array:
   )
 
 
-PAIRS: dict[
-  tuple[str, str],
-  Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], jax.Array],
-] = {
+PAIRS: dict[tuple[str, str], PairFunction] = {
   ("normal", "normal"): _normal_normal,
   ("mvn", "mvn"): _mvn_mvn,
   ("mvn_diag", "mvn_diag"): _diag_diag,

@@ -3,7 +3,6 @@ chi-square, beta, Dirichlet, Laplace, Weibull, von Mises."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from collections.abc import Mapping
 from fractions import Fraction
 
@@ -17,6 +16,8 @@ from jaxkl import _special
 from jaxkl._closed_forms._base import _kl
 from jaxkl._closed_forms._base import _phi
 from jaxkl._closed_forms._base import _standardized
+from jaxkl._closed_forms._registry import PairFunction
+from jaxkl._closed_forms._registry import same_family
 from jaxkl._closed_forms.location_scale import _degenerate
 from jaxkl._closed_forms.location_scale import _gumbel_divergence
 from jaxkl._closed_forms.location_scale import _point_mass_rule
@@ -744,21 +745,6 @@ def _kl_von_mises(
 _Params = Mapping[str, jax.Array]
 
 
-def _pair_exponential(p: _Params, q: _Params) -> jax.Array:
-  """Exponential ‖ Exponential: :func:`kl_exponential`."""
-  return kl_exponential(p["rate"], q["rate"])
-
-
-def _pair_gamma(p: _Params, q: _Params) -> jax.Array:
-  """Gamma ‖ Gamma: :func:`kl_gamma` (Penny 2001)."""
-  return kl_gamma(p["concentration"], p["rate"], q["concentration"], q["rate"])
-
-
-def _pair_chi2(p: _Params, q: _Params) -> jax.Array:
-  """Chi2 ‖ Chi2: :func:`kl_chi2` (the gammas' KL, rate 1/2)."""
-  return kl_chi2(p["df"], q["df"])
-
-
 def _pair_chi2_gamma(p: _Params, q: _Params) -> jax.Array:
   """Chi2 ‖ Gamma: :func:`kl_gamma` with P's shape ``df / 2`` and rate 1/2."""
   return _kl(
@@ -785,45 +771,15 @@ def _pair_gamma_chi2(p: _Params, q: _Params) -> jax.Array:
   )
 
 
-def _pair_beta(p: _Params, q: _Params) -> jax.Array:
-  """Beta ‖ Beta: :func:`kl_beta` (Gil, Alajaji & Linder 2013)."""
-  return kl_beta(
-    p["concentration1"], p["concentration0"], q["concentration1"], q["concentration0"]
-  )
-
-
-def _pair_dirichlet(p: _Params, q: _Params) -> jax.Array:
-  """Dirichlet ‖ Dirichlet: :func:`kl_dirichlet` (Penny 2001)."""
-  return kl_dirichlet(p["concentration"], q["concentration"])
-
-
-def _pair_laplace(p: _Params, q: _Params) -> jax.Array:
-  """Laplace ‖ Laplace: :func:`kl_laplace` (Gil, Alajaji & Linder 2013)."""
-  return kl_laplace(p["loc"], p["scale"], q["loc"], q["scale"])
-
-
-def _pair_weibull(p: _Params, q: _Params) -> jax.Array:
-  """Weibull ‖ Weibull: :func:`kl_weibull` (Bauckhage 2013)."""
-  return kl_weibull(p["scale"], p["concentration"], q["scale"], q["concentration"])
-
-
-def _pair_von_mises(p: _Params, q: _Params) -> jax.Array:
-  """VonMises ‖ VonMises: :func:`kl_von_mises` (Mardia & Jupp 2000)."""
-  return kl_von_mises(p["loc"], p["concentration"], q["loc"], q["concentration"])
-
-
-PAIRS: dict[
-  tuple[str, str],
-  Callable[[Mapping[str, jax.Array], Mapping[str, jax.Array]], jax.Array],
-] = {
-  ("exponential", "exponential"): _pair_exponential,
-  ("gamma", "gamma"): _pair_gamma,
-  ("chi2", "chi2"): _pair_chi2,
+PAIRS: dict[tuple[str, str], PairFunction] = {
+  ("exponential", "exponential"): same_family(kl_exponential, "rate"),
+  ("gamma", "gamma"): same_family(kl_gamma, "concentration", "rate"),
+  ("chi2", "chi2"): same_family(kl_chi2, "df"),
   ("chi2", "gamma"): _pair_chi2_gamma,
   ("gamma", "chi2"): _pair_gamma_chi2,
-  ("beta", "beta"): _pair_beta,
-  ("dirichlet", "dirichlet"): _pair_dirichlet,
-  ("laplace", "laplace"): _pair_laplace,
-  ("weibull", "weibull"): _pair_weibull,
-  ("von_mises", "von_mises"): _pair_von_mises,
+  ("beta", "beta"): same_family(kl_beta, "concentration1", "concentration0"),
+  ("dirichlet", "dirichlet"): same_family(kl_dirichlet, "concentration"),
+  ("laplace", "laplace"): same_family(kl_laplace, "loc", "scale"),
+  ("weibull", "weibull"): same_family(kl_weibull, "scale", "concentration"),
+  ("von_mises", "von_mises"): same_family(kl_von_mises, "loc", "concentration"),
 }
