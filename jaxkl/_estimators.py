@@ -86,6 +86,7 @@ from __future__ import annotations
 import functools
 import math
 from typing import Literal
+from typing import NamedTuple
 from typing import TypeVar
 
 import jax
@@ -324,14 +325,24 @@ def weighted_estimate(
     centred = centred + lam * control_centred
   sq = jax.lax.stop_gradient(jnp.sum(a2 * centred * centred, axis=axes, keepdims=True))
   count = jnp.reshape(count, mean.shape).astype(mean.dtype)
-  enough = count > ddof
-  correction = count / jnp.where(enough, count - ddof, 1)
-  stderr = jnp.where(enough, jnp.sqrt(sq * correction), jnp.nan)
+  stderr = standard_error(sq, count, ddof)
 
   def squeeze(a: jax.Array) -> jax.Array:
     return jnp.squeeze(a, axis=axes)
 
   return squeeze(mean), squeeze(stderr), squeeze(lam)
+
+
+def standard_error(sq: jax.Array, count: jax.Array, ddof: int) -> jax.Array:
+  r"""``sqrt(sq * n / (n - ddof))``, NaN where ``n <= ddof``.
+
+  ``sq`` is :math:`\sum_i a_i^2 (y_i - \hat\mu)^2` (normalized weights
+  :math:`a_i`) and ``count`` the number :math:`n` of independent terms, of
+  the same shape and dtype.
+  """
+  enough = count > ddof
+  correction = count / jnp.where(enough, count - ddof, 1)
+  return jnp.where(enough, jnp.sqrt(sq * correction), jnp.nan)
 
 
 def _exclusive_sums(a: jax.Array) -> jax.Array:
@@ -595,6 +606,90 @@ def kl_from_samples(
   return estimate.astype(out_dtype)
 
 
+class SampleValues(NamedTuple):
+  """Each sample's value, control and (unnormalized) weight; see ``sample_values``."""
+
+  values: jax.Array
+  control: jax.Array | None
+  weights: jax.Array
+  total: jax.Array
+  kept: jax.Array
+  shift: jax.Array | None
+  scaled: jax.Array | None
+
+
+def sample_values(
+  log_r: jax.Array,
+  estimator: str,
+  *,
+  axes: tuple[int, ...],
+  mask: jax.Array | None = None,
+  log_weights: jax.Array | None = None,
+  self_normalized: bool = False,
+  magic: jax.Array | None = None,
+) -> tuple[SampleValues, jax.Array | None]:
+  r"""The per-sample quantities that ``weighted_estimate`` averages.
+
+  The estimate is :math:`\sum_i (u_i / U) v_i` (plus a control :math:`c_i`)
+  with :math:`U` = ``total``:
+
+  * no importance weights: :math:`v = k`, :math:`u = 1` (0 where masked),
+    :math:`U = n`;
+  * ``log_weights``, not normalized: :math:`v = w k`, :math:`c = w(r - 1)`,
+    :math:`u = 1`, :math:`U = n`;
+  * self-normalized: :math:`v = k`, :math:`u = e^{\log w - m}` with the shift
+    :math:`m = \max \log w` (0 if not finite), :math:`U = \sum u`.
+
+  Args:
+    log_r: :math:`\log q - \log p` at the samples.
+    estimator: a validated estimator name.
+    axes: the sample axes.
+    mask: optional boolean mask of ``log_r``'s shape.
+    log_weights: optional :math:`\log p - \log\rho` (``-inf`` where masked).
+    self_normalized: normalize the importance weights.
+    magic: optional DiCE factor :math:`e^{\ell - \bot\ell}`; with
+      self-normalized weights it multiplies :math:`u` (and is used up).
+
+  Returns:
+    ``(SampleValues, magic)``: ``values``, ``control`` (None unless
+    ``'cv'``/``'cv_crossfit'``), ``weights`` :math:`u`, ``total``
+    :math:`U` and ``kept`` (the number of kept samples) with ``axes`` kept as size 1,
+    ``shift`` :math:`m` and ``scaled`` :math:`e^{\log w - m}` (None without
+    ``log_weights``; ``scaled`` without the DiCE factor, for Kish's effective
+    sample size), and the DiCE factor left to apply (None if used up).
+  """
+  terms = _log_ratio_terms(log_r, estimator)
+  control = jnp.expm1(log_r) if estimator in ("cv", "cv_crossfit") else None
+  keep = jnp.ones(log_r.shape, bool) if mask is None else mask
+  count = jnp.sum(keep, axis=axes, keepdims=True, dtype=jnp.int32)
+  count = count.astype(log_r.dtype)
+  if mask is not None:
+    terms = jnp.where(mask, terms, 0)
+    if control is not None:
+      control = jnp.where(mask, control, 0)
+  if log_weights is None:
+    sv = SampleValues(
+      terms, control, keep.astype(log_r.dtype), count, count, None, None
+    )
+    return sv, magic
+  shift = jax.lax.stop_gradient(jnp.max(log_weights, axis=axes, keepdims=True))
+  shift = jnp.where(jnp.isfinite(shift), shift, 0)
+  scaled = jnp.exp(log_weights - shift)  # 0 where masked
+  if self_normalized:
+    u = scaled
+    if magic is not None:
+      u = scaled * magic
+      magic = None
+    total = jnp.sum(u, axis=axes, keepdims=True)
+    return SampleValues(terms, control, u, total, count, shift, scaled), magic
+  w = jnp.exp(log_weights)  # 0 where masked
+  values = w * terms
+  if control is not None:
+    control = w * control
+  u = keep.astype(log_r.dtype)
+  return SampleValues(values, control, u, count, count, shift, scaled), magic
+
+
 @functools.partial(
   jax.jit,
   static_argnames=("estimator", "axes", "self_normalized", "groups", "tail_diagnostic"),
@@ -644,48 +739,30 @@ def estimate_from_log_ratios(
     :math:`(\sum w)^2 / \sum w^2` (the number of kept samples without
     weights); with ``tail_diagnostic``, ``pareto_k`` follows.
   """
-  terms = _log_ratio_terms(log_r, estimator)
   crossfit = estimator == "cv_crossfit"
-  control = jnp.expm1(log_r) if estimator in ("cv", "cv_crossfit") else None
-  keep = jnp.ones(log_r.shape, bool) if mask is None else mask
-  count = jnp.sum(keep, axis=axes, keepdims=True, dtype=jnp.int32)
-  count = count.astype(log_r.dtype)
-  if mask is not None:
-    terms = jnp.where(mask, terms, 0)
-    if control is not None:
-      control = jnp.where(mask, control, 0)
-
   magic = None
   if score_log_prob is not None:
     magic_log = score_log_prob - jax.lax.stop_gradient(score_log_prob)
     magic = jnp.exp(magic_log)
-
-  if log_weights is None:
-    values = terms
-    weights = _safe_divide(keep.astype(log_r.dtype), count)
-    ess = count
-  else:
-    shift = jax.lax.stop_gradient(jnp.max(log_weights, axis=axes, keepdims=True))
-    shift = jnp.where(jnp.isfinite(shift), shift, 0)
-    scaled = jnp.exp(log_weights - shift)  # 0 where masked
+  sv, magic = sample_values(
+    log_r,
+    estimator,
+    axes=axes,
+    mask=mask,
+    log_weights=log_weights,
+    self_normalized=self_normalized,
+    magic=magic,
+  )
+  values, control, count = sv.values, sv.control, sv.kept
+  weights = _safe_divide(sv.weights, sv.total)
+  ess = count
+  if sv.scaled is not None:
     ess = _safe_divide(
-      jnp.sum(scaled, axis=axes, keepdims=True) ** 2,
-      jnp.sum(scaled * scaled, axis=axes, keepdims=True),
+      jnp.sum(sv.scaled, axis=axes, keepdims=True) ** 2,
+      jnp.sum(sv.scaled * sv.scaled, axis=axes, keepdims=True),
     )
-    if self_normalized:
-      if magic is not None:
-        scaled = scaled * magic
-        magic = None
-      values = terms
-      weights = _safe_divide(scaled, jnp.sum(scaled, axis=axes, keepdims=True))
-    else:
-      w = jnp.exp(log_weights)  # 0 where masked
-      values = w * terms
-      if control is not None:
-        control = w * control
-      weights = _safe_divide(keep.astype(log_r.dtype), count)
 
-  sample_values, sample_control, sample_weights = values, control, weights
+  own_values, own_control, own_weights = values, control, weights
   if groups > 1:
     values, weights, control, count = _pair_up(values, weights, control, count, groups)
   if crossfit:
@@ -717,15 +794,13 @@ def estimate_from_log_ratios(
     if groups > 1:
       baseline = jnp.concatenate([baseline] * groups, axis=0)
     # Each sample's own value: its partner in a pair is not independent of it.
-    y = sample_values
-    if sample_control is not None:
+    y = own_values
+    if own_control is not None:
       if crossfit and groups > 1:
         lam = jnp.concatenate([lam] * groups, axis=0)
-      y = y + lam * sample_control
+      y = y + lam * own_control
     y = jax.lax.stop_gradient(y)
-    estimate = estimate + jnp.sum(
-      sample_weights * (magic - 1) * (y - baseline), axis=axes
-    )
+    estimate = estimate + jnp.sum(own_weights * (magic - 1) * (y - baseline), axis=axes)
   if tail_diagnostic:
     if axes != (0,) or mask is not None:
       raise ValueError("the tail diagnostic needs axes=(0,) and no mask.")
@@ -760,7 +835,7 @@ def pareto_tail_size(count: int) -> int:
   return math.ceil(min(0.2 * count, 3.0 * math.sqrt(count)))
 
 
-def gpd_shape(exceedances: jax.Array) -> jax.Array:
+def gpd_shape(exceedances: jax.Array, size: jax.Array | None = None) -> jax.Array:
   r"""Zhang & Stephens' estimate of a generalized Pareto shape, PSIS's prior.
 
   For exceedances :math:`0 \le x_1 \le \dots \le x_M` over a threshold
@@ -787,6 +862,12 @@ def gpd_shape(exceedances: jax.Array) -> jax.Array:
   Args:
     exceedances: ``[..., M]``, sorted ascending along the last axis,
       non-negative, ``M >= 2``.
+    size: optional number of exceedances per row (an integer array
+      broadcastable to ``[...]``, traced or not, between 2 and ``M``): only
+      the last ``size`` entries of each row are fitted, the ones before must
+      be 0 (padding). The fit is then that of the last ``size`` entries
+      alone (the same :math:`m`, :math:`q` and prior weight), for a tail
+      whose size is only known at run time.
 
   Returns:
     :math:`\hat\xi`, shape ``[...]``, in the input dtype.
@@ -799,41 +880,72 @@ def gpd_shape(exceedances: jax.Array) -> jax.Array:
   """
   x = jax.lax.stop_gradient(exceedances)
   dtype = x.dtype
-  size = x.shape[-1]
-  grid = 30 + math.isqrt(size)
+  length = x.shape[-1]
+  if size is None:
+    count: int | jax.Array = length
+    grid: int | jax.Array = 30 + math.isqrt(length)
+    quartile = max(int(length / 4 + 0.5), 1) - 1
+    x_q = x[..., quartile : quartile + 1]
+
+    def mean(a: jax.Array, keepdims: bool = False) -> jax.Array:
+      return jnp.mean(a, axis=-1, keepdims=keepdims)
+
+  else:
+    # A fit of the last `size` entries: m, q and the prior weight follow
+    # `size`, from tables over the possible sizes (exact integer arithmetic).
+    rows = jnp.clip(jnp.asarray(size, jnp.int32), 1, length)
+    rows = jnp.broadcast_to(rows, x.shape[:-1])
+    sizes = range(length + 1)
+    grids = np.array([30 + math.isqrt(k) for k in sizes], np.int32)
+    quartiles = np.array([max(int(k / 4 + 0.5), 1) - 1 for k in sizes], np.int32)
+    count = rows.astype(dtype)[..., None]
+    grid = jnp.asarray(grids)[rows].astype(dtype)[..., None]
+    position = length - rows + jnp.asarray(quartiles)[rows]
+    x_q = jnp.take_along_axis(x, position[..., None], axis=-1)
+
+    def mean(a: jax.Array, keepdims: bool = False) -> jax.Array:
+      # Padding adds 0; `a` is [..., M] or [..., m, M].
+      divisor = jnp.reshape(count, count.shape + (1,) * (a.ndim - count.ndim))
+      total = jnp.sum(a, axis=-1, keepdims=True) / divisor
+      return total if keepdims else total[..., 0]
+
+  points = 30 + math.isqrt(length)
   x_max = x[..., -1:]
-  quartile = max(int(size / 4 + 0.5), 1) - 1
-  x_q = x[..., quartile : quartile + 1]
   smallest = jnp.min(jnp.where(x > 0, x, jnp.inf), axis=-1, keepdims=True)
   x_q = jnp.where(x_q > 0, x_q, smallest)
   degenerate = ~(x_max > 0)  # constant tail (or NaN)
   x_max = jnp.where(degenerate, 1, x_max)
   x_q = jnp.where(jnp.isfinite(x_q) & (x_q > 0), x_q, x_max)
-  j = jnp.arange(1, grid + 1, dtype=dtype).reshape((1,) * (x.ndim - 1) + (grid,))
+  j = jnp.arange(1, points + 1, dtype=dtype).reshape((1,) * (x.ndim - 1) + (points,))
   theta = 1 / x_max + (1 - jnp.sqrt(grid / (j - 0.5))) / (3 * x_q)  # [..., m]
-  xi = jnp.mean(jnp.log1p(-theta[..., :, None] * x[..., None, :]), axis=-1)
+  xi = mean(jnp.log1p(-theta[..., :, None] * x[..., None, :]))
   # -theta / xi -> 1 / mean(x) as theta -> 0.
-  mean_x = jnp.mean(x, axis=-1, keepdims=True)
+  mean_x = mean(x, keepdims=True)
   ratio = jnp.where(xi != 0, -theta / jnp.where(xi != 0, xi, 1), 1 / mean_x)
-  loglik = size * (jnp.log(ratio) - xi - 1)
+  loglik = count * (jnp.log(ratio) - xi - 1)
+  if size is not None:
+    loglik = jnp.where(j <= grid, loglik, -jnp.inf)
   weights = jax.nn.softmax(loglik, axis=-1)
   theta_hat = jnp.sum(weights * theta, axis=-1, keepdims=True)
-  xi_hat = jnp.mean(jnp.log1p(-theta_hat * x), axis=-1)  # [...]
-  xi_hat = (size * xi_hat + _PRIOR_WEIGHT * _PRIOR_SHAPE) / (size + _PRIOR_WEIGHT)
+  xi_hat = mean(jnp.log1p(-theta_hat * x))  # [...]
+  n = count[..., 0] if isinstance(count, jax.Array) else count
+  xi_hat = (n * xi_hat + _PRIOR_WEIGHT * _PRIOR_SHAPE) / (n + _PRIOR_WEIGHT)
   finite = jnp.all(jnp.isfinite(exceedances), axis=-1)
   xi_hat = jnp.where(degenerate[..., 0], -jnp.inf, xi_hat)
   return jnp.where(finite, xi_hat, jnp.nan).astype(dtype)
 
 
 def pareto_k_from_tops(
-  tops: jax.Array, tail: int, ties: jax.Array | None = None
+  tops: jax.Array, tail: int | jax.Array, ties: jax.Array | None = None
 ) -> jax.Array:
   r"""``pareto_k`` from the largest values of each row of ``tail_rows``.
 
   Args:
     tops: ``[R, ..., K]`` with ``K >= tail + 1``, not necessarily sorted
       (the largest values of each row, or a gathering of several devices').
-    tail: :math:`M`.
+    tail: :math:`M`: a Python int, or an integer array broadcastable to
+      ``[...]`` (traced, e.g. the tail size of a number of samples known
+      only at run time; ``K - 1`` bounds it), 0 for no fit (NaN).
     ties: optional ``[R, ...]``: exceedances up to this size are ties (the
       rows' rounding level, from ``tail_rows``): terms that are equal in
       exact arithmetic, such as the pair means of antithetic pairs when
@@ -844,11 +956,25 @@ def pareto_k_from_tops(
     The largest of the rows' upper-tail :math:`\hat\xi`, shape ``[...]``
     (NaN if any is NaN).
   """
-  top = jax.lax.top_k(tops, tail + 1)[0]  # descending
-  exceedances = top[..., :tail][..., ::-1] - top[..., tail:]
+  if isinstance(tail, int):
+    top = jax.lax.top_k(tops, tail + 1)[0]  # descending
+    exceedances = top[..., :tail][..., ::-1] - top[..., tail:]
+    if ties is not None:
+      exceedances = jnp.where(exceedances <= ties[..., None], 0, exceedances)
+    return jnp.max(gpd_shape(exceedances), axis=0)
+  longest = tops.shape[-1] - 1
+  top = jax.lax.top_k(tops, longest + 1)[0]  # descending
+  size = jnp.broadcast_to(jnp.asarray(tail, jnp.int32), top.shape[:-1])
+  threshold = jnp.take_along_axis(top, jnp.clip(size, 0, longest)[..., None], axis=-1)
+  exceedances = top[..., :longest] - threshold
   if ties is not None:
     exceedances = jnp.where(exceedances <= ties[..., None], 0, exceedances)
-  return jnp.max(gpd_shape(exceedances), axis=0)
+  # Ascending, the `size` exceedances last and zeros (padding) before them.
+  position = jnp.arange(longest, dtype=jnp.int32)
+  valid = position.reshape((1,) * size.ndim + (longest,)) < size[..., None]
+  exceedances = jnp.where(valid, exceedances, 0)[..., ::-1]
+  xi = gpd_shape(exceedances, size)
+  return jnp.max(jnp.where(size >= 2, xi, jnp.nan), axis=0)
 
 
 def tail_rows(
