@@ -5,8 +5,13 @@ estimators (Wang, Kulkarni & Verdú 2009), with the same rule for zero
 distances; the data are float32, cast to float64 for the reference.
 """
 
+import functools
 import math
+import warnings
 
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,9 +20,13 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 
 import jaxkl
+from jaxkl import _knn
 
 ESTIMATORS = ("wkv", "adaptive")
 F32_EPS = float(np.finfo(np.float32).eps)
+# Most tests here use samples with deliberate duplicates (the floor rule);
+# the duplicate warning itself is tested below with pytest.warns.
+pytestmark = pytest.mark.filterwarnings("ignore:Heavily duplicated:RuntimeWarning")
 
 
 def reference_knn_kl(x, y, k=1, estimator="wkv", dtype=np.float32):
@@ -232,14 +241,19 @@ def test_all_points_identical_is_finite(estimator):
   "wkv" gives log(m / (n - 1)); "adaptive" counts every point in each ball,
   l_i = n - 1 and k_i = m, and adds psi(n - 1) - psi(m).
   """
-  x = jnp.full((5, 2), 3.0)
-  y = jnp.full((3, 2), 3.0)
-  expected = math.log(3 / 4)
-  if estimator == "adaptive":
-    expected += float(digamma(4) - digamma(3))
-  np.testing.assert_allclose(
-    float(jaxkl.knn_kl(x, y, k=2, estimator=estimator)), expected, rtol=0, atol=1e-6
-  )
+  for dim in (1, 2):  # the sorted path (1-D) and the brute force
+    x = jnp.full((5, dim), 3.0)
+    y = jnp.full((3, dim), 3.0)
+    expected = math.log(3 / 4)
+    if estimator == "adaptive":
+      expected += float(digamma(4) - digamma(3))
+    # knn_kl itself refuses (every point of x is in y); the private entry
+    # point computes the value without the check.
+    value, duplicates = _knn._estimate(x, y, k=2, estimator=estimator, chunk_size=None)
+    np.testing.assert_allclose(float(value), expected, rtol=0, atol=1e-6)
+    assert duplicates.tolist() == [5, 5]
+    with pytest.raises(ValueError, match="5 of 5 points of `x` also appear"):
+      jaxkl.knn_kl(x, y, k=2, estimator=estimator)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -355,3 +369,270 @@ def test_neighbour_radii_match_ckdtree(dim):
   dy = cKDTree(y64).query(x64, k=max(ks))[0]
   np.testing.assert_allclose(np.sqrt(rho_sq), dx[:, list(ks)].T, rtol=2e-6)
   np.testing.assert_allclose(np.sqrt(nu_sq), dy[:, [k - 1 for k in ks]].T, rtol=2e-6)
+
+
+# The 1-D sorted path against the brute force and cKDTree.
+
+
+@functools.partial(jax.jit, static_argnames=("ks", "estimator", "method"))
+def _per_point(x, y, *, ks, estimator, method):
+  return _knn._per_point(
+    x,
+    y,
+    jnp.float32(F32_EPS / 4),
+    ks=ks,
+    estimator=estimator,
+    chunk_size=8,
+    distance="direct",
+    method=method,
+  )
+
+
+def _tied_samples(n, m):
+  """Small integer-valued float32 samples (many ties and duplicates), times
+  a scale (the floor follows it), x sometimes jittered (continuous)."""
+  return st.tuples(
+    hnp.arrays(np.int8, (n, 1), elements=st.integers(-4, 4)),
+    hnp.arrays(np.int8, (m, 1), elements=st.integers(-4, 4)),
+    st.sampled_from([1.0, 0.5, 1e-3, 3e4]),
+    st.booleans(),
+    st.integers(0, 2**16),
+  )
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(data=_tied_samples(24, 17), k=st.integers(1, 5))
+def test_sorted_1d_equals_brute_force_with_ties(data, k):
+  """Per point, bitwise: radii for k = 1..5 (and 7, 16 > m: padding), the
+  adaptive balls' radii and ranks, the duplicate flags; and the estimates
+  equal the cKDTree reference (float64, same floor)."""
+  xi, yi, scale, jitter, seed = data
+  noise = np.random.default_rng(seed).normal(size=xi.shape) if jitter else 0
+  # Jitter relative to the scale: distinct distances stay distinct in float32
+  # (the reference compares float64 distances).
+  x = ((xi + noise) * scale).astype(np.float32)
+  y = (yi * scale).astype(np.float32)
+  for estimator, ks in (("wkv", (1, 2, 3, 4, 5, 7, 16)), ("adaptive", (k,))):
+    got = _per_point(x, y, ks=ks, estimator=estimator, method="sort")
+    expected = _per_point(x, y, ks=ks, estimator=estimator, method="brute")
+    for a, b in zip(got, expected, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    value, _ = _knn._estimate(x, y, k=k, estimator=estimator, chunk_size=None)
+    reference = reference_knn_kl(x, y, k, estimator)
+    np.testing.assert_allclose(float(value), reference, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_neighbour_radii_large_ks_with_duplicates(dim):
+  """ks up to 64 (the ensemble's range), with duplicates in x and in y, the
+  sorted (1-D) and brute-force paths against cKDTree; the duplicate counts
+  against numpy."""
+  rng = np.random.default_rng(7 + dim)
+  x = rng.normal(size=(400, dim)).astype(np.float32)
+  y = rng.normal(size=(150, dim)).astype(np.float32)
+  x[10:20] = x[0]
+  y[:5] = x[1]
+  ks = (1, 3, 8, 9, 33, 64)
+  rho_sq, nu_sq, duplicates = _knn.neighbour_radii(
+    x, y, ks=ks, chunk_size=128, return_duplicates=True
+  )
+  floor = np.maximum(F32_EPS / 4 * np.abs(x).max(axis=1), np.sqrt(1.1754944e-38))
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  dx = cKDTree(x64).query(x64, k=max(ks) + 1)[0]
+  dy = cKDTree(y64).query(x64, k=max(ks))[0]
+  expected_rho = np.maximum(dx[:, list(ks)].T, floor)
+  expected_nu = np.maximum(dy[:, [k - 1 for k in ks]].T, floor)
+  np.testing.assert_allclose(np.sqrt(rho_sq), expected_rho, rtol=2e-6)
+  np.testing.assert_allclose(np.sqrt(nu_sq), expected_nu, rtol=2e-6)
+  # x_0 and its 10 copies; x_1 is in y (continuous otherwise).
+  assert duplicates.tolist() == [11, 1]
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_sorted_1d_jit_vmap_and_chunk_size(estimator, k=2):
+  """The 1-D path under jit and vmap, and chunk_size (unused there) changes
+  nothing, bitwise."""
+  x, y = samples_with_duplicates(1, seed=4)
+  eager = float(jaxkl.knn_kl(x, y, k=k, estimator=estimator))
+  got = jaxkl.knn_kl(x, y, k=k, estimator=estimator, chunk_size=37)
+  assert float(got) == eager
+  jitted = jax.jit(jaxkl.knn_kl, static_argnames=("k", "estimator"))
+  np.testing.assert_allclose(
+    float(jitted(x, y, k=k, estimator=estimator)), eager, rtol=1e-6
+  )
+  xs, ys = np.stack([x, 4 * x, -x]), np.stack([y, 4 * y, -y])
+  batched = jax.vmap(lambda a, b: jaxkl.knn_kl(a, b, k=k, estimator=estimator))(xs, ys)
+  np.testing.assert_allclose(batched, eager, rtol=1e-5)
+
+
+# The projection-pruned path (method="window") against the brute force.
+
+
+@functools.partial(
+  jax.jit, static_argnames=("ks", "estimator", "method", "window", "window_chunk")
+)
+def _per_point_window(x, y, *, ks, estimator, method, window=None, window_chunk=None):
+  return _knn._per_point(
+    x,
+    y,
+    jnp.float32(F32_EPS / 4),
+    ks=ks,
+    estimator=estimator,
+    chunk_size=8,
+    distance="direct",
+    method=method,
+    window=window,
+    window_chunk_size=window_chunk,
+  )
+
+
+def _window_samples(n, m, d):
+  """Small float32 samples in d = 2..5: continuous, integer-valued (ties and
+  duplicates) or mixed, times a scale, with points of x copied into y."""
+  return st.tuples(
+    st.integers(0, 2**16),
+    st.sampled_from(["normal", "integers", "mixed"]),
+    st.sampled_from([1.0, 1e-3, 3e4]),
+    st.integers(0, 3),
+  ).map(lambda args: _make_window_samples(n, m, d, *args))
+
+
+def _make_window_samples(n, m, d, seed, kind, scale, shared):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d))
+  y = rng.normal(size=(m, d)) + 0.7
+  if kind != "normal":
+    x[: n // 2] = rng.integers(-2, 3, size=(n // 2, d))
+    y[: m // 2] = rng.integers(-2, 3, size=(m // 2, d))
+  if kind == "integers":
+    x, y = np.round(x), np.round(y)
+  y[:shared] = x[:shared]
+  return (x * scale).astype(np.float32), (y * scale).astype(np.float32)
+
+
+@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.given(
+  data=st.sampled_from([2, 4]).flatmap(lambda d: _window_samples(40, 33, d)),
+  window=st.sampled_from([5, 16]),
+  window_chunk=st.just(3),
+  k=st.integers(1, 2),
+)
+def test_window_equals_brute_force(data, window, window_chunk, k):
+  """Per point, bitwise: radii for several ks, the adaptive balls' radii and
+  ranks, the duplicate flags; windows from 4 points (most points fall back to
+  the brute force) to all of them (none does)."""
+  x, y = data
+  for estimator, ks in (("wkv", (1, 2, 3, 5)), ("adaptive", (k,))):
+    got = _per_point_window(
+      x,
+      y,
+      ks=ks,
+      estimator=estimator,
+      method="window",
+      window=window,
+      window_chunk=window_chunk,
+    )
+    expected = _per_point_window(x, y, ks=ks, estimator=estimator, method="brute")
+    for a, b in zip(got, expected, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_window_gaussian_windows(estimator):
+  """Gaussian samples in 4-D: a window of 30 (most points fall back), 90 (some
+  do) and all 300 points (none do); per point, bitwise the brute force."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(300, 4)).astype(np.float32)
+  y = rng.normal(size=(260, 4)).astype(np.float32)
+  y[:, 0] += 1.5
+  ks = (1,) if estimator == "adaptive" else (1, 4)
+  kwargs = {"ks": ks, "estimator": estimator}
+  expected = _per_point_window(x, y, method="brute", **kwargs)
+  for window in (30, 90, 300):
+    got = _per_point_window(x, y, method="window", window=window, **kwargs)
+    for a, b in zip(got, expected, strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_window_auto_rule_matches_ckdtree():
+  """The automatic path (windowed in 5-D at n = 4000) against cKDTree, and
+  neighbour_radii with several ks against the brute force, bitwise."""
+  assert _knn._auto_window(4000, 3000, 5) is not None
+  rng = np.random.default_rng(11)
+  x = rng.normal(size=(4000, 5)).astype(np.float32)
+  y = rng.normal(size=(3000, 5)).astype(np.float32)
+  y[:, 0] += 2
+  value = float(jaxkl.knn_kl(x, y))
+  np.testing.assert_allclose(value, reference_knn_kl(x, y), rtol=1e-5, atol=1e-5)
+  ks = (1, 2, 7)
+  got = _per_point_window(x, y, ks=ks, estimator="wkv", method="auto")
+  expected = _per_point_window(x, y, ks=ks, estimator="wkv", method="brute")
+  for a, b in zip(got, expected, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  rho_sq, _ = _knn.neighbour_radii(x, y, ks=ks)
+  np.testing.assert_array_equal(np.asarray(rho_sq), np.asarray(expected[0]).T)
+  y[5, 2] = np.nan  # every point to the brute force, and a NaN estimate
+  assert np.isnan(float(jaxkl.knn_kl(x, y)))
+
+
+# Independence and duplicate checks.
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_same_sample_twice_raises(dim):
+  x = np.random.default_rng(dim).normal(size=(200, dim)).astype(np.float32)
+  with pytest.raises(ValueError, match="same array for both"):
+    jaxkl.knn_kl(x, x)
+  with pytest.raises(ValueError, match="200 of 200 points of `x` also appear"):
+    jaxkl.knn_kl(x, x.copy())
+  with pytest.raises(ValueError, match="200 of 200 points"):
+    jaxkl.knn_kl(x, x[::-1], estimator="adaptive")  # same set, other order
+  # Under jit only the object identity is known (at trace time).
+  with pytest.raises(ValueError, match="same array for both"):
+    jax.jit(lambda a: jaxkl.knn_kl(a, a))(x)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_shared_points_warn_with_counts(dim):
+  """30% of y's points copied into x: a RuntimeWarning giving the counts;
+  under jit no warning, and the same counts come out with
+  return_duplicates."""
+  rng = np.random.default_rng(dim)
+  x = rng.normal(size=(300, dim)).astype(np.float32)
+  y = rng.normal(size=(300, dim)).astype(np.float32)
+  x[:90] = y[:90]
+  with pytest.warns(RuntimeWarning, match=r"0 of 300 .* and 90 appear in `y`"):
+    jaxkl.knn_kl(x, y)
+  x[100:104] = x[200]  # 5 equal points in x
+  with pytest.warns(RuntimeWarning, match=r"5 of 300 points of `x` have an exact"):
+    value, duplicates = jaxkl.knn_kl(x, y, return_duplicates=True)
+  assert duplicates.tolist() == [5, 90]
+  jitted = jax.jit(jaxkl.knn_kl, static_argnames="return_duplicates")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    traced_value, traced = jitted(x, y, return_duplicates=True)
+  assert traced.tolist() == [5, 90]
+  np.testing.assert_allclose(float(traced_value), float(value), rtol=1e-6)
+
+
+def test_continuous_samples_do_not_warn():
+  """float32 N(0, 1) samples in 1-D at n = m = 1e4 repeat by chance (here 1
+  point of x is also in y, counted exactly with numpy): far below the 1%
+  threshold; up to 1% of shared points do not warn either, more do."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(10_000, 1)).astype(np.float32)
+  y = (2.0 + rng.normal(size=(10_000, 1))).astype(np.float32)
+  in_y = int(np.isin(x[:, 0], y[:, 0]).sum())
+  _, counts = np.unique(x[:, 0], return_counts=True)
+  in_x = int(counts[counts > 1].sum())
+  assert in_x + in_y <= 10
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    _, duplicates = jaxkl.knn_kl(x, y, return_duplicates=True)
+    assert duplicates.tolist() == [in_x, in_y]
+    x[:90] = y[:90]
+    assert np.isin(x[:, 0], y[:, 0]).sum() <= 100  # 1% of 10^4
+    jaxkl.knn_kl(x, y)
+  x[90:120] = y[90:120]
+  with pytest.warns(RuntimeWarning, match="appear in `y`"):
+    jaxkl.knn_kl(x, y)
