@@ -71,6 +71,7 @@ from jaxkl._fused_linear import fused_linear_distillation_loss
 from jaxkl._fused_topk import fused_linear_topk_distillation_loss
 from jaxkl._kl import kl
 from jaxkl._knn import knn_kl
+from jaxkl._knn_ensemble import knn_kl_estimate
 from jaxkl._logits import divergence_from_logits
 from jaxkl._logits import jensen_shannon_from_logits
 from jaxkl._logits import kl_divergence_from_logits
@@ -150,6 +151,7 @@ __all__ = [
   "kl_von_mises",
   "kl_weibull",
   "knn_kl",
+  "knn_kl_estimate",
   "monte_carlo_kl",
   "reduce_loss",
   "register_kl",
