@@ -815,7 +815,10 @@ def knn_kl(
      \hat D = \frac{d}{n} \sum_{i=1}^n \log \frac{\nu_k(i)}{\rho_k(i)}
               + \log \frac{m}{n - 1},
 
-  asymptotically unbiased and mean-square consistent for fixed ``k``.
+  asymptotically unbiased and mean-square consistent for fixed ``k``, but
+  biased at practical sizes, more so in higher dimensions:
+  ``jaxkl.knn_kl_estimate`` gives a bias-reduced estimate with a standard
+  error.
 
   ``"adaptive"`` is the same paper's bias-reduced estimator with per-point
   ranks (in the paper's letters: :math:`l_i` is a rank in ``x``, :math:`k_i`
