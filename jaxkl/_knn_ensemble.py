@@ -114,23 +114,6 @@ def _check_bias_terms(bias_terms: object) -> int:
   return int(bias_terms)
 
 
-def _check_samples(x: ArrayLike, y: ArrayLike) -> tuple[jax.Array, jax.Array]:
-  x = _checks.as_float_array(x, "x")
-  y = _checks.as_float_array(y, "y")
-  for name, value in (("x", x), ("y", y)):
-    if value.ndim != 2:
-      raise ValueError(
-        f"`{name}` must be a 2-D array [num_samples, dim]; got shape "
-        f"{tuple(value.shape)}. A 1-D sample of scalars is `{name}[:, None]`."
-      )
-  if x.shape[1] != y.shape[1] or x.shape[1] < 1:
-    raise ValueError(
-      f"`x` and `y` must have the same, positive dimension (last axis); got "
-      f"shapes {tuple(x.shape)} and {tuple(y.shape)}."
-    )
-  return x, y
-
-
 def _point_terms(
   x: jax.Array,
   y: jax.Array,
@@ -285,9 +268,9 @@ def _prepare(
         f"`num_groups` must be >= 2 (a spread needs two groups) or None; got "
         f"{num_groups}."
       )
-  if chunk_size is not None:
-    chunk_size = _checks.check_positive_int(chunk_size, "chunk_size", "or None")
-  x, y = _check_samples(x, y)
+  chunk_size = _knn._check_chunk_size(chunk_size)
+  # The ranks' own bounds (n > max_k, m >= max_k) are checked by the plan.
+  x, y = _knn._check_samples(x, y, 1)
   (n, dim), m = x.shape, y.shape[0]
   plan = _Plan(
     n,

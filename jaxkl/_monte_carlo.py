@@ -94,6 +94,17 @@ GRADIENTS: tuple[str, ...] = ("auto", "pathwise", "score_function")
 PARETO_K_THRESHOLD = 0.5
 
 
+#: ``KLEstimate``'s array fields: its pytree leaves, compared by ``==``.
+_ARRAY_FIELDS = (
+  "value",
+  "stderr",
+  "effective_sample_size",
+  "pareto_k",
+  "samples_used",
+  "target_met",
+)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class KLEstimate:
   r"""A Monte-Carlo estimate of a KL divergence: a pytree (jit/vmap-safe).
@@ -168,15 +179,7 @@ class KLEstimate:
       return NotImplemented
     if (self.num_samples, self.estimator) != (other.num_samples, other.estimator):
       return False
-    fields = (
-      "value",
-      "stderr",
-      "effective_sample_size",
-      "pareto_k",
-      "samples_used",
-      "target_met",
-    )
-    for name in fields:
+    for name in _ARRAY_FIELDS:
       a, b = getattr(self, name), getattr(other, name)
       if a is None or b is None:
         if a is not b:
@@ -254,14 +257,7 @@ class KLEstimate:
 
 jax.tree_util.register_dataclass(
   KLEstimate,
-  data_fields=[
-    "value",
-    "stderr",
-    "effective_sample_size",
-    "pareto_k",
-    "samples_used",
-    "target_met",
-  ],
+  data_fields=list(_ARRAY_FIELDS),
   meta_fields=["num_samples", "estimator"],
 )
 

@@ -374,8 +374,10 @@ def test_neighbour_radii_match_ckdtree(dim):
 # The 1-D sorted path against the brute force and cKDTree.
 
 
-@functools.partial(jax.jit, static_argnames=("ks", "estimator", "method"))
-def _per_point(x, y, *, ks, estimator, method):
+@functools.partial(
+  jax.jit, static_argnames=("ks", "estimator", "method", "window", "window_chunk")
+)
+def _per_point(x, y, *, ks, estimator, method, window=None, window_chunk=None):
   return _knn._per_point(
     x,
     y,
@@ -385,6 +387,8 @@ def _per_point(x, y, *, ks, estimator, method):
     chunk_size=8,
     distance="direct",
     method=method,
+    window=window,
+    window_chunk_size=window_chunk,
   )
 
 
@@ -468,22 +472,7 @@ def test_sorted_1d_jit_vmap_and_chunk_size(estimator, k=2):
 # The projection-pruned path (method="window") against the brute force.
 
 
-@functools.partial(
-  jax.jit, static_argnames=("ks", "estimator", "method", "window", "window_chunk")
-)
-def _per_point_window(x, y, *, ks, estimator, method, window=None, window_chunk=None):
-  return _knn._per_point(
-    x,
-    y,
-    jnp.float32(F32_EPS / 4),
-    ks=ks,
-    estimator=estimator,
-    chunk_size=8,
-    distance="direct",
-    method=method,
-    window=window,
-    window_chunk_size=window_chunk,
-  )
+# (``_per_point`` above, with ``window`` and ``window_chunk`` set.)
 
 
 def _window_samples(n, m, d):
@@ -523,7 +512,7 @@ def test_window_equals_brute_force(data, window, window_chunk, k):
   the brute force) to all of them (none does)."""
   x, y = data
   for estimator, ks in (("wkv", (1, 2, 3, 5)), ("adaptive", (k,))):
-    got = _per_point_window(
+    got = _per_point(
       x,
       y,
       ks=ks,
@@ -532,7 +521,7 @@ def test_window_equals_brute_force(data, window, window_chunk, k):
       window=window,
       window_chunk=window_chunk,
     )
-    expected = _per_point_window(x, y, ks=ks, estimator=estimator, method="brute")
+    expected = _per_point(x, y, ks=ks, estimator=estimator, method="brute")
     for a, b in zip(got, expected, strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -547,9 +536,9 @@ def test_window_gaussian_windows(estimator):
   y[:, 0] += 1.5
   ks = (1,) if estimator == "adaptive" else (1, 4)
   kwargs = {"ks": ks, "estimator": estimator}
-  expected = _per_point_window(x, y, method="brute", **kwargs)
+  expected = _per_point(x, y, method="brute", **kwargs)
   for window in (30, 90, 300):
-    got = _per_point_window(x, y, method="window", window=window, **kwargs)
+    got = _per_point(x, y, method="window", window=window, **kwargs)
     for a, b in zip(got, expected, strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -565,8 +554,8 @@ def test_window_auto_rule_matches_ckdtree():
   value = float(jaxkl.knn_kl(x, y))
   np.testing.assert_allclose(value, reference_knn_kl(x, y), rtol=1e-5, atol=1e-5)
   ks = (1, 2, 7)
-  got = _per_point_window(x, y, ks=ks, estimator="wkv", method="auto")
-  expected = _per_point_window(x, y, ks=ks, estimator="wkv", method="brute")
+  got = _per_point(x, y, ks=ks, estimator="wkv", method="auto")
+  expected = _per_point(x, y, ks=ks, estimator="wkv", method="brute")
   for a, b in zip(got, expected, strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   rho_sq, _ = _knn.neighbour_radii(x, y, ks=ks)
