@@ -279,6 +279,15 @@ def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
+def infinite_or(plain: jax.Array, adjusted: jax.Array) -> jax.Array:
+  """``plain`` where it is ``+inf`` (an infinite KL), else ``adjusted``.
+
+  A control variate cannot make an infinite mean finite; its fitted
+  coefficient is NaN there (``inf - inf``).
+  """
+  return jnp.where(plain == jnp.inf, plain, adjusted)
+
+
 def weighted_estimate(
   values: jax.Array,
   weights: jax.Array,
@@ -311,6 +320,7 @@ def weighted_estimate(
   a2 = weights * weights
   lam = jnp.zeros_like(mean)
   ddof = 1
+  plain = mean
   if control is not None:
     ddof = 2
     control_mean = jnp.sum(weights * control, axis=axes, keepdims=True)
@@ -321,7 +331,8 @@ def weighted_estimate(
         jnp.sum(a2 * control_centred * control_centred, axis=axes, keepdims=True),
       )
     )
-    mean = mean + lam * control_mean
+    # An infinite mean (an infinite KL) stays infinite: the fit is NaN there.
+    mean = infinite_or(plain, mean + lam * control_mean)
     centred = centred + lam * control_centred
   sq = jax.lax.stop_gradient(jnp.sum(a2 * centred * centred, axis=axes, keepdims=True))
   count = jnp.reshape(count, mean.shape).astype(mean.dtype)
@@ -773,6 +784,8 @@ def estimate_from_log_ratios(
     estimate, stderr, _ = weighted_estimate(
       values + lam * control, weights, count, axes
     )
+    plain = jnp.sum(weights * values, axis=axes)
+    estimate = infinite_or(plain, estimate)
     # The terms share samples through their coefficients; their covariances
     # add about bias('cv')^2 to the variance, which the spread of the terms
     # misses (25% of it at n = 20 for N(0, 1) vs N(1, 1)). The difference
@@ -821,6 +834,9 @@ PARETO_MIN_TERMS = 25
 #: at 0.5, as PSIS uses (Vehtari et al., 2024).
 _PRIOR_WEIGHT = 10.0
 _PRIOR_SHAPE = 0.5
+# Zhang & Stephens' grid is evaluated at once up to this many (grid points x
+# exceedances) per row, point by point beyond (long tails of large samples).
+_GRID_ELEMENTS = 2**20
 # Exceedances within this many ulps of a tail row's rounding error are ties.
 _TIE_ULPS = 64
 
@@ -833,6 +849,17 @@ def pareto_tail_size(count: int) -> int:
   if count < PARETO_MIN_TERMS:
     return 0
   return math.ceil(min(0.2 * count, 3.0 * math.sqrt(count)))
+
+
+def pareto_tail_sizes(counts: np.ndarray) -> np.ndarray:
+  """``pareto_tail_size`` of each of an integer array of ``counts`` (int64).
+
+  The same float64 arithmetic as the scalar form, so the results agree.
+  """
+  counts = np.asarray(counts, np.int64)
+  s = counts.astype(np.float64)
+  sizes = np.ceil(np.minimum(0.2 * s, 3.0 * np.sqrt(s))).astype(np.int64)
+  return np.where(counts < PARETO_MIN_TERMS, 0, sizes)
 
 
 def gpd_shape(exceedances: jax.Array, size: jax.Array | None = None) -> jax.Array:
@@ -918,7 +945,13 @@ def gpd_shape(exceedances: jax.Array, size: jax.Array | None = None) -> jax.Arra
   x_q = jnp.where(jnp.isfinite(x_q) & (x_q > 0), x_q, x_max)
   j = jnp.arange(1, points + 1, dtype=dtype).reshape((1,) * (x.ndim - 1) + (points,))
   theta = 1 / x_max + (1 - jnp.sqrt(grid / (j - 0.5))) / (3 * x_q)  # [..., m]
-  xi = mean(jnp.log1p(-theta[..., :, None] * x[..., None, :]))
+  if points * length <= _GRID_ELEMENTS:
+    xi = mean(jnp.log1p(-theta[..., :, None] * x[..., None, :]))
+  else:  # a long tail: one grid point at a time, O(M) memory
+    xi = jax.lax.map(
+      lambda t: mean(jnp.log1p(-t[..., None] * x)), jnp.moveaxis(theta, -1, 0)
+    )
+    xi = jnp.moveaxis(xi, 0, -1)
   # -theta / xi -> 1 / mean(x) as theta -> 0.
   mean_x = mean(x, keepdims=True)
   ratio = jnp.where(xi != 0, -theta / jnp.where(xi != 0, xi, 1), 1 / mean_x)

@@ -175,6 +175,13 @@ class KLEstimate:
   __hash__ = None  # type: ignore[assignment]
 
   def __eq__(self, other: object) -> bool:
+    """Exact equality of every field (NaN equal to NaN), for copies and pickles.
+
+    Two computations of the same estimate need not be bitwise equal: under
+    ``jit`` XLA fuses operations and may round differently from op-by-op
+    execution (``pareto_k``, a fit to the largest terms, shows it first).
+    Compare such results with a tolerance, field by field.
+    """
     if type(other) is not type(self):
       return NotImplemented
     if (self.num_samples, self.estimator) != (other.num_samples, other.estimator):
@@ -679,8 +686,13 @@ def _validate_num_samples(
   return n
 
 
-#: Default ``batch_size`` of adaptive estimates (at most ``max_samples``).
+#: Default ``batch_size`` of adaptive estimates (at most ``max_samples``, or
+#: half of it for ``'cv_crossfit'``, which needs two batches).
 DEFAULT_BATCH_SIZE = 4096
+#: Most samples of an adaptive estimate (its counts are int32).
+MAX_SAMPLES = 2**31 - 1
+#: Most batches of an adaptive estimate with the tail diagnostic.
+MAX_TAIL_BATCHES = 2**20
 
 
 class _Plan(NamedTuple):
@@ -717,6 +729,7 @@ def _validate_sizes(
   batch_size: Any,
   antithetic: bool,
   estimator: str,
+  tail_diagnostic: bool,
 ) -> tuple[int, _Plan | None]:
   """``(n, plan)``: the (first) batch size, and None for a fixed size."""
   adaptive = atol is not None or rtol is not None
@@ -755,20 +768,41 @@ def _validate_sizes(
       "samples to draw if the tolerance is not reached first."
     )
   cap = _validate_num_samples(max_samples, False, "max_samples")
+  if cap > MAX_SAMPLES:
+    raise ValueError(
+      f"`max_samples` must be at most {MAX_SAMPLES} (2**31 - 1: the sample "
+      f"counts are int32); got {cap}."
+    )
+  fewest = 2 if estimator == "cv_crossfit" else 1
   if batch_size is None:
-    n = min(cap, DEFAULT_BATCH_SIZE)
+    smallest = 4 if antithetic else 2
+    if cap < fewest * smallest:
+      what = "antithetic pairs" if antithetic else "samples"
+      folds = " in each of two folds" if fewest == 2 else ""
+      raise ValueError(
+        f"`max_samples={cap}` is too small: a batch needs at least {smallest} "
+        f"{what}{folds}."
+      )
+    n = min(cap // fewest, DEFAULT_BATCH_SIZE)
     if antithetic:
       n -= n % 2
   else:
     n = _validate_num_samples(batch_size, antithetic, "batch_size")
-  fewest = 2 if estimator == "cv_crossfit" else 1
   if cap < fewest * n:
     need = "twice `batch_size` (two folds)" if fewest == 2 else "`batch_size`"
     raise ValueError(
       f"`max_samples` must be at least {need}; got max_samples={cap} and "
       f"batch_size={n}."
     )
-  return n, _Plan(atol_f, rtol_f, cap // n)
+  batches = cap // n
+  if tail_diagnostic and batches > MAX_TAIL_BATCHES:
+    raise ValueError(
+      f"max_samples // batch_size = {batches} batches is more than the tail "
+      f"diagnostic allows ({MAX_TAIL_BATCHES}: its tables grow with the "
+      "number of batches); pass a larger `batch_size` (it is "
+      f"{n}), or `tail_diagnostic=False`."
+    )
+  return n, _Plan(atol_f, rtol_f, batches)
 
 
 class _Required:
@@ -1027,12 +1061,24 @@ def monte_carlo_kl(
   :math:`\hat D = \frac1n\sum_b \sum_{i \in b} [-\log r_i +
   \hat\lambda_{-b}(r_i - 1)]` (``K``-fold cross-fitting with the batches as
   folds; unbiased likewise), with the one-shot's standard error (including
-  its bias-gap term, see ``jaxkl._streaming.crossfit``). It keeps each
-  batch's sums (``max_samples // batch_size`` of them per entry), costs
-  :math:`O(K)` per batch to re-fit, needs at least two batches (so
-  ``max_samples >= 2 * batch_size``, and it never stops after the first),
+  its bias-gap term, see ``jaxkl._streaming.crossfit``). It keeps the
+  sums of at most 64 folds per entry (batch :math:`b` joins fold
+  :math:`b \bmod 64` when more batches are allowed: memory and the re-fit's
+  :math:`O(K)` work per batch stay bounded), needs at least two batches
+  (so ``max_samples >= 2 * batch_size``; the default ``batch_size`` is
+  ``min(max_samples // 2, 4096)``; it never stops after the first batch),
   and equals the one-shot leave-one-out estimate only if every batch held
   one sample (or one antithetic pair), which is not allowed.
+
+  An *infinite* KL (:math:`\log q = -\infty` at a sample, e.g. ``q``'s
+  support smaller than ``p``'s) gives an infinite batch estimate, which no
+  number of samples makes precise: an entry stops at the first batch whose
+  estimate is not finite, with that batch's own result (``value`` +inf,
+  ``stderr`` NaN, as the fixed-size estimate reports it; NaN for NaN
+  log-densities), ``pareto_k`` NaN and ``target_met`` False; its other
+  fields count that batch. ``max_samples`` is at most :math:`2^{31} - 1`
+  (int32 counts), and with the tail diagnostic at most :math:`2^{20}`
+  batches are allowed (its tables grow with their number).
 
   *The gradient of an adaptively stopped estimate.* A ``while_loop`` cannot
   be differentiated in reverse mode, and the average of per-batch gradients
@@ -1075,11 +1121,12 @@ def monte_carlo_kl(
     rtol: relative tolerance (see ``atol``), a positive Python float.
       Static.
     max_samples: with ``atol``/``rtol``, the most samples to draw, a Python
-      int >= ``batch_size`` (>= ``2 * batch_size`` for ``'cv_crossfit'``);
+      int <= 2**31 - 1 and >= ``batch_size`` (>= ``2 * batch_size`` for ``'cv_crossfit'``);
       rounded down to a multiple of ``batch_size``. Static.
     batch_size: with ``atol``/``rtol``, the samples per batch, a Python
       int >= 2 (even and >= 4 with ``antithetic``); default
-      ``min(max_samples, 4096)`` (made even with ``antithetic``). Static.
+      ``min(max_samples, 4096)``, ``min(max_samples // 2, 4096)`` for
+      ``'cv_crossfit'`` (made even with ``antithetic``). Static.
     estimator: ``'k1' | 'k2' | 'k3' | 'cv' | 'cv_crossfit'``. Static.
     gradient: ``'auto' | 'pathwise' | 'score_function'``. Static.
     antithetic: use antithetic pairs. Static.
@@ -1094,14 +1141,17 @@ def monte_carlo_kl(
     ``num_samples`` and ``confidence_interval(level)``; adaptive estimates
     also have ``samples_used`` (int32) and ``target_met`` (bool) of the
     batch shape (None for fixed-size ones), and ``num_samples`` is then the
-    most that could be drawn.
+    most that could be drawn. An infinite KL gives ``value`` +inf
+    (``stderr`` NaN) for every estimator.
 
   Raises:
     ValueError: bad static arguments (``num_samples`` together with
       ``atol``/``rtol``; ``max_samples`` or ``batch_size`` with
       ``num_samples`` or without a tolerance; a tolerance without
       ``max_samples``; a non-positive or non-finite tolerance; sizes too
-      small, or odd with ``antithetic``), a ``p`` that cannot sample as asked
+      small, or odd with ``antithetic``; ``max_samples`` above
+      :math:`2^{31} - 1`, or more than :math:`2^{20}` batches with the tail
+      diagnostic), a ``p`` that cannot sample as asked
       (pathwise without reparameterization, antithetic without a normal
       base), log-densities without the sample axis first, or an array of
       several keys.
@@ -1179,7 +1229,14 @@ def monte_carlo_kl(
   if self_normalized and proposal is None:
     raise ValueError("`self_normalized=True` needs a `proposal`.")
   n, plan = _validate_sizes(
-    num_samples, atol, rtol, max_samples, batch_size, antithetic, estimator
+    num_samples,
+    atol,
+    rtol,
+    max_samples,
+    batch_size,
+    antithetic,
+    estimator,
+    tail_diagnostic,
   )
   sampler, sampler_name = (p, "p") if proposal is None else (proposal, "proposal")
   form = _sampling_form(sampler, sampler_name)

@@ -52,6 +52,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -165,7 +166,7 @@ def finalize(m: Moments) -> tuple[jax.Array, jax.Array]:
   else:
     vv, vc, cc = m.second
     lam = -_estimators._safe_divide(vc, cc)
-    estimate = m.mean[0] + lam * m.mean[1]
+    estimate = _estimators.infinite_or(m.mean[0], m.mean[0] + lam * m.mean[1])
     sq, ddof = vv + lam * (2 * vc + lam * cc), 2
   sq = _estimators._safe_divide(jnp.maximum(sq, 0), m.weight * m.weight)
   return estimate, _estimators.standard_error(sq, m.terms, ddof)
@@ -203,9 +204,18 @@ def crossfit(folds: Moments, used: jax.Array) -> tuple[jax.Array, jax.Array]:
     ``(estimate, stderr)``, shape ``[...]``.
   """
   masked = jax.tree_util.tree_map(lambda a: jnp.where(used, a, 0), folds)
-  up = jax.lax.associative_scan(combine, masked)
-  down = jax.lax.associative_scan(combine, masked, reverse=True)
   empty = jax.tree_util.tree_map(lambda a: jnp.zeros_like(a[:1]), masked)
+
+  def pooled(reverse: bool) -> Moments:
+    # Running combinations (a sequential scan: a small program to compile).
+    def step(carry: Moments, m: Moments) -> tuple[Moments, Moments]:
+      carry = combine(carry, m) if not reverse else combine(m, carry)
+      return carry, carry
+
+    start = jax.tree_util.tree_map(lambda a: a[0], empty)
+    return jax.lax.scan(step, start, masked, reverse=reverse)[1]
+
+  up, down = pooled(False), pooled(True)
   before = jax.tree_util.tree_map(lambda e, a: jnp.concatenate([e, a[:-1]]), empty, up)
   after = jax.tree_util.tree_map(lambda e, a: jnp.concatenate([a[1:], e]), empty, down)
   others = combine(before, after)
@@ -217,6 +227,10 @@ def crossfit(folds: Moments, used: jax.Array) -> tuple[jax.Array, jax.Array]:
   y = masked.mean[0] + lam * masked.mean[1]
   total = jnp.sum(masked.weight, axis=0)
   estimate = _estimators._safe_divide(jnp.sum(masked.weight * y, axis=0), total)
+  plain = _estimators._safe_divide(
+    jnp.sum(masked.weight * masked.mean[0], axis=0), total
+  )
+  estimate = _estimators.infinite_or(plain, estimate)
   d = y - estimate
   bvv, bvc, bcc = masked.second
   dv, dc = masked.dev
@@ -231,6 +245,11 @@ def crossfit(folds: Moments, used: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 # ----------------------------------------------------------------------------
 # The adaptive loop.
+
+
+#: Most folds of ``'cv_crossfit'``: beyond, batch ``b`` joins fold ``b % MAX_FOLDS``
+#: (memory and work per batch stay bounded however many batches are allowed).
+MAX_FOLDS = 64
 
 
 class Batch(NamedTuple):
@@ -257,6 +276,11 @@ class Settings(NamedTuple):
   tail_diagnostic: bool
 
   @property
+  def folds(self) -> int:
+    """'cv_crossfit''s number of folds: batch ``b`` joins fold ``b % folds``."""
+    return min(self.batches, MAX_FOLDS)
+
+  @property
   def crossfit(self) -> bool:
     return self.estimator == "cv_crossfit"
 
@@ -266,11 +290,8 @@ class Settings(NamedTuple):
 
   def tail_sizes(self) -> np.ndarray:
     """PSIS's tail size for ``k`` batches, ``k = 0..batches``."""
-    g = self.terms_per_batch
-    return np.array(
-      [_estimators.pareto_tail_size(k * g) for k in range(self.batches + 1)],
-      np.int32,
-    )
+    counts = np.arange(self.batches + 1, dtype=np.int64) * self.terms_per_batch
+    return _estimators.pareto_tail_sizes(counts).astype(np.int32)
 
   @property
   def kept(self) -> int:
@@ -327,16 +348,33 @@ class State(NamedTuple):
   """The carry of the adaptive loop (see ``run``)."""
 
   batch: Batch  # the running summary of the batches used
-  folds: Moments | None  # 'cv_crossfit': each batch's moments, [K, ...]
-  fold_shifts: jax.Array | None  # and their weight shifts
+  folds: Moments | None  # 'cv_crossfit': each fold's moments, [F, ...]
+  fold_shifts: jax.Array | None  # and their weight shifts (-inf: empty)
   used: jax.Array  # int32: batches used, per entry
   met: jax.Array  # bool: target met, per entry
+  stopped: jax.Array  # bool: a batch's estimate was not finite, per entry
+  result: tuple[jax.Array, jax.Array]  # that batch's (estimate, stderr)
   next_batch: jax.Array  # int32: the index of the next batch
 
 
 def _scaled_tops(tops: jax.Array, factor: jax.Array) -> jax.Array:
   """``tops * factor`` per entry, leaving the ``-inf`` padding as it is."""
   return jnp.where(tops == -jnp.inf, tops, tops * factor[None, ..., None])
+
+
+def _shifted(
+  a: Moments, shift_a: jax.Array, b: Moments, shift_b: jax.Array, settings: Settings
+) -> tuple[Moments, jax.Array, jax.Array, jax.Array]:
+  r"""``(combined, shift, factor_a, factor_b)``: ``a`` and ``b`` at a common shift.
+
+  Self-normalized weights :math:`e^{\log w - m}` of the two sets are
+  rescaled to the larger shift :math:`m` first; other weights have no shift.
+  """
+  shift = jnp.maximum(shift_a, shift_b)
+  f_a, f_b = jnp.exp(shift_a - shift), jnp.exp(shift_b - shift)
+  if settings.self_normalized:
+    a, b = rescale(a, f_a), rescale(b, f_b)
+  return combine(a, b), shift, f_a, f_b
 
 
 def _merge(old: Batch, new: Batch, settings: Settings) -> Batch:
@@ -350,11 +388,9 @@ def _merge(old: Batch, new: Batch, settings: Settings) -> Batch:
     if old.ties is not None and new.ties is not None:
       ties = jnp.maximum(old.ties, new.ties)
     return Batch(m, old.shift, old.ess, tops, ties)
-  shift = jnp.maximum(old.shift, new.shift)
-  f_old, f_new = jnp.exp(old.shift - shift), jnp.exp(new.shift - shift)
-  m_old, m_new = old.moments, new.moments
-  if settings.self_normalized:
-    m_old, m_new = rescale(m_old, f_old), rescale(m_new, f_new)
+  m, shift, f_old, f_new = _shifted(
+    old.moments, old.shift, new.moments, new.shift, settings
+  )
   ess = (
     old.ess[0] * f_old + new.ess[0] * f_new,
     old.ess[1] * (f_old * f_old) + new.ess[1] * (f_new * f_new),
@@ -367,14 +403,29 @@ def _merge(old: Batch, new: Batch, settings: Settings) -> Batch:
     tops = jax.lax.top_k(both, old.tops.shape[-1])[0]
   if old.ties is not None and new.ties is not None:
     ties = jnp.maximum(old.ties * f_old[None], new.ties * f_new[None])
-  return Batch(combine(m_old, m_new), shift, ess, tops, ties)
+  return Batch(m, shift, ess, tops, ties)
+
+
+def _add_to_fold(
+  folds: Moments,
+  fold_shifts: jax.Array,
+  index: jax.Array,
+  new: Batch,
+  settings: Settings,
+) -> tuple[Moments, jax.Array]:
+  """``folds`` with batch ``index``'s moments added to fold ``index % F``."""
+  fold = index % settings.folds
+  old = jax.tree_util.tree_map(lambda a: a[fold], folds)
+  m, shift, _, _ = _shifted(old, fold_shifts[fold], new.moments, new.shift, settings)
+  folds = jax.tree_util.tree_map(lambda a, b: a.at[fold].set(b), folds, m)
+  return folds, fold_shifts.at[fold].set(shift)
 
 
 def _evaluate(state: State, settings: Settings) -> tuple[jax.Array, jax.Array]:
   """``(estimate, stderr)`` of the batches used so far."""
   if state.folds is None or state.fold_shifts is None:
     return finalize(state.batch.moments)
-  used = jnp.arange(settings.batches, dtype=jnp.int32)
+  used = jnp.arange(settings.folds, dtype=jnp.int32)
   used = jnp.reshape(used, (-1,) + (1,) * state.used.ndim) < state.used[None]
   folds = state.folds
   if settings.self_normalized:
@@ -384,11 +435,15 @@ def _evaluate(state: State, settings: Settings) -> tuple[jax.Array, jax.Array]:
   return crossfit(folds, used)
 
 
-def _met(state: State, settings: Settings) -> jax.Array:
+def _met(
+  value: jax.Array, stderr: jax.Array, state: State, settings: Settings
+) -> jax.Array:
   """The stopping rule ``stderr <= max(atol, rtol |value|)``, per entry."""
-  value, stderr = _evaluate(state, settings)
-  tolerance = jnp.maximum(settings.atol, settings.rtol * jnp.abs(value))
-  met = stderr <= tolerance  # False for NaN
+  largest = float(_checks.finfo(stderr.dtype).max)
+  # Python floats that fit the dtype (1e300 is no tolerance in float32).
+  atol, rtol = min(settings.atol, largest), min(settings.rtol, largest)
+  tolerance = jnp.maximum(atol, rtol * jnp.abs(value))
+  met = (stderr <= tolerance) & jnp.isfinite(value)  # False for NaN
   if settings.crossfit:
     met = met & (state.used >= 2)  # one fold has no others to fit to
   return met
@@ -412,12 +467,40 @@ def _select(active: jax.Array, new: State, old: State) -> State:
   return new._replace(batch=batch)
 
 
+def _check_finite(
+  state: State,
+  batch: Batch,
+  active: jax.Array,
+  merged: tuple[jax.Array, jax.Array],
+) -> State:
+  """Stops the ``active`` entries whose new batch's own estimate is not finite.
+
+  An infinite KL (``log q = -inf`` at a sample of ``p``) gives an infinite
+  batch estimate, which merged statistics would turn into NaN (``inf -
+  inf``); such an entry stops at once with that batch's own estimate and
+  standard error, as the one-shot estimator reports them. The tolerance
+  then counts as not met.
+  """
+  own = finalize(batch.moments)
+  bad = active & ~(jnp.isfinite(own[0]) & jnp.isfinite(merged[0]))
+  keep_own = ~jnp.isfinite(own[0])
+  value, stderr = (
+    jnp.where(bad, jnp.where(keep_own, o, m), r)
+    for o, m, r in zip(own, merged, state.result, strict=True)
+  )
+  result = (value, stderr)
+  return state._replace(stopped=state.stopped | bad, result=result)
+
+
 def run(
   draw: Callable[[jax.Array], tuple[jax.Array, jax.Array | None, jax.Array]],
   first: Batch,
   settings: Settings,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
   """Draws batches until every entry meets its target or ``batches`` are used.
+
+  An entry whose batch estimate is not finite stops there (see
+  ``_check_finite``).
 
   Args:
     draw: ``index -> (log_r, log_w, log_r_scale)`` of batch ``index`` (a
@@ -430,6 +513,7 @@ def run(
     target_met)``, of the batch shape; no gradient.
   """
   shape = first.moments.weight.shape
+  dtype = first.moments.weight.dtype
   kept = settings.kept
   if kept and first.tops is not None and first.tops.shape[-1] < kept:
     pad = kept - first.tops.shape[-1]
@@ -438,47 +522,72 @@ def run(
   folds = fold_shifts = None
   if settings.crossfit:
 
-    def stacked(a: jax.Array) -> jax.Array:
-      empty = jnp.zeros((settings.batches, *a.shape), a.dtype)
+    def stacked(a: jax.Array, fill: float = 0) -> jax.Array:
+      empty = jnp.full((settings.folds, *a.shape), fill, a.dtype)
       return empty.at[0].set(a)
 
     folds = jax.tree_util.tree_map(stacked, first.moments)
-    fold_shifts = stacked(first.shift)
+    fold_shifts = stacked(first.shift, -jnp.inf)
+  nothing = jnp.zeros(shape, bool)
   state = State(
     first,
     folds,
     fold_shifts,
     jnp.ones(shape, jnp.int32),
-    jnp.zeros(shape, bool),
+    nothing,
+    nothing,
+    (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)),
     jnp.asarray(1, jnp.int32),
   )
-  state = state._replace(met=_met(state, settings))
+  value, stderr = _evaluate(state, settings)
+  state = _check_finite(state, first, ~nothing, (value, stderr))
+  state = state._replace(met=~state.stopped & _met(value, stderr, state, settings))
 
   def cond(s: State) -> jax.Array:
-    return (s.next_batch < settings.batches) & jnp.any(~s.met)
+    return (s.next_batch < settings.batches) & jnp.any(~s.met & ~s.stopped)
 
   def body(s: State) -> State:
     new = summarize(*draw(s.next_batch), settings)
-    active = ~s.met
+    active = ~s.met & ~s.stopped
     folds, fold_shifts = s.folds, s.fold_shifts
-    if folds is not None and fold_shifts is not None:
-      folds = jax.tree_util.tree_map(
-        lambda a, b: a.at[s.next_batch].set(b), folds, new.moments
+    if s.folds is not None and s.fold_shifts is not None:
+      folds, fold_shifts = _add_to_fold(
+        s.folds, s.fold_shifts, s.next_batch, new, settings
       )
-      fold_shifts = fold_shifts.at[s.next_batch].set(new.shift)
+      # Entries that are done keep their folds as they were.
+      folds = jax.tree_util.tree_map(
+        lambda a, b: jnp.where(active[None], a, b), folds, s.folds
+      )
+      fold_shifts = jnp.where(active[None], fold_shifts, s.fold_shifts)
     merged = State(
       _merge(s.batch, new, settings),
       folds,
       fold_shifts,
       s.used + active.astype(jnp.int32),
       s.met,
+      s.stopped,
+      s.result,
       s.next_batch + 1,
     )
     merged = _select(active, merged, s)
-    return merged._replace(met=s.met | (active & _met(merged, settings)))
+    value, stderr = _evaluate(merged, settings)
+    merged = _check_finite(merged, new, active, (value, stderr))
+    met = active & ~merged.stopped & _met(value, stderr, merged, settings)
+    return merged._replace(met=s.met | met)
 
   state = jax.lax.while_loop(cond, body, state)
+  value, stderr, ess, khat, used, met = _finish(state, settings)
+  return value, stderr, ess, khat, used, met
+
+
+@functools.partial(jax.jit, static_argnames="settings")
+def _finish(
+  state: State, settings: Settings
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+  """``run``'s results from the final state (jitted: equal under ``jit``)."""
   value, stderr = _evaluate(state, settings)
+  value = jnp.where(state.stopped, state.result[0], value)
+  stderr = jnp.where(state.stopped, state.result[1], stderr)
   batch = state.batch
   if settings.weighted:
     ess = _estimators._safe_divide(batch.ess[0] * batch.ess[0], batch.ess[1])
@@ -487,6 +596,7 @@ def run(
   if batch.tops is not None:
     tail = jnp.asarray(settings.tail_sizes())[state.used]
     khat = _estimators.pareto_k_from_tops(batch.tops, tail, batch.ties)
+    khat = jnp.where(state.stopped, jnp.nan, khat)
   else:
-    khat = jnp.full(shape, jnp.nan, value.dtype)
+    khat = jnp.full(value.shape, jnp.nan, value.dtype)
   return value, stderr, ess, khat, state.used, state.met

@@ -1058,7 +1058,9 @@ def test_gpd_fit_matches_an_independent_numpy_reference(x64):
   from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
 
   for i, (xi, size) in enumerate(
-    [(0.2, 300), (0.7, 300), (-0.3, 57), (1.2, 1000), (0.0, 20)]
+    # 20000 exceedances x 171 grid points is past _GRID_ELEMENTS: the grid
+    # is then evaluated point by point (O(M) memory).
+    [(0.2, 300), (0.7, 300), (-0.3, 57), (1.2, 1000), (0.0, 20), (0.4, 20_000)]
   ):
     x = np.sort(np.asarray(genpareto(jax.random.key(i), (size,), xi)))
     got = float(jax.jit(_estimators.gpd_shape)(jnp.asarray(x)))
@@ -1085,6 +1087,29 @@ def test_pareto_k_recovers_the_shape_of_a_generalized_pareto(xi, x64):
   shrunk = xi + 10 / 310 * (0.5 - xi)
   assert abs(k.mean() - shrunk) < 0.03, (k.mean(), xi)
   assert k.std() < 0.13, k.std()
+
+
+def test_long_tails_fitted_point_by_point_equal_the_padded_fit(x64):
+  # The traced-size fit (the last `size` entries of a zero-padded row) of a
+  # long tail, point by point, equals the plain fit of those entries.
+  from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
+
+  x = np.sort(np.asarray(genpareto(jax.random.key(3), (12_000,), 0.3)))
+  assert (30 + 109) * len(x) > _estimators._GRID_ELEMENTS
+  padded = jnp.concatenate([jnp.zeros(3000), jnp.asarray(x)])
+  got = jax.jit(_estimators.gpd_shape)(padded, jnp.asarray(len(x)))
+  want = zhang_stephens_reference(x)
+  np.testing.assert_allclose(float(got), want, rtol=1e-9, atol=1e-12)
+
+
+def test_vectorized_tail_sizes_equal_the_scalar_rule():
+  from jaxkl import _estimators  # pylint: disable=import-outside-toplevel
+
+  counts = np.concatenate(
+    [np.arange(0, 300_000), np.array([2**31 - 1, 10**9, 123_456_789, 4 * 10**8])]
+  )
+  want = [_estimators.pareto_tail_size(int(c)) for c in counts]
+  np.testing.assert_array_equal(_estimators.pareto_tail_sizes(counts), want)
 
 
 def test_pareto_k_edge_cases():

@@ -8,6 +8,7 @@ the closed-form KL divergence of two Gaussians for coverage.
 """
 
 import itertools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ import pytest
 
 import jaxkl
 from jaxkl import _estimators
+from jaxkl import _streaming
 
 norm_logpdf = jax.scipy.stats.norm.logpdf
 
@@ -120,8 +122,8 @@ def test_combined_statistics_equal_one_shot_on_the_same_samples(
     assert np.isfinite(est.pareto_k), tag  # a fitted tail (traced size M)
 
 
-def crossfit_reference(v, c, u, batches):
-  """K-fold cross-fitted control variate (folds = batches), in NumPy.
+def crossfit_reference(v, c, u, batches, folds=None):
+  """K-fold cross-fitted control variate (batch b in fold b % folds), in NumPy.
 
   ``v``, ``c``, ``u``: the terms, controls and weights of the groups (samples
   or antithetic pairs), batch after batch. Coefficient of fold ``b``: the
@@ -134,8 +136,9 @@ def crossfit_reference(v, c, u, batches):
     vm, cm = np.sum(ub * vb) / np.sum(ub), np.sum(ub * cb) / np.sum(ub)
     return -np.sum(ub**2 * (vb - vm) * (cb - cm)) / np.sum(ub**2 * (cb - cm) ** 2)
 
-  fold = np.repeat(np.arange(batches), len(v) // batches)
-  lams = np.array([lam(fold != b) for b in range(batches)])[fold]
+  folds = batches if folds is None else folds
+  fold = np.repeat(np.arange(batches) % folds, len(v) // batches)
+  lams = np.array([lam(fold != b) for b in range(folds)])[fold]
   y = v + lams * c
   estimate = np.sum(u * y) / np.sum(u)
   n = len(v)
@@ -146,13 +149,22 @@ def crossfit_reference(v, c, u, batches):
 
 
 @pytest.mark.parametrize(
-  "antithetic,proposal,self_normalized",
-  [(False, False, False), (False, True, False), (True, True, True)],
+  "antithetic,proposal,self_normalized,batches,folds",
+  [
+    (False, False, False, 4, None),
+    (False, True, False, 4, None),
+    (True, True, True, 4, None),
+    # More batches than folds: batch b joins fold b % 3 (MAX_FOLDS set to 3).
+    (False, False, False, 7, 3),
+    (True, True, True, 7, 3),
+  ],
 )
 def test_cv_crossfit_is_the_batch_crossfit_of_an_independent_reference(
-  antithetic, proposal, self_normalized, x64
+  antithetic, proposal, self_normalized, batches, folds, x64, monkeypatch
 ):
-  batches, batch_size = 4, 40
+  if folds is not None:
+    monkeypatch.setattr(_streaming, "MAX_FOLDS", folds)
+  batch_size = 40
   key = jax.random.key(5)
   sampler = pushforward(0.0, R_SCALE) if proposal else pushforward(P_LOC, P_SCALE)
   est = jax.jit(
@@ -199,7 +211,8 @@ def test_cv_crossfit_is_the_batch_crossfit_of_an_independent_reference(
     v, c = (u1 * v1 + u2 * v2) / u, (u1 * c1 + u2 * c2) / u
   else:
     v, c, u = parts[0]
-  want = crossfit_reference(v.ravel(), c.ravel(), u.ravel(), batches)
+  want = crossfit_reference(v.ravel(), c.ravel(), u.ravel(), batches, folds)
+  assert int(est.samples_used) == batches * batch_size
   np.testing.assert_allclose(est.value, want[0], rtol=1e-10)
   np.testing.assert_allclose(est.stderr, want[1], rtol=1e-10)
 
@@ -489,6 +502,184 @@ def test_bad_arguments_are_refused_with_clear_errors():
   # The default batch size: min(max_samples, 4096), even with antithetic.
   est = jaxkl.monte_carlo_kl(key, p, q, atol=1e-9, max_samples=11, antithetic=True)
   assert est.num_samples == 10 and int(est.samples_used) == 10
+
+
+@pytest.mark.parametrize(
+  "max_samples,antithetic,batch",
+  [
+    (100, False, 50),
+    (8191, False, 4095),
+    (10**6, False, 4096),
+    (9, True, 4),
+    (11, True, 4),
+    (4, False, 2),
+    (8, True, 4),
+  ],
+)
+def test_default_batch_size_of_cv_crossfit_allows_two_batches(
+  max_samples, antithetic, batch
+):
+  # cv_crossfit needs two batches (folds): its default batch size is
+  # min(max_samples // 2, 4096), rounded down to even for antithetic pairs.
+  p, q = pushforward(0.0, 1.0), lambda x: norm_logpdf(x, 1.0)
+  est = jaxkl.monte_carlo_kl(
+    jax.random.key(0),
+    p,
+    q,
+    atol=1e-9,
+    max_samples=max_samples,
+    estimator="cv_crossfit",
+    antithetic=antithetic,
+    tail_diagnostic=False,
+  )
+  batches = max_samples // batch
+  assert est.num_samples == batches * batch
+  assert int(est.samples_used) == batches * batch and not bool(est.target_met)
+  assert np.isfinite(est.value) and np.isfinite(est.stderr)
+
+
+def test_sizes_beyond_the_limits_are_refused_with_clear_errors():
+  p, q, key = pushforward(0.0, 1.0), norm_logpdf, jax.random.key(0)
+  cases = [
+    (dict(max_samples=3, estimator="cv_crossfit"), "`max_samples=3` is too small"),
+    (
+      dict(max_samples=7, estimator="cv_crossfit", antithetic=True),
+      "at least 4 antithetic pairs in each of two folds",
+    ),
+    (dict(max_samples=3, antithetic=True), "`max_samples=3` is too small"),
+    (dict(max_samples=2**31), "at most 2147483647"),
+    (dict(max_samples=2**21 * 4, batch_size=4), "2097152 batches.*tail_diagnostic"),
+  ]
+  for kwargs, match in cases:
+    with pytest.raises(ValueError, match=match):
+      jaxkl.monte_carlo_kl(key, p, q, atol=0.1, **kwargs)
+  # Without the tail diagnostic that many batches are allowed (bounded memory).
+  est = jaxkl.monte_carlo_kl(
+    key, p, q, atol=0.5, max_samples=2**21 * 4, batch_size=4, tail_diagnostic=False
+  )
+  assert bool(est.target_met) and est.num_samples == 2**23
+
+
+def test_huge_tolerances_fit_the_dtype_without_warnings():
+  # atol = rtol = 1e300 overflow float32: they are read as its largest value,
+  # so the first batch meets them; NumPy's cast must not warn.
+  p, q = pushforward(0.0, 1.0), lambda x: norm_logpdf(x, 1.0)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for tol in (dict(atol=1e300), dict(rtol=1e300), dict(atol=1e300, rtol=1e300)):
+      est = jaxkl.monte_carlo_kl(
+        jax.random.key(0), p, q, max_samples=4096, batch_size=512, **tol
+      )
+      assert bool(est.target_met) and int(est.samples_used) == 512, tol
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3", "cv_crossfit"])
+def test_adaptive_estimate_is_the_same_under_jit(estimator):
+  # jit fuses differently from op-by-op dispatch, so the two may round
+  # differently (KLEstimate.__eq__ says so), but only at float32's rounding
+  # level: the same batches are used and the same statistics computed.
+  p, q = pushforward(0.0, 1.0), lambda x: norm_logpdf(x, 1.0)
+
+  def f(k):
+    return jaxkl.monte_carlo_kl(
+      k, p, q, atol=1e-2, max_samples=2**15, batch_size=1024, estimator=estimator
+    )
+
+  eager, jitted = f(jax.random.key(1)), jax.jit(f)(jax.random.key(1))
+  assert np.isfinite(eager.pareto_k)
+  assert eager.samples_used == jitted.samples_used
+  assert eager.target_met == jitted.target_met
+  for name in ("value", "stderr", "effective_sample_size", "pareto_k"):
+    a, b = getattr(eager, name), getattr(jitted, name)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+TRUNCATION = 2.0  # q = N(0.3, 1) restricted to x <= 2: log q = -inf above
+
+
+def truncated_q(x):
+  return jnp.where(x <= TRUNCATION, norm_logpdf(x, 0.3), -jnp.inf)
+
+
+@pytest.mark.parametrize(
+  "estimator,antithetic,proposal",
+  [(e, False, False) for e in ("k1", "k2", "k3", "cv", "cv_crossfit")]
+  + [("k3", True, False), ("cv", False, True), ("k1", True, True)],
+)
+def test_an_infinite_kl_stops_at_the_first_infinite_batch(
+  estimator, antithetic, proposal
+):
+  # KL(N(0, 1) || q) = inf: q has no mass above 2 (2.3% of P's). Each key's
+  # estimate must stop at the first batch holding a sample above 2 (redrawn
+  # here from fold_in(key, i)), with the one-shot estimate of that batch
+  # (+inf, stderr NaN), target not met and no tail fit; the fixed-size
+  # estimate on that batch is +inf too.
+  batch_size, batches = 16, 64
+  p = pushforward(0.0, 1.0)
+  sampler = pushforward(0.0, R_SCALE) if proposal else None
+
+  def run(key, **size):
+    return jaxkl.monte_carlo_kl(
+      key,
+      p,
+      truncated_q,
+      estimator=estimator,
+      antithetic=antithetic,
+      proposal=sampler,
+      **size,
+    )
+
+  keys = jax.random.split(jax.random.key(6), 6)
+  est = jax.jit(
+    jax.vmap(
+      lambda k: run(
+        k,
+        atol=1e-6,
+        max_samples=batches * batch_size,
+        batch_size=batch_size,
+      )
+    )
+  )(keys)
+  loc, scale = (0.0, R_SCALE) if proposal else (0.0, 1.0)
+  for i, key in enumerate(keys):
+    x = np.asarray(redraw(key, batches, batch_size, antithetic, loc, scale))
+    if antithetic:  # back to batch order: each batch is z then -z
+      half = len(x) // 2
+      x = np.concatenate(
+        [x[:half].reshape(batches, -1), x[half:].reshape(batches, -1)], axis=1
+      )
+    else:
+      x = x.reshape(batches, batch_size)
+    first_bad = int(np.argmax(np.any(x > TRUNCATION, axis=1)))
+    assert np.any(x[first_bad] > TRUNCATION)  # every key hits one (checked)
+    tag = (estimator, i, first_bad)
+    assert int(est.samples_used[i]) == (first_bad + 1) * batch_size, tag
+    assert est.value[i] == np.inf, tag
+    assert np.isnan(est.stderr[i]) and np.isnan(est.pareto_k[i]), tag
+    assert not bool(est.target_met[i]), tag
+    if i == 0:  # the fixed-size estimate on that batch alone
+      fixed = run(jax.random.fold_in(key, first_bad), num_samples=batch_size)
+      assert fixed.value == np.inf and np.isnan(fixed.stderr), tag
+
+
+def test_a_nan_log_density_stops_the_entry_with_nan():
+  # A log-density that is NaN at some samples gives a NaN batch estimate:
+  # the entry stops there and reports NaN (not a finite value from the
+  # other batches), while an entry without NaN goes on to meet its target.
+  shifts = jnp.array([0.0, 1.0])
+  p = jaxkl.StandardNormalPushforward(
+    lambda z: z + 0 * shifts[None], lambda x: norm_logpdf(x), (2,)
+  )
+
+  def q(x):
+    return jnp.where((x > 2.5) & (shifts[None] == 0), jnp.nan, norm_logpdf(x, 1.0))
+
+  est = jaxkl.monte_carlo_kl(
+    jax.random.key(3), p, q, atol=0.02, max_samples=2**14, batch_size=256
+  )
+  assert np.isnan(est.value[0]) and not bool(est.target_met[0])
+  assert int(est.samples_used[0]) < 2**14
+  assert bool(est.target_met[1]) and abs(float(est.value[1]) - 0.5) < 0.1
 
 
 def test_float32_estimates_with_options_match_the_closed_form():
