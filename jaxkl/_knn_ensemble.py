@@ -120,13 +120,18 @@ def _point_terms(
   weights: tuple[float, ...],
   ks: tuple[int, ...],
   chunk_size: int | None,
-) -> jax.Array:
-  """Per-point weighted log-ratio terms ``[n]`` in the computation dtype."""
-  rho_sq, nu_sq = _knn.neighbour_radii(x, y, ks=ks, chunk_size=chunk_size)
+) -> tuple[jax.Array, jax.Array]:
+  """Per-point weighted log-ratio terms ``[n]`` in the computation dtype, and
+  the duplicate counts (``neighbour_radii``'s, int32 ``[2]``)."""
+  # Normalized radii: only their ratios enter, and those never overflow or
+  # underflow (knn_kl's normalization; exactly scale-invariant).
+  rho_sq, nu_sq, duplicates = _knn.neighbour_radii(
+    x, y, ks=ks, chunk_size=chunk_size, return_duplicates=True, normalized=True
+  )
   dim = x.shape[1]
   w = jnp.asarray(np.array(weights), rho_sq.dtype)
   log_ratio = jnp.log(nu_sq) - jnp.log(rho_sq)  # [K, n]
-  return 0.5 * dim * jnp.sum(w[:, None] * log_ratio, axis=0)
+  return 0.5 * dim * jnp.sum(w[:, None] * log_ratio, axis=0), duplicates
 
 
 def _value(
@@ -135,13 +140,14 @@ def _value(
   weights: tuple[float, ...],
   ks: tuple[int, ...],
   chunk_size: int | None,
-) -> jax.Array:
-  """The weighted estimate from the samples (no checks)."""
+) -> tuple[jax.Array, jax.Array]:
+  """The weighted estimate from the samples and the duplicate counts (no
+  checks, nothing reported)."""
   n, m = x.shape[0], y.shape[0]
-  terms = _point_terms(x, y, weights, ks, chunk_size)
+  terms, duplicates = _point_terms(x, y, weights, ks, chunk_size)
   estimate = jnp.mean(terms) + math.log(m / (n - 1))
   finite = jnp.all(jnp.isfinite(x)) & jnp.all(jnp.isfinite(y))
-  return jnp.where(finite, estimate, jnp.nan)
+  return jnp.where(finite, estimate, jnp.nan), duplicates
 
 
 class _Plan:
@@ -210,23 +216,24 @@ def _keep_indices(size: int, num_groups: int) -> np.ndarray:
 
 def _run(
   x: jax.Array, y: jax.Array, plan: _Plan, chunk_size: int | None
-) -> tuple[jax.Array, jax.Array]:
-  """Estimate and its jackknife standard error (NaN without groups)."""
-  value = _value(x, y, plan.weights, plan.ks, chunk_size)
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Estimate, its jackknife standard error (NaN without groups) and the
+  duplicate counts of the full samples."""
+  value, duplicates = _value(x, y, plan.weights, plan.ks, chunk_size)
   if plan.num_groups is None:
-    return value, jnp.full_like(value, jnp.nan)
+    return value, jnp.full_like(value, jnp.nan), duplicates
   g = plan.num_groups
   # One replicate at a time (lax.map): the memory of one estimate, G times
   # its cost (times ((G - 1) / G)^2: fewer points).
   replicates = lax.map(
-    lambda keep: _value(x[keep[0]], y[keep[1]], plan.weights, plan.ks, chunk_size),
+    lambda keep: _value(x[keep[0]], y[keep[1]], plan.weights, plan.ks, chunk_size)[0],
     (jnp.asarray(plan.keep_x), jnp.asarray(plan.keep_y)),
   )
   # Delete-a-group jackknife (Shao & Wu 1989; Kott 2001).
   centred = replicates - jnp.mean(replicates)
   stderr = jnp.sqrt((g - 1) / g * jnp.sum(jnp.square(centred)))
   stderr = jnp.where(jnp.isfinite(value), stderr, jnp.nan)
-  return value, stderr.astype(value.dtype)
+  return value, stderr.astype(value.dtype), duplicates
 
 
 def _prepare(
@@ -299,7 +306,14 @@ def ensemble_estimate(
 
   Returns:
     The estimate, a scalar in the promoted dtype of ``x`` and ``y``.
+
+  Raises:
+    TypeError, ValueError: as ``knn_kl_estimate``, shared points included.
+
+  Warns:
+    RuntimeWarning: as ``knn_kl_estimate``.
   """
+  _knn._check_independent(x, y, "ensemble_estimate")
   x, y, plan, chunk = _prepare(
     x,
     y,
@@ -311,7 +325,9 @@ def ensemble_estimate(
     chunk_size=chunk_size,
   )
   out_dtype, _ = _checks.result_dtype(x, y)
-  return _value(x, y, plan.weights, plan.ks, chunk).astype(out_dtype)
+  value, duplicates = _value(x, y, plan.weights, plan.ks, chunk)
+  _knn.report_duplicates(duplicates, n=x.shape[0])
+  return value.astype(out_dtype)
 
 
 def knn_kl_estimate(
@@ -324,7 +340,8 @@ def knn_kl_estimate(
   bias_terms: int = 1,
   num_groups: int | None = _DEFAULT_GROUPS,
   chunk_size: int | None = None,
-) -> KLEstimate:
+  return_duplicates: bool = False,
+) -> KLEstimate | tuple[KLEstimate, jax.Array]:
   r"""Bias-reduced k-NN estimate of :math:`D_{\mathrm{KL}}(P \,\|\, Q)` with a standard error.
 
   With :math:`x_1, \dots, x_n \sim P`, :math:`y_1, \dots, y_m \sim Q` i.i.d.
@@ -437,9 +454,24 @@ def knn_kl_estimate(
   **Cost.** :math:`O(n (n + m) (d + K))` time (``neighbour_radii``: the
   distances, then :math:`K` passes over them), memory
   :math:`O(\text{chunk\_size} \cdot (n + m))`. Float32 by default, float64
-  for float64 inputs (under ``jax_enable_x64``). Zero distances
-  (duplicates) are floored as in ``knn_kl``. A NaN or infinite coordinate
-  gives NaN.
+  for float64 inputs (under ``jax_enable_x64``). A NaN or infinite
+  coordinate gives NaN.
+
+  **Scale, duplicates and independence**, as in ``knn_kl`` (see there):
+  both samples are divided by a common power of two first, so the value and
+  the standard error are exactly those of :math:`2^s x, 2^s y`, and the
+  squared distances neither overflow nor underflow whatever the magnitude
+  of the samples (each jackknife replicate normalizes its own); zero distances
+  (duplicates) are floored. When run eagerly, it raises a ``ValueError`` if
+  at least half of the points of ``x`` also appear in ``y`` (e.g.
+  ``knn_kl_estimate(x, x.copy())``), and warns (``RuntimeWarning``) if more
+  than 1% have an exact copy in ``x`` or in ``y`` (counted on the full
+  samples). Under ``jax.jit``, ``jax.vmap`` or ``jax.grad`` nothing is
+  checked: ``return_duplicates=True`` returns the counts. The same Python
+  object passed as ``x`` and ``y`` raises at once (also one traced value
+  passed as both inside a transformed function), but
+  ``jax.jit(knn_kl_estimate)(x, x)`` traces two separate arguments and
+  raises nothing.
 
   Args:
     x: samples of P, ``[n, d]``, real floating.
@@ -457,22 +489,32 @@ def knn_kl_estimate(
       :math:`(G-1)\lfloor m/G \rfloor \ge K`), or None (``stderr`` is
       NaN; no extra cost). Default 10.
     chunk_size: as in ``knn_kl``. Static.
+    return_duplicates: also return the duplicate counts (a Python bool,
+      static), as ``knn_kl``'s.
 
   Returns:
     A ``jaxkl.KLEstimate``: ``value`` and ``stderr`` (scalars in the
     promoted dtype of ``x`` and ``y``), ``effective_sample_size`` = n (an
     array), ``num_samples`` = n, ``estimator`` = ``"knn-ensemble"`` or
     ``"knn-wkv"``, ``pareto_k`` NaN (the tail diagnostic does not apply).
+    With ``return_duplicates``, the pair ``(estimate, duplicates)``,
+    ``duplicates`` int32 ``[2]``: the number of points of ``x`` with an
+    exact copy elsewhere in ``x``, and the number that also appear in ``y``.
 
   Raises:
     TypeError: ``x`` or ``y`` not real floating; ``estimator`` not a string;
       ``k``, ``max_k``, ``bias_terms``, ``num_groups`` or ``chunk_size`` not
-      an int (or None where allowed).
+      an int (or None where allowed); ``return_duplicates`` not a bool.
     ValueError: ``x`` or ``y`` not 2-D or of different dimensions; an
       unknown ``estimator``; ``k`` given for ``"ensemble"`` or ``max_k`` for
       ``"wkv"``; ``max_k <= bias_terms``; too few samples for the largest
       rank; ``num_groups < 2``, ``num_groups > min(n, m)`` or replicates too
-      small for the ranks.
+      small for the ranks; ``x`` and ``y`` the same object; when run
+      eagerly, at least half of the points of ``x`` also in ``y``.
+
+  Warns:
+    RuntimeWarning: when run eagerly, more than 1% of the points of ``x``
+      with an exact copy in ``x`` or in ``y``.
 
   Examples:
     >>> import jax
@@ -484,6 +526,13 @@ def knn_kl_estimate(
     >>> bool(abs(estimate.value - 0.5) < 0.3), bool(0 < estimate.stderr < 0.2)
     (True, True)
     >>> low, high = estimate.confidence_interval(0.95)  # value -+ 1.96 stderr
+
+    The same sample twice is refused (eagerly):
+
+    >>> knn_kl_estimate(x, x.copy())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: `x` and `y` must be independent samples; 2000 of 2000 points ...
 
   References:
     Q. Wang, S. R. Kulkarni and S. Verdú, "Divergence Estimation for
@@ -506,6 +555,8 @@ def knn_kl_estimate(
     P. S. Kott, "The delete-a-group jackknife", Journal of Official
     Statistics 17(4), 521-526, 2001.
   """
+  _knn._check_independent(x, y, "knn_kl_estimate")
+  return_duplicates = _checks.check_bool(return_duplicates, "return_duplicates")
   x, y, plan, chunk = _prepare(
     x,
     y,
@@ -517,9 +568,10 @@ def knn_kl_estimate(
     chunk_size=chunk_size,
   )
   out_dtype, _ = _checks.result_dtype(x, y)
-  value, stderr = _run(x, y, plan, chunk)
+  value, stderr, duplicates = _run(x, y, plan, chunk)
   n = x.shape[0]
-  return KLEstimate(
+  _knn.report_duplicates(duplicates, n=n)
+  result = KLEstimate(
     value=value.astype(out_dtype),
     stderr=stderr.astype(out_dtype),
     effective_sample_size=jnp.asarray(n, out_dtype),
@@ -527,3 +579,6 @@ def knn_kl_estimate(
     estimator=f"knn-{estimator}",
     pareto_k=jnp.asarray(jnp.nan, out_dtype),
   )
+  if return_duplicates:
+    return result, duplicates
+  return result

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heavily duplicated:RuntimeWarnin
 def reference_knn_kl(x, y, k=1, estimator="wkv", dtype=np.float32):
   """cKDTree implementation of both estimators, in float64.
 
-  Distances from ``x_i`` below ``max(eps / 4 * max_j |x_ij|, sqrt(tiny))``
-  (``eps``, ``tiny`` of ``dtype``) count as that floor, as in ``knn_kl``.
+  Distances from ``x_i`` below ``max(eps / 4 * max_j |x_ij|, sqrt(tiny) * 2^e)``
+  (``eps``, ``tiny`` of ``dtype``; ``2^e`` the power of two at or below the
+  largest |coordinate|, ``unit``) count as that floor, as in ``knn_kl``.
   ``rho_k(i)`` is the (k+1)-th distance from ``x_i`` to ``x``
   (``x_i`` itself is one of the zeros). Adaptive: the ball of radius
   ``max(rho_k, nu_k)`` holds ``l_i`` points of ``x`` (``x_i`` excluded) and
@@ -45,7 +46,8 @@ def reference_knn_kl(x, y, k=1, estimator="wkv", dtype=np.float32):
   (n, d), m = x.shape, y.shape[0]
   info = jnp.finfo(dtype)
   floor = np.maximum(
-    float(info.eps) / 4 * np.abs(x).max(axis=1), math.sqrt(float(info.tiny))
+    float(info.eps) / 4 * np.abs(x).max(axis=1),
+    math.sqrt(float(info.tiny)) * unit(x, y),
   )
   tree_x, tree_y = cKDTree(x), cKDTree(y)
   rho = np.maximum(tree_x.query(x, k=[k + 1])[0][:, 0], floor)
@@ -55,20 +57,29 @@ def reference_knn_kl(x, y, k=1, estimator="wkv", dtype=np.float32):
   terms = []
   for i in range(n):
     radius = max(rho[i], nu[i])  # floor[i] or more
-    # query_ball_point compares squared distances to a rounded radius**2:
-    # widen the radius a little, then keep the distances <= radius.
-    near_x = [j for j in tree_x.query_ball_point(x[i], radius * (1 + 1e-9)) if j != i]
-    near_y = tree_y.query_ball_point(x[i], radius * (1 + 1e-9))
+    # query_ball_point compares squared distances to a rounded radius**2, and
+    # np.linalg.norm rounds differently from cKDTree (the point at distance
+    # `radius` can come out a few ulps above it): widen the radius a little.
+    wide = radius * (1 + 1e-9)
+    near_x = [j for j in tree_x.query_ball_point(x[i], wide) if j != i]
+    near_y = tree_y.query_ball_point(x[i], wide)
     dist_x = np.linalg.norm(x[near_x] - x[i], axis=1)
     dist_y = np.linalg.norm(y[near_y] - x[i], axis=1)
-    dist_x = np.maximum(dist_x[dist_x <= radius], floor[i])
-    dist_y = np.maximum(dist_y[dist_y <= radius], floor[i])
+    dist_x = np.maximum(dist_x[dist_x <= wide], floor[i])
+    dist_y = np.maximum(dist_y[dist_y <= wide], floor[i])
     terms.append(
       d * math.log(dist_y.max() / dist_x.max())
       + digamma(dist_x.size)
       - digamma(dist_y.size)
     )
   return np.mean(terms) + math.log(m / (n - 1))
+
+
+def unit(x, y):
+  """2^e <= max |coordinate| of x and y < 2^(e + 1) (1 if all are 0), by
+  math.frexp: the samples' scale, relative to which knn_kl floors."""
+  largest = max(float(np.abs(x).max()), float(np.abs(y).max()))
+  return 2.0 ** (math.frexp(largest)[1] - 1) if largest > 0 else 1.0
 
 
 def samples_with_duplicates(d, seed, n=240, m=190):
@@ -355,6 +366,41 @@ def test_traced_k_is_rejected():
     jax.jit(jaxkl.knn_kl)(X, Y, k=1)
 
 
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(
+  n=st.integers(8, 40),
+  m=st.integers(7, 40),
+  k=st.integers(1, 4),
+  estimator=st.sampled_from(["wkv", "adaptive"]),
+  seed=st.integers(0, 2**16),
+)
+def test_sorted_1d_gradients_are_finite_and_equal_brute_force(n, m, k, estimator, seed):
+  """The gradients of the per-point radii, sorted path against brute force,
+  on continuous samples (no ties: one subgradient): equal and finite. The
+  sorted path pads each side with +inf; a square's slope there times a zero
+  cotangent was NaN (found for ``jax.grad(knn_kl)`` in 1-D). Ranks up to
+  ``k + 3 <= m < n``, as the estimators allow."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 1)).astype(np.float32)
+  y = (rng.normal(size=(m, 1)) + 0.5).astype(np.float32)
+  ks = (k,) if estimator == "adaptive" else (1, k, k + 3)
+  c = rng.uniform(0.5, 1.5, size=(2, n, len(ks)))
+
+  def loss(x, y, method):
+    rho_sq, nu_sq = _per_point(x, y, ks=ks, estimator=estimator, method=method)[:2]
+    rho_sq = rho_sq.reshape(n, -1)
+    nu_sq = nu_sq.reshape(n, -1)
+    # Radii beyond the sample sizes are +inf: left out (no slope).
+    terms = [jnp.where(jnp.isfinite(r), jnp.log(r), 0) for r in (rho_sq, nu_sq)]
+    return sum(jnp.sum(ci[:, : t.shape[1]] * t) for ci, t in zip(c, terms, strict=True))
+
+  got = jax.grad(loss, argnums=(0, 1))(x, y, "sort")
+  want = jax.grad(loss, argnums=(0, 1))(x, y, "brute")
+  for a, b in zip(got, want, strict=True):
+    assert np.all(np.isfinite(np.asarray(a)))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("dim", [1, 3])
 def test_neighbour_radii_match_ckdtree(dim):
   """Several ranks at once: the k-th distances equal cKDTree's (float64)."""
@@ -440,7 +486,9 @@ def test_neighbour_radii_large_ks_with_duplicates(dim):
   rho_sq, nu_sq, duplicates = _knn.neighbour_radii(
     x, y, ks=ks, chunk_size=128, return_duplicates=True
   )
-  floor = np.maximum(F32_EPS / 4 * np.abs(x).max(axis=1), np.sqrt(1.1754944e-38))
+  floor = np.maximum(
+    F32_EPS / 4 * np.abs(x).max(axis=1), np.sqrt(1.1754944e-38) * unit(x, y)
+  )
   x64, y64 = x.astype(np.float64), y.astype(np.float64)
   dx = cKDTree(x64).query(x64, k=max(ks) + 1)[0]
   dy = cKDTree(y64).query(x64, k=max(ks))[0]
@@ -576,9 +624,16 @@ def test_same_sample_twice_raises(dim):
     jaxkl.knn_kl(x, x.copy())
   with pytest.raises(ValueError, match="200 of 200 points"):
     jaxkl.knn_kl(x, x[::-1], estimator="adaptive")  # same set, other order
-  # Under jit only the object identity is known (at trace time).
+  # Under jit only the object identity is known (at trace time): one traced
+  # value passed as both raises ...
   with pytest.raises(ValueError, match="same array for both"):
     jax.jit(lambda a: jaxkl.knn_kl(a, a))(x)
+  # ... but jax.jit(knn_kl)(x, x) traces x and y as two arguments (two
+  # tracers): nothing is raised there, and the counts say what happened.
+  jitted = jax.jit(jaxkl.knn_kl, static_argnames="return_duplicates")
+  value, duplicates = jitted(x, x, return_duplicates=True)
+  assert duplicates.tolist() == [0, 200]
+  assert np.isfinite(float(value))
 
 
 @pytest.mark.parametrize("dim", [1, 3])
@@ -625,3 +680,119 @@ def test_continuous_samples_do_not_warn():
   x[90:120] = y[90:120]
   with pytest.warns(RuntimeWarning, match="appear in `y`"):
     jaxkl.knn_kl(x, y)
+
+
+# Scale: both samples are divided by a power of two before any distance.
+
+
+def _scaled_samples(d, seed):
+  """Float32 samples of N(0, I) and N(0.5, 1.3^2 I) whose sizes take the
+  sorted (1-D), pruned (3-D, >= 2048 points in each) and brute-force (12-D)
+  paths, with duplicates: x_2 three times in x, x_1 in y, and the origin
+  twice in x (floored at sqrt(tiny) * 2^e, relative to the scale). By
+  construction 5 points of x have a copy in x and 1 appears in y."""
+  n, m = {1: (300, 250), 3: (2100, 2050), 12: (200, 150)}[d]
+  rng = np.random.default_rng([d, seed])
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  y = (0.5 + 1.3 * rng.normal(size=(m, d))).astype(np.float32)
+  x[[3, 4]] = x[2]
+  y[[10, 11]] = x[1]
+  x[[5, 6]] = 0.0
+  return x, y
+
+
+def test_scaled_samples_take_every_path():
+  assert _knn._auto_window(300, 250, 1) is None  # 1-D: sorted whatever
+  assert _knn._auto_window(2100, 2050, 3) is not None
+  assert _knn._auto_window(200, 150, 12) is None
+
+
+@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.given(
+  d=st.sampled_from([1, 3, 12]),
+  s=st.integers(-100, 100),
+  seed=st.integers(0, 3),
+  estimator=st.sampled_from(ESTIMATORS),
+  k=st.sampled_from([1, 3]),
+)
+def test_power_of_two_scale_is_exact(d, s, seed, estimator, k):
+  """knn_kl(2^s x, 2^s y) == knn_kl(x, y) bitwise, finite, with the same
+  duplicate counts (5 in x, 1 in y, by construction), from 2^-100 to 2^100
+  (float32 squared distances alone overflow from about 2^64 and underflow
+  below about 2^-63). neighbour_radii: the normalized radii equal bitwise,
+  the default ones are 4^s times the unscaled ones, exactly where that is a
+  normal float32 (else inf above, at most tiny below)."""
+  x, y = _scaled_samples(d, seed)
+  c = np.float32(2.0**s)
+  cx, cy = x * c, y * c
+  # Exact: every coordinate of the scaled samples is a normal float.
+  np.testing.assert_array_equal(cx.astype(np.float64) / 2.0**s, x)
+  np.testing.assert_array_equal(cy.astype(np.float64) / 2.0**s, y)
+  kwargs = {"k": k, "estimator": estimator, "return_duplicates": True}
+  base, base_counts = jaxkl.knn_kl(x, y, **kwargs)
+  got, counts = jaxkl.knn_kl(cx, cy, **kwargs)
+  assert np.isfinite(float(got))
+  assert float(got) == float(base)
+  assert base_counts.tolist() == counts.tolist() == [5, 1]
+  ks = (1, 4)
+  base_radii = _knn.neighbour_radii(x, y, ks=ks, normalized=True)
+  radii = _knn.neighbour_radii(cx, cy, ks=ks, normalized=True)
+  for a, b in zip(radii, base_radii, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  info = np.finfo(np.float32)
+  for a, b in zip(
+    _knn.neighbour_radii(cx, cy, ks=ks), _knn.neighbour_radii(x, y, ks=ks), strict=True
+  ):
+    a, expected = np.asarray(a, np.float64), np.asarray(b, np.float64) * 4.0**s
+    normal = (expected >= info.tiny) & (expected <= info.max)
+    np.testing.assert_array_equal(a[normal], expected[normal])
+    assert np.all(np.isinf(a[expected > info.max]))
+    assert np.all(a[expected < info.tiny] <= info.tiny)
+
+
+@pytest.mark.parametrize("d", [1, 3, 12])
+@pytest.mark.parametrize("scale", [1e20, 1e-20, 3.7e-19, 1e35, 1e-30])
+def test_extreme_scales_match_ckdtree(scale, d):
+  """Scales that are not powers of two: the float32 samples scale * x are
+  rounded, so the estimate is that of the rounded samples: equal to the
+  cKDTree reference on them (float64, whose squared distances do not
+  overflow at 1e35 nor underflow at 1e-30), to the tolerance of
+  test_matches_ckdtree_reference; finite; and the duplicates are the
+  constructed ones (at 1e-20 every point used to count as shared)."""
+  x, y = _scaled_samples(d, seed=0)
+  cx, cy = (x * np.float32(scale)), (y * np.float32(scale))
+  nonzero = np.abs(cx[cx != 0])
+  assert nonzero.min() >= np.finfo(np.float32).tiny and np.isfinite(nonzero).all()
+  for estimator in ESTIMATORS:
+    got, counts = jaxkl.knn_kl(cx, cy, estimator=estimator, return_duplicates=True)
+    expected = reference_knn_kl(cx, cy, 1, estimator)
+    assert np.isfinite(float(got)) and np.isfinite(expected)
+    np.testing.assert_allclose(
+      float(got), expected, rtol=0, atol=8 * d * F32_EPS + 1e-6 * abs(expected)
+    )
+    assert counts.tolist() == [5, 1]
+
+
+def test_origin_duplicates_floor_follows_the_scale():
+  """x = [0, 0, 1, 3], y = [0.5, 2], by hand: max |coordinate| 3, so 2^e = 2
+  and the floor of the two points at the origin is 2 sqrt(tiny32) (their
+  rho_1, the distance to each other, is 0); nu_1 = 0.5 for both; x = 1 has
+  rho_1 = 1, nu_1 = 0.5 (1 to 0.5), x = 3 has rho_1 = 2, nu_1 = 1. The same
+  value for the samples times 2^-80 and 2^80."""
+  x = np.array([[0.0], [0.0], [1.0], [3.0]], np.float32)
+  y = np.array([[0.5], [2.0]], np.float32)
+  floor = 2 * math.sqrt(float(np.finfo(np.float32).tiny))
+  expected = (
+    2 * math.log(0.5 / floor) + math.log(0.5 / 1.0) + math.log(1.0 / 2.0)
+  ) / 4 + math.log(2 / 3)
+  assert math.isclose(reference_knn_kl(x, y), expected, rel_tol=1e-12)
+  for d in (1, 2):  # the sorted path and the brute force
+    xd, yd = np.repeat(x, d, axis=1), np.repeat(y, d, axis=1)
+    # In 2-D every distance is sqrt(2) times the 1-D one, the floor is not.
+    want = expected if d == 1 else reference_knn_kl(xd, yd)
+    for c in (1.0, 2.0**-80, 2.0**80):
+      got, counts = jaxkl.knn_kl(
+        xd * np.float32(c), yd * np.float32(c), return_duplicates=True
+      )
+      np.testing.assert_allclose(float(got), want, rtol=1e-6)
+      assert counts.tolist() == [2, 0]

@@ -7,8 +7,12 @@ interval's coverage against the true divergence of Gaussians, with stated
 statistical margins.
 """
 
+import functools
 import math
+import warnings
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import mpmath
@@ -17,6 +21,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 import jaxkl
+from jaxkl import _knn
 from jaxkl._knn_ensemble import default_max_k
 from jaxkl._knn_ensemble import ensemble_estimate
 from jaxkl._knn_ensemble import ensemble_weights
@@ -64,15 +69,22 @@ def test_default_max_k():
   assert default_max_k(3, 2) == 2
 
 
+def unit(x, y):
+  """2^e <= max |coordinate| of x and y < 2^(e + 1) (1 if all are 0)."""
+  largest = max(float(np.abs(x).max()), float(np.abs(y).max()))
+  return 2.0 ** (math.frexp(largest)[1] - 1) if largest > 0 else 1.0
+
+
 def reference(x, y, max_k, bias_terms, num_groups=None):
-  """cKDTree implementation in float64 (distances floored as knn_kl does)."""
+  """cKDTree implementation in float64 (distances floored as knn_kl does;
+  each replicate relative to its own samples' scale, as knn_kl_estimate)."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
 
   def value(x, y, kk):
     (n, d), m = x.shape, y.shape[0]
     floor = np.maximum(
       np.finfo(np.float64).eps / 4 * np.abs(x).max(axis=1),
-      math.sqrt(np.finfo(np.float64).tiny),
+      math.sqrt(np.finfo(np.float64).tiny) * unit(x, y),
     )
     rho = np.maximum(cKDTree(x).query(x, k=kk + 1)[0][:, 1:], floor[:, None])
     nu = np.maximum(cKDTree(y).query(x, k=kk)[0].reshape(n, kk), floor[:, None])
@@ -249,3 +261,144 @@ def test_sample_errors():
     knn_kl_estimate(x, y[:, :1])
   with pytest.raises(TypeError, match="floating"):
     knn_kl_estimate(x.astype(np.int32), y)
+
+
+# Scale: the estimate and its standard error depend on the distances only
+# through their ratios (knn_kl's normalization by a power of two).
+
+# (n, m, keyword arguments) by dimension: the sorted path (1-D), the pruned
+# one (3-D: 2732 points, so the replicates without one of 4 groups keep 2049
+# and are pruned too) and the brute force (12-D).
+SCALED_CASES = {
+  1: (400, 350, {}),
+  3: (2732, 2732, {"max_k": 6, "num_groups": 4}),
+  12: (200, 180, {}),
+}
+
+
+def scaled_pair(d, seed):
+  """Continuous float32 samples of N(0, I) and N(0.5 e_1, 1.3^2 I)."""
+  n, m, kwargs = SCALED_CASES[d]
+  rng = np.random.default_rng([d, seed, 5])
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  y = (1.3 * rng.normal(size=(m, d))).astype(np.float32)
+  y[:, 0] += 0.5
+  return x, y, kwargs
+
+
+def test_scaled_cases_take_every_path():
+  n, m, kwargs = SCALED_CASES[3]
+  keep = (kwargs["num_groups"] - 1) * (n // kwargs["num_groups"])
+  assert _knn._auto_window(n, m, 3) is not None
+  assert _knn._auto_window(keep, keep, 3) is not None
+  assert _knn._auto_window(*SCALED_CASES[12][:2], 12) is None
+
+
+@functools.cache
+def _jitted_estimate(estimator, kwargs):
+  return jax.jit(
+    functools.partial(knn_kl_estimate, estimator=estimator, **dict(kwargs))
+  )
+
+
+@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.given(
+  d=st.sampled_from([1, 3, 12]),
+  s=st.integers(-100, 100),
+  seed=st.integers(0, 2),
+  estimator=st.sampled_from(["ensemble", "wkv"]),
+)
+def test_power_of_two_scale_is_exact(d, s, seed, estimator):
+  """value and stderr of 2^s x, 2^s y: bitwise those of x, y and finite,
+  from 2^-100 to 2^100 (the jackknife's replicates normalize their own
+  samples: the same power of two times 2^s). Jitted, to compile once per
+  case (the eager calls are in test_extreme_scales_match_ckdtree)."""
+  x, y, kwargs = scaled_pair(d, seed)
+  if estimator == "wkv":
+    kwargs = {key: v for key, v in kwargs.items() if key != "max_k"}
+  c = np.float32(2.0**s)
+  cx, cy = x * c, y * c
+  np.testing.assert_array_equal(cx.astype(np.float64) / 2.0**s, x)  # exact
+  np.testing.assert_array_equal(cy.astype(np.float64) / 2.0**s, y)
+  run = _jitted_estimate(estimator, tuple(sorted(kwargs.items())))
+  base, got = run(x, y), run(cx, cy)
+  assert np.isfinite(float(got.value)) and np.isfinite(float(got.stderr))
+  assert float(got.value) == float(base.value)
+  assert float(got.stderr) == float(base.stderr)
+
+
+@pytest.mark.parametrize("d", [1, 3, 12])
+@pytest.mark.parametrize("scale", [1e20, 1e-20, 3.7e-19])
+def test_extreme_scales_match_ckdtree(scale, d):
+  """Not powers of two: the estimate of the rounded float32 samples, against
+  the float64 cKDTree reference on the same samples (no overflow there):
+  value to 1e-5, stderr to 1e-5 relative (measured at most 8e-7 and 4e-7,
+  the largest in 12-D). These used to give NaN (1e20) or raise (every point
+  "shared" at 1e-20 and 3.7e-19)."""
+  x, y, kwargs = scaled_pair(d, seed=0)
+  cx, cy = x * np.float32(scale), y * np.float32(scale)
+  max_k = kwargs.get("max_k", default_max_k(len(x), d))
+  groups = kwargs.get("num_groups", 10)
+  expected, expected_se = reference(cx, cy, max_k, 1, num_groups=groups)
+  got, duplicates = knn_kl_estimate(cx, cy, return_duplicates=True, **kwargs)
+  assert duplicates.tolist() == [0, 0]
+  np.testing.assert_allclose(float(got.value), expected, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(float(got.stderr), expected_se, rtol=1e-5)
+
+
+# Independence and duplicate checks, as knn_kl's.
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_same_sample_twice_raises(dim):
+  x = np.random.default_rng(dim).normal(size=(200, dim)).astype(np.float32)
+  for estimate in (knn_kl_estimate, ensemble_estimate):
+    with pytest.raises(ValueError, match="same array for both"):
+      estimate(x, x)
+    with pytest.raises(ValueError, match="200 of 200 points of `x` also appear"):
+      estimate(x, x.copy())
+  with pytest.raises(ValueError, match="200 of 200 points"):
+    knn_kl_estimate(x, x[::-1], estimator="wkv")  # same set, other order
+  with pytest.raises(ValueError, match="same array for both"):
+    jax.jit(lambda a: knn_kl_estimate(a, a))(x)
+  # Two arguments of a jitted function are two tracers: nothing raised, the
+  # counts come out with return_duplicates.
+  jitted = jax.jit(knn_kl_estimate, static_argnames="return_duplicates")
+  _, duplicates = jitted(x, x, return_duplicates=True)
+  assert duplicates.tolist() == [0, 200]
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_shared_points_warn_with_counts(dim):
+  """30% of y's points copied into x (90 of 300 in y), then 5 equal points
+  in x: RuntimeWarnings with those counts; under jit none, the same counts
+  with return_duplicates and the same estimate."""
+  rng = np.random.default_rng(dim)
+  x = rng.normal(size=(300, dim)).astype(np.float32)
+  y = rng.normal(size=(300, dim)).astype(np.float32)
+  x[:90] = y[:90]
+  with pytest.warns(RuntimeWarning, match=r"0 of 300 .* and 90 appear in `y`"):
+    knn_kl_estimate(x, y)
+  x[100:104] = x[200]
+  with pytest.warns(RuntimeWarning, match=r"5 of 300 points of `x` have an exact"):
+    value, duplicates = knn_kl_estimate(x, y, return_duplicates=True)
+  assert duplicates.tolist() == [5, 90]
+  with pytest.warns(RuntimeWarning, match=r"5 of 300 points"):
+    ensemble_estimate(x, y)
+  jitted = jax.jit(knn_kl_estimate, static_argnames="return_duplicates")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    traced_value, traced = jitted(x, y, return_duplicates=True)
+  assert traced.tolist() == [5, 90]
+  np.testing.assert_allclose(float(traced_value.value), float(value.value), rtol=1e-6)
+
+
+def test_continuous_samples_do_not_warn():
+  x, y = gaussian_pair(2, 300, 0)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    _, duplicates = knn_kl_estimate(x, y, return_duplicates=True)
+    ensemble_estimate(x, y)
+  assert duplicates.tolist() == [0, 0]
+  with pytest.raises(TypeError, match="return_duplicates"):
+    knn_kl_estimate(x, y, return_duplicates=1)
