@@ -204,8 +204,6 @@ class _Plan:
         f"of each. Use fewer groups (or num_groups=None for no standard error)."
       )
     self.group_sizes = (n_g, m_g)
-    self.keep_x = _keep_indices(n_g, num_groups)
-    self.keep_y = _keep_indices(m_g, num_groups)
 
 
 def _keep_indices(size: int, num_groups: int) -> np.ndarray:
@@ -219,15 +217,42 @@ def _run(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Estimate, its jackknife standard error (NaN without groups) and the
   duplicate counts of the full samples."""
-  value, duplicates = _value(x, y, plan.weights, plan.ks, chunk_size)
-  if plan.num_groups is None:
+  value, stderr, duplicates = _compiled(
+    x,
+    y,
+    weights=plan.weights,
+    ks=plan.ks,
+    num_groups=plan.num_groups,
+    chunk_size=chunk_size,
+  )
+  return value, stderr, duplicates
+
+
+@functools.partial(
+  jax.jit, static_argnames=("weights", "ks", "num_groups", "chunk_size")
+)
+def _compiled(
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  weights: tuple[float, ...],
+  ks: tuple[int, ...],
+  num_groups: int | None,
+  chunk_size: int | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``_run`` as one compiled program (cached: an eager call compiles once
+  per shape and plan)."""
+  value, duplicates = _value(x, y, weights, ks, chunk_size)
+  if num_groups is None:
     return value, jnp.full_like(value, jnp.nan), duplicates
-  g = plan.num_groups
+  g = num_groups
+  keep_x = _keep_indices(x.shape[0] // g, g)
+  keep_y = _keep_indices(y.shape[0] // g, g)
   # One replicate at a time (lax.map): the memory of one estimate, G times
   # its cost (times ((G - 1) / G)^2: fewer points).
   replicates = lax.map(
-    lambda keep: _value(x[keep[0]], y[keep[1]], plan.weights, plan.ks, chunk_size)[0],
-    (jnp.asarray(plan.keep_x), jnp.asarray(plan.keep_y)),
+    lambda keep: _value(x[keep[0]], y[keep[1]], weights, ks, chunk_size)[0],
+    (jnp.asarray(keep_x), jnp.asarray(keep_y)),
   )
   # Delete-a-group jackknife (Shao & Wu 1989; Kott 2001).
   centred = replicates - jnp.mean(replicates)
