@@ -150,8 +150,14 @@ def result_dtype(*arrays: jnp.ndarray) -> tuple[np.dtype, np.dtype]:
   in float32 and cast back at the end.
   """
   out = np.dtype(jnp.result_type(*arrays))
-  compute = np.dtype(jnp.float32) if finfo(out).bits < 32 else out
-  return out, compute
+  return out, at_least_float32(out)
+
+
+def at_least_float32(dtype: DTypeLike) -> np.dtype:
+  """float32 for a 16-bit float dtype, else the dtype itself (for counts and
+  accumulators: float16 ends at 65504)."""
+  dtype = np.dtype(dtype)
+  return np.dtype(jnp.float32) if finfo(dtype).bits < 32 else dtype
 
 
 # ----------------------------------------------------------------------------

@@ -629,6 +629,17 @@ class SampleValues(NamedTuple):
   scaled: jax.Array | None
 
 
+def outside_support(log_r: jax.Array, log_weights: jax.Array) -> jax.Array:
+  r"""``log_r`` with 0 where the importance weight is 0 (``log_weights = -inf``).
+
+  A proposal sample outside :math:`P`'s support has :math:`w = 0` and
+  :math:`\log r = \log q - \log p = +\infty` (or NaN if :math:`q = 0` too):
+  its term :math:`w \cdot k(r)` is 0 by the convention :math:`0 \log 0 = 0`
+  (the integrand vanishes where :math:`p` does), not :math:`0 \cdot \infty`.
+  """
+  return jnp.where(log_weights == -jnp.inf, jnp.zeros_like(log_r), log_r)
+
+
 def sample_values(
   log_r: jax.Array,
   estimator: str,
@@ -669,6 +680,8 @@ def sample_values(
     ``log_weights``; ``scaled`` without the DiCE factor, for Kish's effective
     sample size), and the DiCE factor left to apply (None if used up).
   """
+  if log_weights is not None:
+    log_r = outside_support(log_r, log_weights)
   terms = _log_ratio_terms(log_r, estimator)
   control = jnp.expm1(log_r) if estimator in ("cv", "cv_crossfit") else None
   keep = jnp.ones(log_r.shape, bool) if mask is None else mask
@@ -796,6 +809,11 @@ def estimate_from_log_ratios(
   else:
     estimate, stderr, lam = weighted_estimate(values, weights, count, axes, control)
     lam = jnp.expand_dims(lam, axes)
+  if self_normalized:
+    # Every weight 0 (no sample in P's support): 0/0, no estimate.
+    empty = jnp.squeeze(sv.total, axis=axes) == 0
+    estimate = jnp.where(empty, jnp.nan, estimate)
+    stderr = jnp.where(empty, jnp.nan, stderr)
   if magic is not None:
     # The baseline: the mean of the other samples (or antithetic pairs).
     # With 'cv_crossfit' the others' coefficients depend on sample i, but
@@ -968,6 +986,18 @@ def gpd_shape(exceedances: jax.Array, size: jax.Array | None = None) -> jax.Arra
   return jnp.where(finite, xi_hat, jnp.nan).astype(dtype)
 
 
+def _ties_to_zero(exceedances: jax.Array, ties: jax.Array) -> jax.Array:
+  """0 for rows whose every exceedance is within the rounding level ``ties``.
+
+  All or nothing: a row of rounding noise is a constant tail; a genuine tail
+  is fitted as it is. Zeroing only its small exceedances would pile zeros at
+  the threshold, which reads as a heavy tail (k1 for N(0, 1) against
+  N(1e-3, 1) in float32 got 1.38).
+  """
+  largest = jnp.max(exceedances, axis=-1, keepdims=True)
+  return jnp.where(largest <= ties[..., None], 0, exceedances)
+
+
 def pareto_k_from_tops(
   tops: jax.Array, tail: int | jax.Array, ties: jax.Array | None = None
 ) -> jax.Array:
@@ -979,11 +1009,12 @@ def pareto_k_from_tops(
     tail: :math:`M`: a Python int, or an integer array broadcastable to
       ``[...]`` (traced, e.g. the tail size of a number of samples known
       only at run time; ``K - 1`` bounds it), 0 for no fit (NaN).
-    ties: optional ``[R, ...]``: exceedances up to this size are ties (the
-      rows' rounding level, from ``tail_rows``): terms that are equal in
-      exact arithmetic, such as the pair means of antithetic pairs when
-      :math:`\log r` is linear, read as a constant tail (:math:`-\infty`),
-      not as a tail fitted to rounding noise.
+    ties: optional ``[R, ...]``: the rows' rounding level (from
+      ``tail_rows``); a row whose exceedances are all up to this size holds
+      terms that are equal in exact arithmetic, such as the pair means of
+      antithetic pairs when :math:`\log r` is linear, and reads as a
+      constant tail (:math:`-\infty`), not as a tail fitted to rounding
+      noise. Other rows are fitted as they are.
 
   Returns:
     The largest of the rows' upper-tail :math:`\hat\xi`, shape ``[...]``
@@ -993,7 +1024,7 @@ def pareto_k_from_tops(
     top = jax.lax.top_k(tops, tail + 1)[0]  # descending
     exceedances = top[..., :tail][..., ::-1] - top[..., tail:]
     if ties is not None:
-      exceedances = jnp.where(exceedances <= ties[..., None], 0, exceedances)
+      exceedances = _ties_to_zero(exceedances, ties)
     return jnp.max(gpd_shape(exceedances), axis=0)
   longest = tops.shape[-1] - 1
   top = jax.lax.top_k(tops, longest + 1)[0]  # descending
@@ -1001,7 +1032,7 @@ def pareto_k_from_tops(
   threshold = jnp.take_along_axis(top, jnp.clip(size, 0, longest)[..., None], axis=-1)
   exceedances = top[..., :longest] - threshold
   if ties is not None:
-    exceedances = jnp.where(exceedances <= ties[..., None], 0, exceedances)
+    exceedances = _ties_to_zero(exceedances, ties)
   # Ascending, the `size` exceedances last and zeros (padding) before them.
   position = jnp.arange(longest, dtype=jnp.int32)
   valid = position.reshape((1,) * size.ndim + (longest,)) < size[..., None]
@@ -1056,6 +1087,8 @@ def tail_rows(
     alone), for ``pareto_k_from_tops``.
   """
   log_r = jax.lax.stop_gradient(log_r)
+  if log_weights is not None:
+    log_r = outside_support(log_r, log_weights)
   scale = jnp.abs(log_r) if log_r_scale is None else log_r_scale
   scale = jax.lax.stop_gradient(jnp.where(jnp.isfinite(scale), scale, 0))
   signed, positive = [], []  # (component, its rounding error bound)

@@ -599,7 +599,7 @@ def knn_kl_estimate(
   result = KLEstimate(
     value=value.astype(out_dtype),
     stderr=stderr.astype(out_dtype),
-    effective_sample_size=jnp.asarray(n, out_dtype),
+    effective_sample_size=jnp.asarray(n, _checks.at_least_float32(out_dtype)),
     num_samples=n,
     estimator=f"knn-{estimator}",
     pareto_k=jnp.asarray(jnp.nan, out_dtype),

@@ -132,7 +132,8 @@ class KLEstimate:
     stderr: its standard error (no gradient). For ``'k2'`` it is the error
       around :math:`\mathbb{E}[\mathrm{k2}]`, which is not the KL divergence.
     effective_sample_size: Kish's :math:`(\sum w)^2 / \sum w^2` of the
-      importance weights; ``num_samples`` without a proposal.
+      importance weights; ``num_samples`` without a proposal. At least
+      float32 (a count: float16 ends at 65504).
     num_samples: the number of draws :math:`n`; for an adaptive estimate
       the most it could draw: ``max_samples`` rounded down to whole batches
       (``samples_used`` says how many it did draw).
@@ -984,7 +985,11 @@ def monte_carlo_kl(
     ``'score_function'`` the DiCE factor uses :math:`\log\rho`; gradients
     with respect to ``p``'s parameters flow through the weights. Check
     ``effective_sample_size``: far below ``num_samples`` means the weights
-    are degenerate and the standard error unreliable.
+    are degenerate and the standard error unreliable. A proposal may cover
+    more than ``p``'s support: samples where :math:`\log p = -\infty` have
+    :math:`w_i = 0` and add 0 (:math:`0 \log 0 = 0`), whatever ``q`` is
+    there. With ``self_normalized=True`` and every weight 0 the estimate
+    is NaN (:math:`0/0`).
 
   **Tail diagnostic** (``tail_diagnostic=True``, the default):
   ``pareto_k`` is :math:`\hat k`, the shape of a generalized Pareto
@@ -1039,7 +1044,10 @@ def monte_carlo_kl(
 
   holds after a batch, or ``max_samples // batch_size`` batches are used
   (samples are drawn in whole batches: a ``max_samples`` that is not a
-  multiple of ``batch_size`` is rounded down). With a batch shape, the rule
+  multiple of ``batch_size`` is rounded down). With a ``proposal`` the rule
+  also needs an ``effective_sample_size`` of at least 30 (a standard error
+  from a few effective samples says little: a single nonzero weight gives
+  :math:`0 \pm 0`); batches whose weights are all 0 add nothing. With a batch shape, the rule
   is per entry: an entry that meets it keeps the estimate of the batches it
   used (later batches are drawn for the others but not added to it), so
   ``samples_used`` and ``target_met`` are per entry; under ``vmap`` the
@@ -1089,7 +1097,9 @@ def monte_carlo_kl(
   (pathwise or score-function, as above). Its gradient is exactly that of
   ``monte_carlo_kl(jax.random.fold_in(key, 0), p, q,
   num_samples=batch_size, ...)``: unbiased, with the variance of
-  ``batch_size`` samples, whatever the tolerance.
+  ``batch_size`` samples, whatever the tolerance. Where batch 0's estimate
+  is not finite (an infinite KL; no importance weight in batch 0) the
+  gradient is 0 instead: there is none to follow.
 
   The interval of an adaptive estimate is the fixed-size one. Stopping on
   an estimated standard error is valid as the tolerance shrinks (Chow &
@@ -1297,7 +1307,7 @@ def monte_carlo_kl(
     return KLEstimate(
       value=value.astype(out_dtype),
       stderr=stderr.astype(out_dtype),
-      effective_sample_size=ess.astype(out_dtype),
+      effective_sample_size=ess.astype(_checks.at_least_float32(out_dtype)),
       num_samples=n,
       estimator=estimator,
       pareto_k=khat.astype(out_dtype),
@@ -1349,7 +1359,7 @@ def monte_carlo_kl(
   return KLEstimate(
     value=value.astype(out_dtype),
     stderr=stderr.astype(out_dtype),
-    effective_sample_size=ess.astype(out_dtype),
+    effective_sample_size=ess.astype(_checks.at_least_float32(out_dtype)),
     num_samples=plan.batches * n,
     estimator=estimator,
     pareto_k=khat.astype(out_dtype),

@@ -380,7 +380,7 @@ def sharded_monte_carlo_kl(
     groups=groups,
     score_log_prob=None if pathwise else log_p,
   )
-  ess = jnp.full(value.shape, n, out_dtype)
+  ess = jnp.full(value.shape, n, _checks.at_least_float32(out_dtype))
   if tail_diagnostic:
     khat = _global_pareto_k(
       log_q - log_p,

@@ -169,7 +169,10 @@ def finalize(m: Moments) -> tuple[jax.Array, jax.Array]:
     estimate = _estimators.infinite_or(m.mean[0], m.mean[0] + lam * m.mean[1])
     sq, ddof = vv + lam * (2 * vc + lam * cc), 2
   sq = _estimators._safe_divide(jnp.maximum(sq, 0), m.weight * m.weight)
-  return estimate, _estimators.standard_error(sq, m.terms, ddof)
+  stderr = _estimators.standard_error(sq, m.terms, ddof)
+  # No weight (self-normalized, every weight 0): no information, as one-shot.
+  empty = m.weight == 0
+  return jnp.where(empty, jnp.nan, estimate), jnp.where(empty, jnp.nan, stderr)
 
 
 def crossfit(folds: Moments, used: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -240,12 +243,17 @@ def crossfit(folds: Moments, used: jax.Array) -> tuple[jax.Array, jax.Array]:
   stderr = _estimators.standard_error(sq, jnp.sum(masked.terms, axis=0), 1)
   in_sample = finalize(jax.tree_util.tree_map(lambda a: a[-1], up))[0]
   gap = in_sample - estimate
-  return estimate, jnp.sqrt(stderr * stderr + gap * gap)
+  stderr = jnp.sqrt(stderr * stderr + gap * gap)
+  empty = total == 0
+  return jnp.where(empty, jnp.nan, estimate), jnp.where(empty, jnp.nan, stderr)
 
 
 # ----------------------------------------------------------------------------
 # The adaptive loop.
 
+
+#: Fewest effective samples (Kish) at which a weighted estimate may stop.
+MIN_EFFECTIVE_SAMPLES = 30
 
 #: Most folds of ``'cv_crossfit'``: beyond, batch ``b`` joins fold ``b % MAX_FOLDS``
 #: (memory and work per batch stay bounded however many batches are allowed).
@@ -444,6 +452,12 @@ def _met(
   atol, rtol = min(settings.atol, largest), min(settings.rtol, largest)
   tolerance = jnp.maximum(atol, rtol * jnp.abs(value))
   met = (stderr <= tolerance) & jnp.isfinite(value)  # False for NaN
+  if settings.weighted:
+    # With importance weights, a standard error from a few effective samples
+    # says little (one nonzero weight gives 0 +- 0): also require Kish's
+    # effective sample size to reach the normal approximation's rule of thumb.
+    total, squares = state.batch.ess
+    met = met & (total * total >= MIN_EFFECTIVE_SAMPLES * squares) & (total > 0)
   if settings.crossfit:
     met = met & (state.used >= 2)  # one fold has no others to fit to
   return met
@@ -482,7 +496,11 @@ def _check_finite(
   then counts as not met.
   """
   own = finalize(batch.moments)
-  bad = active & ~(jnp.isfinite(own[0]) & jnp.isfinite(merged[0]))
+  # A batch of weight 0 (self-normalized weights all 0) has no estimate but
+  # is no error: it adds nothing, and the loop goes on.
+  own_bad = (batch.moments.weight > 0) & ~jnp.isfinite(own[0])
+  merged_bad = (state.batch.moments.weight > 0) & ~jnp.isfinite(merged[0])
+  bad = active & (own_bad | merged_bad)
   keep_own = ~jnp.isfinite(own[0])
   value, stderr = (
     jnp.where(bad, jnp.where(keep_own, o, m), r)
