@@ -1058,7 +1058,13 @@ def monte_carlo_kl(
   (Chan, Golub & LeVeque, 1979; self-normalized weights are rescaled to a
   common shift): the memory is that of one batch, plus
   :math:`O(\sqrt{\texttt{max\_samples}})` values per entry for the tail
-  diagnostic, never ``max_samples`` samples. The result equals, up to
+  diagnostic, never ``max_samples`` samples. Keeping those values exact
+  costs a ``top_k`` over them at every batch: with the diagnostic, a
+  ``max_samples`` far beyond what will be used slows every batch (measured
+  on 2 CPU cores, one entry, batches of 4096: 16 ms a batch at
+  ``max_samples=10**9``, 1.4 ms at ``10**6``, 0.2 ms without the
+  diagnostic). Give ``max_samples`` as a budget, not as "no limit", or pass
+  ``tail_diagnostic=False``. The result equals, up to
   rounding, the fixed-size estimate on the concatenated batches (antithetic
   pairs stay within their batch): the same ``value``, ``stderr``,
   ``effective_sample_size`` and ``pareto_k`` (its tail size :math:`M` that of
