@@ -42,7 +42,7 @@ def as_float_array(value: ArrayLike, name: str) -> jnp.ndarray:
   """
   try:
     array = jnp.asarray(value)
-  except TypeError as err:
+  except (TypeError, ValueError) as err:  # None raises ValueError in jax
     raise TypeError(
       f"`{name}` must be an array of floating dtype; got an object of type "
       f"{type(value).__name__}."

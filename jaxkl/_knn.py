@@ -745,10 +745,10 @@ def _knn_kl(
   """Traced part of ``knn_kl``; arguments already checked and cast.
 
   ``resolution`` (a scalar of x's dtype) is the relative floor on distances,
-  a quarter of the machine epsilon of the caller's dtype; traced, so that
-  16-bit inputs share the float32 program. Returns the estimate and the
-  duplicate counts, int32 ``[2]``: the points of ``x`` with an exact copy
-  elsewhere in ``x`` and in ``y``.
+  a quarter of the machine epsilon of the computation dtype (float32 for
+  16-bit inputs, whose values it holds exactly); traced, like a value.
+  Returns the estimate and the duplicate counts, int32 ``[2]``: the points
+  of ``x`` with an exact copy elsewhere in ``x`` and in ``y``.
   """
   (n, dim), m = x.shape, y.shape[0]
   dtype = x.dtype
@@ -864,12 +864,12 @@ def neighbour_radii(
   ks = tuple(_check_k(k) for k in ks)
   chunk_size = _check_chunk_size(chunk_size)
   x, y = _check_samples(x, y, max(ks))
-  out_dtype, compute_dtype = _checks.result_dtype(x, y)
+  _, compute_dtype = _checks.result_dtype(x, y)
   n, m = x.shape[0], y.shape[0]
   chunk_size = _auto_chunk_size(n, m) if chunk_size is None else min(chunk_size, n)
   if x.shape[1] == 1:
     chunk_size = n  # unused by the sorted path: one compiled program
-  resolution = np.asarray(_checks.finfo(out_dtype).eps / 4, compute_dtype)
+  resolution = np.asarray(_checks.finfo(compute_dtype).eps / 4, compute_dtype)
   return_duplicates = _checks.check_bool(return_duplicates, "return_duplicates")
   normalized = _checks.check_bool(normalized, "normalized")
   rho_sq, nu_sq, duplicates = _neighbour_radii(
@@ -1125,7 +1125,11 @@ def report_duplicates(duplicates: jax.Array, *, n: int) -> None:
       "also appear in `y` (exactly, or within the floor on distances). The "
       "estimator compares each x_i with its nearest neighbours in `y`: with "
       "shared points those are at distance 0 and the estimate is meaningless. "
-      "Draw `y` independently of `x`."
+      "Draw `y` independently of `x`; if they are independent but discrete "
+      "or rounded (ties, e.g. integer data or float32 values far from 0), the "
+      "k-NN estimator (for continuous distributions) does not apply: use a "
+      "discrete KL, add a little noise (jitter), or centre the data before "
+      "rounding it to float32."
     )
   if max(in_x, in_y) > DUPLICATE_FRACTION_WARNING * n:
     warnings.warn(
@@ -1170,7 +1174,7 @@ def _estimate(
   chunk_size = _auto_chunk_size(n, m) if chunk_size is None else min(chunk_size, n)
   if x.shape[1] == 1 and method != "brute":
     chunk_size = n  # unused by the sorted path: one compiled program
-  resolution = np.asarray(_checks.finfo(out_dtype).eps / 4, compute_dtype)
+  resolution = np.asarray(_checks.finfo(compute_dtype).eps / 4, compute_dtype)
   result, duplicates = _knn_kl(
     x.astype(compute_dtype),
     y.astype(compute_dtype),

@@ -44,17 +44,19 @@ _MAX_K_DIVISOR_1D = 10
 _DEFAULT_GROUPS = 10
 
 
-def default_max_k(n: int, dim: int, bias_terms: int = 1) -> int:
+def default_max_k(n: int, dim: int, bias_terms: int = 1, m: int | None = None) -> int:
   r"""The default number of ranks :math:`K` for ``n`` points of ``x`` in ``dim``-D.
 
   :math:`K = \mathrm{round}(\sqrt{n} / 2)` for ``dim >= 2`` and
   :math:`\mathrm{round}(\sqrt{n} / 10)` for ``dim = 1``, within [4, 100],
-  at least ``bias_terms + 1`` and at most ``n - 1``.
+  at least ``bias_terms + 1`` and at most ``n - 1`` (and ``m``, the points
+  of ``y``, if given).
   """
   low, high = _MAX_K_BOUNDS
   divisor = _MAX_K_DIVISOR_1D if dim == 1 else 2
   k = min(high, max(low, round(math.sqrt(n) / divisor), bias_terms + 1))
-  return max(1, min(k, n - 1))
+  k = min(k, n - 1) if m is None else min(k, n - 1, m)
+  return max(1, k)
 
 
 @functools.lru_cache(maxsize=256)
@@ -170,7 +172,15 @@ class _Plan:
       self.ks: tuple[int, ...] = (self.k_full,)
       self.weights: tuple[float, ...] = (1.0,)
     else:
-      kk = default_max_k(n, dim, bias_terms) if max_k is None else max_k
+      if max_k is None:
+        kk = default_max_k(n, dim, bias_terms, m)
+        if num_groups is not None and n >= num_groups and m >= num_groups:
+          # Within what each jackknife replicate allows too.
+          n_keep = (num_groups - 1) * (n // num_groups)
+          m_keep = (num_groups - 1) * (m // num_groups)
+          kk = max(1, min(kk, n_keep - 1, m_keep))
+      else:
+        kk = max_k
       if kk <= bias_terms:
         raise ValueError(
           f"`max_k` must exceed `bias_terms` ({bias_terms}); got max_k={kk}."
@@ -505,7 +515,8 @@ def knn_kl_estimate(
     k: the rank of ``"wkv"`` (default 1); must be None for ``"ensemble"``.
     max_k: :math:`K` for ``"ensemble"``, an int ``> bias_terms`` with
       ``n > K``, ``m >= K``; None for :math:`\mathrm{round}(\sqrt n / 2)`
-      within [4, 100]. Must be None for ``"wkv"``.
+      within [4, 100] (:math:`\sqrt n / 10` in 1-D), capped by what ``n``,
+      ``m`` and the jackknife replicates allow. Must be None for ``"wkv"``.
     bias_terms: the number of cancelled terms :math:`i = 1, \dots`, a
       non-negative int (0: equal weights). Default 1.
     num_groups: G, the jackknife's groups, an int >= 2 with

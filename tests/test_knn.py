@@ -305,7 +305,8 @@ def test_jit_and_vmap(k=3, estimator="adaptive"):
 
 def test_dtypes(x64):
   """float32 -> float32, float64 -> float64 (x64), bfloat16 -> bfloat16
-  (computed in float32 with bfloat16's resolution for the floor)."""
+  (computed in float32 on its exact values, with float32's floor: the
+  estimate of the float32 copy, see test_16_bit_samples_are_their_float32_values)."""
   x, y = samples_with_duplicates(3, seed=0)
   assert jaxkl.knn_kl(x, y).dtype == jnp.float32
   got = jaxkl.knn_kl(
@@ -315,7 +316,7 @@ def test_dtypes(x64):
   half = jaxkl.knn_kl(jnp.asarray(x, jnp.bfloat16), jnp.asarray(y, jnp.bfloat16))
   assert half.dtype == jnp.bfloat16
   x16, y16 = (np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for v in (x, y))
-  expected = reference_knn_kl(x16, y16, dtype=jnp.bfloat16)
+  expected = reference_knn_kl(x16, y16, dtype=jnp.float32)
   np.testing.assert_allclose(float(half), expected, rtol=1e-2)
 
 
@@ -796,3 +797,44 @@ def test_origin_duplicates_floor_follows_the_scale():
       )
       np.testing.assert_allclose(float(got), want, rtol=1e-6)
       assert counts.tolist() == [2, 0]
+
+
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(
+  offset=st.sampled_from([0.0, 4.0, 16.0, 64.0, 1000.0]),
+  dim=st.sampled_from([1, 2, 3, 12]),
+  dtype=st.sampled_from(["bfloat16", "float16"]),
+  seed=st.integers(0, 2**16),
+)
+def test_16_bit_samples_are_their_float32_values(offset, dim, dtype, seed):
+  """16-bit samples are computed in float32 on their exact values, with
+  float32's floor: the duplicate counts are those of the float32 copy, and
+  the estimate its value rounded to the 16-bit dtype (the floor used to be
+  the 16-bit epsilon's, 2^-10 max|x_i| for bfloat16: distinct points counted
+  as copies, a false 'not independent' error at offset 64 in 2-D)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(300, dim))
+  y = rng.normal(size=(280, dim))
+  x[:, 0] += offset
+  y[:, 0] += offset + 1
+  xs, ys = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+  x32, y32 = xs.astype(jnp.float32), ys.astype(jnp.float32)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # rounding makes ties
+    try:
+      want, want_counts = jaxkl.knn_kl(x32, y32, return_duplicates=True)
+    except ValueError:  # as many shared points as float32 sees: same error
+      with pytest.raises(ValueError, match="independent"):
+        jaxkl.knn_kl(xs, ys)
+      return
+    got, counts = jaxkl.knn_kl(xs, ys, return_duplicates=True)
+  np.testing.assert_array_equal(np.asarray(counts), np.asarray(want_counts))
+  assert got.dtype == jnp.dtype(dtype)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(dtype)))
+
+
+def test_none_samples_are_refused_naming_the_argument():
+  with pytest.raises(TypeError, match="`x` must be an array"):
+    jaxkl.knn_kl(None, np.ones((3, 1), np.float32))
+  with pytest.raises(TypeError, match="`y` must be an array"):
+    jaxkl.knn_kl_estimate(np.ones((30, 1), np.float32), None)

@@ -419,3 +419,24 @@ def test_eager_calls_compile_once_per_shape_and_plan():
   assert _knn_ensemble._compiled._cache_size() == size
   # Translation invariance of the estimate (same distances up to rounding).
   np.testing.assert_allclose(again.value, first.value, rtol=1e-4)
+
+
+def test_default_max_k_fits_the_samples_and_the_replicates():
+  # The default K (sqrt(n) / 2 within [4, 100]) is capped by m, n - 1 and
+  # the jackknife replicates' sizes; only an explicit max_k can be too large.
+  assert default_max_k(10_000, 5, m=3) == 3
+  assert default_max_k(10_000, 5, m=10**6) == 50
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(100, 2)).astype(np.float32)
+  y3 = rng.normal(size=(3, 2)).astype(np.float32)
+  est = jaxkl.knn_kl_estimate(x, y3, num_groups=None)
+  # K = 3 ranks: the reference is the weighted sum of WKV estimates.
+  weights = ensemble_weights(2, 3)
+  wkv = [float(jaxkl.knn_kl(x, y3, k=k)) for k in (1, 2, 3)]
+  np.testing.assert_allclose(float(est.value), np.dot(weights, wkv), rtol=1e-5)
+  # m = 4 with 2 groups: each replicate keeps 2 points of y, so K = 2.
+  y4 = rng.normal(size=(4, 2)).astype(np.float32)
+  est = jaxkl.knn_kl_estimate(x, y4, num_groups=2)
+  assert np.isfinite(est.value) and np.isfinite(est.stderr)
+  with pytest.raises(ValueError, match="`y` needs at least 5"):
+    jaxkl.knn_kl_estimate(x, y3, max_k=5, num_groups=None)
