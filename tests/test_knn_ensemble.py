@@ -301,7 +301,7 @@ def _jitted_estimate(estimator, kwargs):
   )
 
 
-@hypothesis.settings(max_examples=20, deadline=None)
+@hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
   d=st.sampled_from([1, 3, 12]),
   s=st.integers(-100, 100),
