@@ -864,16 +864,12 @@ def pareto_tail_size(count: int) -> int:
 
   Returns 0 when ``count < PARETO_MIN_TERMS`` (no fit).
   """
-  if count < PARETO_MIN_TERMS:
-    return 0
-  return math.ceil(min(0.2 * count, 3.0 * math.sqrt(count)))
+  return int(pareto_tail_sizes(np.array([count]))[0])
 
 
 def pareto_tail_sizes(counts: np.ndarray) -> np.ndarray:
-  """``pareto_tail_size`` of each of an integer array of ``counts`` (int64).
-
-  The same float64 arithmetic as the scalar form, so the results agree.
-  """
+  """``pareto_tail_size`` of each of an integer array of ``counts`` (int64),
+  in float64 as PSIS computes it."""
   counts = np.asarray(counts, np.int64)
   s = counts.astype(np.float64)
   sizes = np.ceil(np.minimum(0.2 * s, 3.0 * np.sqrt(s))).astype(np.int64)

@@ -167,6 +167,13 @@ class _Plan:
     bias_terms: int,
     num_groups: int | None,
   ) -> None:
+    # Delete-a-group jackknife: point i of x (of y) belongs to group i mod G,
+    # for i < G * floor(n / G) (the remainder, fewer than G points, is in no
+    # group: it is in the estimate, not in its replicates). Replicate g keeps
+    # every grouped point outside group g: (G - 1) n_g points of x.
+    if num_groups is not None:
+      n_g, m_g = n // num_groups, m // num_groups
+      n_keep, m_keep = (num_groups - 1) * n_g, (num_groups - 1) * m_g
     if estimator == "wkv":
       self.k_full = 1 if k is None else k
       self.ks: tuple[int, ...] = (self.k_full,)
@@ -174,10 +181,8 @@ class _Plan:
     else:
       if max_k is None:
         kk = default_max_k(n, dim, bias_terms, m)
-        if num_groups is not None and n >= num_groups and m >= num_groups:
+        if num_groups is not None and n_g >= 1 and m_g >= 1:
           # Within what each jackknife replicate allows too.
-          n_keep = (num_groups - 1) * (n // num_groups)
-          m_keep = (num_groups - 1) * (m // num_groups)
           kk = max(1, min(kk, n_keep - 1, m_keep))
       else:
         kk = max_k
@@ -200,12 +205,6 @@ class _Plan:
     self.num_groups = num_groups
     if num_groups is None:
       return
-    # Delete-a-group jackknife: point i of x (of y) belongs to group i mod G,
-    # for i < G * floor(n / G) (the remainder, fewer than G points, is in no
-    # group: it is in the estimate, not in its replicates). Replicate g keeps
-    # every grouped point outside group g: a static [G, (G - 1) n_g] index.
-    n_g, m_g = n // num_groups, m // num_groups
-    n_keep, m_keep = (num_groups - 1) * n_g, (num_groups - 1) * m_g
     if n_g < 1 or m_g < 1 or n_keep < need + 1 or m_keep < need:
       raise ValueError(
         f"`num_groups`={num_groups} leaves {n_keep} points of x and {m_keep} "
@@ -213,7 +212,6 @@ class _Plan:
         f"at least {need + 1} and {need}, and each group at least one point "
         f"of each. Use fewer groups (or num_groups=None for no standard error)."
       )
-    self.group_sizes = (n_g, m_g)
 
 
 def _keep_indices(size: int, num_groups: int) -> np.ndarray:
@@ -222,26 +220,10 @@ def _keep_indices(size: int, num_groups: int) -> np.ndarray:
   return np.stack([np.delete(index, g, axis=1).reshape(-1) for g in range(num_groups)])
 
 
-def _run(
-  x: jax.Array, y: jax.Array, plan: _Plan, chunk_size: int | None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Estimate, its jackknife standard error (NaN without groups) and the
-  duplicate counts of the full samples."""
-  value, stderr, duplicates = _compiled(
-    x,
-    y,
-    weights=plan.weights,
-    ks=plan.ks,
-    num_groups=plan.num_groups,
-    chunk_size=chunk_size,
-  )
-  return value, stderr, duplicates
-
-
 @functools.partial(
   jax.jit, static_argnames=("weights", "ks", "num_groups", "chunk_size")
 )
-def _compiled(
+def _run(
   x: jax.Array,
   y: jax.Array,
   *,
@@ -250,8 +232,9 @@ def _compiled(
   num_groups: int | None,
   chunk_size: int | None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``_run`` as one compiled program (cached: an eager call compiles once
-  per shape and plan)."""
+  """Estimate, its jackknife standard error (NaN without groups) and the
+  duplicate counts of the full samples: one compiled program (cached, so an
+  eager call compiles once per shape and plan)."""
   value, duplicates = _value(x, y, weights, ks, chunk_size)
   if num_groups is None:
     return value, jnp.full_like(value, jnp.nan), duplicates
@@ -604,7 +587,14 @@ def knn_kl_estimate(
     chunk_size=chunk_size,
   )
   out_dtype, _ = _checks.result_dtype(x, y)
-  value, stderr, duplicates = _run(x, y, plan, chunk)
+  value, stderr, duplicates = _run(
+    x,
+    y,
+    weights=plan.weights,
+    ks=plan.ks,
+    num_groups=plan.num_groups,
+    chunk_size=chunk,
+  )
   n = x.shape[0]
   _knn.report_duplicates(duplicates, n=n)
   result = KLEstimate(

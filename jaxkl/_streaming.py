@@ -496,12 +496,12 @@ def _check_finite(
   then counts as not met.
   """
   own = finalize(batch.moments)
+  keep_own = ~jnp.isfinite(own[0])
   # A batch of weight 0 (self-normalized weights all 0) has no estimate but
   # is no error: it adds nothing, and the loop goes on.
-  own_bad = (batch.moments.weight > 0) & ~jnp.isfinite(own[0])
+  own_bad = (batch.moments.weight > 0) & keep_own
   merged_bad = (state.batch.moments.weight > 0) & ~jnp.isfinite(merged[0])
   bad = active & (own_bad | merged_bad)
-  keep_own = ~jnp.isfinite(own[0])
   value, stderr = (
     jnp.where(bad, jnp.where(keep_own, o, m), r)
     for o, m, r in zip(own, merged, state.result, strict=True)

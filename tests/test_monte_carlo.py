@@ -1108,8 +1108,10 @@ def test_vectorized_tail_sizes_equal_the_scalar_rule():
   counts = np.concatenate(
     [np.arange(0, 300_000), np.array([2**31 - 1, 10**9, 123_456_789, 4 * 10**8])]
   )
-  want = [_estimators.pareto_tail_size(int(c)) for c in counts]
+  # PSIS's rule, M = ceil(min(S / 5, 3 sqrt(S))) in Python floats, 0 below 25.
+  want = [0 if c < 25 else math.ceil(min(0.2 * c, 3.0 * math.sqrt(c))) for c in counts]
   np.testing.assert_array_equal(_estimators.pareto_tail_sizes(counts), want)
+  assert [_estimators.pareto_tail_size(int(c)) for c in counts[::997]] == want[::997]
 
 
 def test_pareto_k_edge_cases():
